@@ -1,0 +1,31 @@
+"""session-ledger: event-sourced JWT refresh-token rotation on NATS JetStream."""
+
+from ledger.client import LedgerClient
+from ledger.config import ReusePolicy, Settings
+from ledger.errors import (
+    BadRequest,
+    LedgerError,
+    SessionExpired,
+    SessionNotFound,
+    SessionRevoked,
+    TokenInvalid,
+    TokenReused,
+    Unavailable,
+)
+from ledger.messages import Revocation, TokenPair
+
+__all__ = [
+    "BadRequest",
+    "LedgerClient",
+    "LedgerError",
+    "ReusePolicy",
+    "Revocation",
+    "SessionExpired",
+    "SessionNotFound",
+    "SessionRevoked",
+    "Settings",
+    "TokenInvalid",
+    "TokenPair",
+    "TokenReused",
+    "Unavailable",
+]

@@ -1,0 +1,107 @@
+"""Wiring: the command service as a FastStream NATS app (queue group, request/reply)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel
+
+from ledger.access import AccessTokenSigner
+from ledger.config import Settings
+from ledger.errors import LedgerError, Unavailable
+from ledger.ids import Subjects
+from ledger.keys import load_or_create_master, load_or_create_signing_key
+from ledger.messages import (
+    LogoutRequest,
+    RevokeSessionRequest,
+    RevokeUserRequest,
+    RotateRequest,
+    StartSessionRequest,
+    fail,
+    ok,
+    parse_request,
+)
+from ledger.natsconn import connect
+from ledger.refresh import TokenKeys
+from ledger.service import LedgerService
+from ledger.store import EventStore
+
+log = logging.getLogger("ledger.app")
+QUEUE_GROUP = "ledger-service"
+MAX_IN_FLIGHT = 256
+
+Req = TypeVar("Req", bound=BaseModel)
+
+
+async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], body: bytes) -> bytes:
+    """Decode, run, encode: every outcome is a typed reply, never a silent drop."""
+    try:
+        return ok(await call(parse_request(model, body)))
+    except LedgerError as err:
+        return fail(err)
+    except Exception:
+        log.exception("internal error while handling a command")
+        return fail(Unavailable("internal error"))
+
+
+def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
+    # Per-message logging roughly halves request/reply throughput: keep it off.
+    broker = NatsBroker(settings.nats_url, logger=None, graceful_timeout=5.0)
+    subjects = Subjects(settings.subject_prefix)
+    routes: list[tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = [
+        ("start", StartSessionRequest, service.start_session),
+        ("rotate", RotateRequest, service.rotate),
+        ("revoke", RevokeSessionRequest, service.revoke_session),
+        ("logout", LogoutRequest, service.logout),
+        ("revoke_user", RevokeUserRequest, service.revoke_user),
+    ]
+    for name, model, call in routes:
+        _route(broker, subjects.command(name), model, call)
+    return broker
+
+
+def _route(
+    broker: NatsBroker,
+    subject: str,
+    model: type[BaseModel],
+    call: Callable[..., Awaitable[BaseModel]],
+) -> None:
+    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT)
+    async def _handler(msg: NatsMessage) -> bytes:
+        return await handle(model, call, msg.body)
+
+
+async def build_service(settings: Settings, nc: NATS) -> LedgerService:
+    store = EventStore(nc, settings)
+    await store.ensure_stream()
+    keys = TokenKeys(load_or_create_master(settings.keys_path))
+    signing = load_or_create_signing_key(settings.keys_path, settings.algorithm, settings.key_passphrase)
+    signer = AccessTokenSigner(
+        signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
+    )
+    service = LedgerService(store, keys, signer, settings)
+    await service.publish_signing_key()
+    return service
+
+
+async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Run one ledger service instance until ``stop`` is set."""
+    nc = await connect(settings.nats_url, "ledger-service")
+    try:
+        service = await build_service(settings, nc)
+        broker = build_broker(service, settings)
+        await broker.start()
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await broker.stop()
+    finally:
+        await nc.drain()

@@ -1,0 +1,108 @@
+"""``LedgerClient``: the typed async client services use to talk to the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel
+
+from ledger.errors import LedgerError, Unavailable, error_from_code
+from ledger.events import RevokeReason
+from ledger.ids import Subjects
+from ledger.messages import (
+    LogoutRequest,
+    Reply,
+    Revocation,
+    RevokeSessionRequest,
+    RevokeUserRequest,
+    RotateRequest,
+    StartSessionRequest,
+    TokenPair,
+)
+from ledger.natsconn import connect
+
+__all__ = ["LedgerClient"]
+
+
+class LedgerClient:
+    """Commands over NATS request/reply. Errors are ``ledger.errors.LedgerError`` subclasses.
+
+    ``rotate`` is safe to retry after a timeout: the same presented token yields the
+    same successor inside the grace window.
+    """
+
+    def __init__(self, nc: NATS, *, prefix: str = "ledger", timeout: float = 5.0, owns: bool = False):
+        self.nc = nc
+        self.subjects = Subjects(prefix)
+        self.timeout = timeout
+        self._owns = owns
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "ledger",
+        timeout: float = 5.0,
+        **options: Any,
+    ) -> LedgerClient:
+        nc = await connect(url, options.pop("name", "ledger-client"), deadline=timeout, **options)
+        return cls(nc, prefix=prefix, timeout=timeout, owns=True)
+
+    async def close(self) -> None:
+        if self._owns:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> LedgerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start_session(
+        self, sub: str, *, client_id: str | None = None, scopes: Sequence[str] = ()
+    ) -> TokenPair:
+        req = StartSessionRequest(sub=sub, client_id=client_id, scopes=tuple(scopes))
+        return TokenPair.model_validate(await self._call("start", req))
+
+    async def rotate(self, refresh_token: str) -> TokenPair:
+        req = RotateRequest(refresh_token=refresh_token)
+        return TokenPair.model_validate(await self._call("rotate", req))
+
+    async def revoke_session(self, sid: str, reason: RevokeReason | str = RevokeReason.LOGOUT) -> Revocation:
+        req = RevokeSessionRequest(sid=sid, reason=RevokeReason(reason))
+        return Revocation.model_validate(await self._call("revoke", req))
+
+    async def logout(self, refresh_token: str) -> Revocation:
+        req = LogoutRequest(refresh_token=refresh_token)
+        return Revocation.model_validate(await self._call("logout", req))
+
+    async def revoke_user(self, sub: str, reason: RevokeReason | str = RevokeReason.ADMIN) -> Revocation:
+        req = RevokeUserRequest(sub=sub, reason=RevokeReason(reason))
+        return Revocation.model_validate(await self._call("revoke_user", req))
+
+    async def request_raw(self, command: str, body: bytes) -> dict[str, Any]:
+        """Send raw bytes to a command (tests and tools use it to probe input validation)."""
+        return await self._send(command, body)
+
+    async def _call(self, command: str, req: BaseModel) -> dict[str, Any]:
+        return await self._send(command, req.model_dump_json().encode())
+
+    async def _send(self, command: str, body: bytes) -> dict[str, Any]:
+        try:
+            msg = await self.nc.request(self.subjects.command(command), body, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise Unavailable("no ledger service is running") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable("the ledger did not answer in time; retrying is safe") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
+        reply = Reply.model_validate_json(msg.data)
+        if reply.ok and reply.result is not None:
+            return reply.result
+        if reply.error is None:
+            raise LedgerError("malformed reply")
+        raise error_from_code(reply.error.code, reply.error.message)

@@ -1,0 +1,73 @@
+"""The one settings object. Loaded at the edge (CLI, service start) and passed down."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledger.errors import ConfigError
+
+ALLOWED_ALGORITHMS = ("ES256", "EdDSA", "RS256")
+
+
+class ReusePolicy(StrEnum):
+    FAMILY = "family"  # revoke the session whose token was replayed
+    USER = "user"  # revoke every session of that user
+
+
+class Settings(BaseSettings):
+    """Every value has a safe default; env vars are ``LEDGER_<NAME>`` (e.g. LEDGER_NATS_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    stream: str = "LEDGER"
+    subject_prefix: str = "ledger"
+    replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window: timedelta = timedelta(minutes=2)
+
+    access_ttl: timedelta = timedelta(minutes=15)
+    refresh_idle_ttl: timedelta = timedelta(days=7)
+    session_absolute_ttl: timedelta = timedelta(days=30)
+    grace_window: timedelta = timedelta(seconds=30)
+    reuse_policy: ReusePolicy = ReusePolicy.FAMILY
+
+    algorithm: str = "ES256"
+    issuer: str = "session-ledger"
+    audience: str = "api"
+    data_dir: Path = Path(".ledger")
+    key_dir: Path | None = None  # default: <data_dir>/keys
+    key_passphrase: str | None = Field(default=None, repr=False)
+
+    request_timeout: float = Field(default=5.0, gt=0, le=60)
+    max_generations: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Self:
+        if self.algorithm not in ALLOWED_ALGORITHMS:
+            raise ConfigError(
+                f"algorithm {self.algorithm!r} is not allowed; choose one of {ALLOWED_ALGORITHMS}"
+            )
+        for name in ("access_ttl", "refresh_idle_ttl", "session_absolute_ttl"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigError(f"{name} must be positive")
+        if self.grace_window < timedelta(0):
+            raise ConfigError("grace_window must be >= 0")
+        if self.access_ttl > self.session_absolute_ttl:
+            raise ConfigError("access_ttl must not exceed session_absolute_ttl")
+        if self.grace_window >= self.refresh_idle_ttl:
+            raise ConfigError("grace_window must be shorter than refresh_idle_ttl")
+        if not self.stream.isalnum():
+            raise ConfigError("stream name must be alphanumeric")
+        if not all(part.isalnum() for part in self.subject_prefix.split(".")):
+            raise ConfigError("subject_prefix must be dot-separated alphanumeric tokens")
+        return self
+
+    @property
+    def keys_path(self) -> Path:
+        return self.key_dir if self.key_dir is not None else self.data_dir / "keys"

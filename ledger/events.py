@@ -1,0 +1,144 @@
+"""The ledger's event vocabulary: frozen pydantic models, one discriminated union.
+
+Events hold ids and keyed hashes only, never a raw refresh token, access token or
+private key (DESIGN invariant 4). Old schema versions are upcast by pure
+``dict -> dict`` functions before validation, so stored bytes stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+Sid = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{22}$")]
+Sub = Annotated[str, Field(min_length=1, max_length=255)]
+TokenHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Generation = Annotated[int, Field(ge=0)]
+
+
+class RevokeReason(StrEnum):
+    LOGOUT = "logout"
+    REUSE = "reuse"
+    ADMIN = "admin"
+    PASSWORD_CHANGE = "password_change"
+    USER_REQUEST = "user_request"
+    COMPROMISE = "compromise"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    occurred_at: AwareDatetime
+
+
+class _FamilyEvent(_Event):
+    """Every family event carries the family head it leaves behind (generation + hash),
+    so the latest event alone tells the current state: no fold per request."""
+
+    sid: Sid
+    generation: Generation
+    token_hash: TokenHash
+
+
+class SessionStarted(_FamilyEvent):
+    type: Literal["SessionStarted"] = "SessionStarted"
+    sub: Sub
+    client_id: Annotated[str, Field(max_length=128)] | None = None
+    scopes: tuple[Annotated[str, Field(max_length=64)], ...] = ()
+    idle_ttl_s: Annotated[int, Field(gt=0)]
+    absolute_ttl_s: Annotated[int, Field(gt=0)]
+
+
+class TokenRotated(_FamilyEvent):
+    type: Literal["TokenRotated"] = "TokenRotated"
+
+
+class ReuseDetected(_FamilyEvent):
+    """A genuinely issued but superseded token was presented. Terminal for the family."""
+
+    type: Literal["ReuseDetected"] = "ReuseDetected"
+    sub: Sub
+    presented_generation: Generation
+    superseded_at: AwareDatetime | None = None  # known for the immediate predecessor
+    policy: Literal["family", "user"] = "family"
+
+
+class SessionRevoked(_FamilyEvent):
+    type: Literal["SessionRevoked"] = "SessionRevoked"
+    sub: Sub
+    reason: RevokeReason
+    requested_at: AwareDatetime
+
+
+class UserSessionsRevoked(_Event):
+    """Every session of ``sub`` that started before this event (by stream sequence) is dead."""
+
+    type: Literal["UserSessionsRevoked"] = "UserSessionsRevoked"
+    sub: Sub
+    reason: RevokeReason
+    not_before: AwareDatetime
+    requested_at: AwareDatetime
+
+
+class SigningKeyAdded(_Event):
+    type: Literal["SigningKeyAdded"] = "SigningKeyAdded"
+    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    alg: Literal["ES256", "EdDSA", "RS256"]
+    public_jwk: dict[str, str]
+
+
+class SigningKeyRetired(_Event):
+    type: Literal["SigningKeyRetired"] = "SigningKeyRetired"
+    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    reason: str = "rotation"
+
+
+FamilyEvent = SessionStarted | TokenRotated | ReuseDetected | SessionRevoked
+Event = Annotated[
+    SessionStarted
+    | TokenRotated
+    | ReuseDetected
+    | SessionRevoked
+    | UserSessionsRevoked
+    | SigningKeyAdded
+    | SigningKeyRetired,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+# (type, from_version) -> pure function producing the next version's dict.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def upcast(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a stored event dict up to the current schema version."""
+    data.setdefault("schema_version", 1)
+    while (step := UPCASTERS.get((str(data.get("type")), int(data["schema_version"])))) is not None:
+        data = step(dict(data))
+    return data
+
+
+def decode_event(raw: bytes) -> Event:
+    return EVENT_ADAPTER.validate_python(upcast(json.loads(raw)))
+
+
+def encode_event(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+class RecordedEvent(BaseModel):
+    """An event as read back from the stream: it also knows where it lives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: Event
+    seq: int
+    subject: str
+    time: datetime | None = None

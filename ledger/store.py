@@ -1,0 +1,210 @@
+"""The event store on JetStream: append with optimistic concurrency, O(1) current state.
+
+One stream holds every ledger event. A session family's events share the subject
+prefix ``<p>.ev.s.<sid>.*``, so "the family's latest event" is one direct get and
+"nobody extended the family since I read it" is one publish header
+(``Nats-Expected-Last-Subject-Sequence`` with its ``-Subject`` filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from ledger.config import Settings
+from ledger.decide import Family
+from ledger.errors import ConcurrencyConflict, LedgerError, Unavailable
+from ledger.events import (
+    Event,
+    FamilyEvent,
+    RecordedEvent,
+    SessionStarted,
+    decode_event,
+    encode_event,
+)
+from ledger.ids import Subjects
+
+WRONG_LAST_SEQUENCE = 10071
+EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+MSG_ID = "Nats-Msg-Id"
+FACTS_CACHE_SIZE = 100_000
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.stream,
+        subjects=[Subjects(settings.subject_prefix).events],
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window.total_seconds(),
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+    )
+
+
+class EventStore:
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=settings.request_timeout)
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.timeout = settings.request_timeout
+        self._direct = f"$JS.API.DIRECT.GET.{settings.stream}."
+        self._facts: OrderedDict[str, tuple[SessionStarted, int]] = OrderedDict()
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or bring an existing one to our config (idempotent)."""
+        config = stream_config(self.settings)
+        try:
+            await self.js.stream_info(self.settings.stream)
+        except NotFoundError:
+            await self.js.add_stream(config)
+        else:
+            await self.js.update_stream(config)
+
+    async def append(self, subject: str, event: Event, *, expect: tuple[str, int] | None = None) -> int:
+        """Append one event; ``expect=(filter, seq)`` makes it a compare-and-set.
+
+        ``Nats-Msg-Id`` is the event id, so a retry after a lost ack is deduplicated
+        by the server and reported as success with the original sequence.
+        """
+        headers = {MSG_ID: event.event_id}
+        if expect is not None:
+            headers[EXPECTED_SEQ_SUBJECT], seq = expect[0], expect[1]
+            headers[EXPECTED_SEQ] = str(seq)
+        payload = encode_event(event)
+        for attempt in range(3):
+            try:
+                reply = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if attempt == 2:
+                    raise Unavailable("event store did not acknowledge the append") from None
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable("not connected to NATS") from None
+            return self._ack_seq(reply, subject, expect)
+        raise Unavailable("event store did not acknowledge the append")
+
+    @staticmethod
+    def _ack_seq(reply: Msg, subject: str, expect: tuple[str, int] | None) -> int:
+        ack: dict[str, Any] = json.loads(reply.data or b"{}")
+        error = ack.get("error")
+        if error is None and "seq" in ack:
+            return int(ack["seq"])
+        if error and error.get("err_code") == WRONG_LAST_SEQUENCE and expect is not None:
+            raise ConcurrencyConflict(expect[0], expect[1])
+        description = (error or {}).get("description", "no ack")
+        raise Unavailable(f"append to {subject} refused: {description}")
+
+    async def append_chain(
+        self, subject_of: Any, events: Sequence[FamilyEvent], filter_: str, expected: int
+    ) -> int:
+        """Append several family events, each a CAS on the one before it."""
+        seq = expected
+        for event in events:
+            seq = await self.append(subject_of(event), event, expect=(filter_, seq))
+        return seq
+
+    async def last(self, subject: str) -> RecordedEvent | None:
+        """The last event on ``subject`` (wildcards allowed), by direct get."""
+        try:
+            msg = await self.nc.request(self._direct + subject, b"", timeout=self.timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise Unavailable("event store did not answer") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status is not None or not msg.data:
+            raise Unavailable(f"direct get failed: {headers.get('Description', status)}")
+        return RecordedEvent(
+            event=decode_event(msg.data),
+            seq=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            time=_parse_time(headers.get("Nats-Time-Stamp")),
+        )
+
+    async def family(self, sid: str) -> Family | None:
+        """Facts (cached forever) + latest event: O(1) whatever the family's length."""
+        head = await self.last(self.subjects.family_filter(sid))
+        if head is None:
+            return None
+        facts = await self._facts_for(sid, head)
+        event = head.event
+        assert isinstance(event, FamilyEvent)
+        return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=head.seq)
+
+    async def _facts_for(self, sid: str, head: RecordedEvent) -> tuple[SessionStarted, int]:
+        if isinstance(head.event, SessionStarted):
+            facts = (head.event, head.seq)
+        elif (cached := self._facts.get(sid)) is not None:
+            return cached
+        else:
+            rec = await self.last(self.subjects.family(sid, "started"))
+            if rec is None or not isinstance(rec.event, SessionStarted):
+                raise LedgerError(f"family {sid} has no SessionStarted")
+            facts = (rec.event, rec.seq)
+        self._facts[sid] = facts
+        if len(self._facts) > FACTS_CACHE_SIZE:
+            self._facts.popitem(last=False)
+        return facts
+
+    async def user_cut(self, sub: str) -> int | None:
+        """Stream sequence of the user's latest revoke-all: sessions started before it are dead."""
+        rec = await self.last(self.subjects.user(sub))
+        return None if rec is None else rec.seq
+
+    async def last_seq(self) -> int:
+        info = await self.js.stream_info(self.settings.stream)
+        return int(info.state.last_seq)
+
+    async def read(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[RecordedEvent]:
+        """Events in stream order from ``from_seq``; stops at the current end unless ``follow``."""
+        end = await self.last_seq()
+        if not follow and end < from_seq:
+            return
+        sub = await self.js.subscribe(
+            self.subjects.events,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq),
+            stream=self.settings.stream,
+        )
+        try:
+            async for msg in sub.messages:
+                meta = msg.metadata
+                yield RecordedEvent(
+                    event=decode_event(msg.data),
+                    seq=meta.sequence.stream,
+                    subject=msg.subject,
+                    time=meta.timestamp,
+                )
+                if not follow and meta.sequence.stream >= end:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """Parse JetStream's RFC 3339 timestamps (nanoseconds, ``Z``) to an aware datetime."""
+    if not value:
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+    except ValueError:
+        return None

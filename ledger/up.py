@@ -1,0 +1,97 @@
+"""``session-ledger up``: embedded NATS JetStream + the ledger service (+ read side) on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from ledger.app import run_service
+from ledger.cli import COMMON, settings_from
+from ledger.config import Settings
+from ledger.embedded import NatsServer
+
+Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+
+# (name, runner, what it serves): later issues add projections and the edge verifier here.
+COMPONENTS: list[tuple[str, Runner, str]] = [
+    ("ledger-service", run_service, "commands on ledger.cmd.* (queue group ledger-service)"),
+]
+
+
+def register(sub: Any) -> None:
+    up = sub.add_parser("up", parents=[COMMON], help="run the ledger with an embedded NATS JetStream server")
+    up.add_argument("--data-dir", type=Path, help="state directory (default ./.ledger)")
+    up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (default 4222)")
+    up.add_argument(
+        "--sync-always", action="store_true", help="fsync every write (survives power loss; slower)"
+    )
+    up.set_defaults(func=cmd_up)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    server: NatsServer | None = None
+    if args.nats_url is None and not _env_has_url():
+        server = NatsServer(
+            store_dir=(settings.data_dir / "jetstream").resolve(),
+            port=args.nats_port,
+            sync_always=args.sync_always,
+        )
+        print(
+            f"starting nats-server (JetStream) on {server.url}, store {server.store_dir}",
+            flush=True,
+        )
+        server.start()
+        settings = settings.model_copy(update={"nats_url": server.url})
+    try:
+        asyncio.run(run_components(settings))
+    finally:
+        if server is not None:
+            server.stop()
+            print("nats-server stopped", flush=True)
+
+
+def _env_has_url() -> bool:
+    import os
+
+    return "LEDGER_NATS_URL" in os.environ
+
+
+async def run_components(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    for name, runner, what in COMPONENTS:
+        ready = asyncio.Event()
+        task = asyncio.create_task(runner(settings, stop, ready), name=name)
+        await _wait_ready(task, ready)
+        print(f"{name:<16} {what}", flush=True)
+        tasks.append(task)
+    print(
+        f"ready: NATS {settings.nats_url}, data {settings.data_dir.resolve()} (Ctrl-C to stop)",
+        flush=True,
+    )
+    await stop.wait()
+    print("stopping...", flush=True)
+    for task in tasks:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 15)
+
+
+async def _wait_ready(task: asyncio.Task[None], ready: asyncio.Event) -> None:
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()
+    elif not ready.is_set():
+        print(f"{task.get_name()} did not become ready in 30s", file=sys.stderr)
+        raise SystemExit(3)

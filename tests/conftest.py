@@ -1,0 +1,99 @@
+"""Fixtures: a real nats-server with JetStream on a free loopback port, and ledger services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.app import run_service
+from ledger.client import LedgerClient
+from ledger.config import Settings
+from ledger.embedded import NatsServer, free_port
+from ledger.natsconn import connect
+from ledger.store import EventStore
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(store_dir=tmp_path / "js", port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings_for(nats_server: NatsServer, tmp_path: Path) -> Any:
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "nats_url": nats_server.url,
+            "data_dir": tmp_path / "data",
+            "duplicate_window": timedelta(seconds=30),
+        }
+        base.update(overrides)
+        return Settings(**base)
+
+    return make
+
+
+@pytest.fixture
+def settings(settings_for: Any) -> Settings:
+    return settings_for()  # type: ignore[no-any-return]
+
+
+class ServiceRunner:
+    """Starts ledger service instances in this event loop; stops them all at teardown."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(self, settings: Settings) -> tuple[asyncio.Event, asyncio.Task[None]]:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_service(settings, stop, ready))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raise the start-up error
+        waiter.cancel()
+        self.tasks.append((stop, task))
+        return stop, task
+
+    async def stop_all(self) -> None:
+        for stop, _ in self.tasks:
+            stop.set()
+        for _, task in self.tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[ServiceRunner]:
+    runner = ServiceRunner()
+    yield runner
+    await runner.stop_all()
+
+
+@pytest.fixture
+async def service(services: ServiceRunner, settings: Settings) -> ServiceRunner:
+    await services.start(settings)
+    return services
+
+
+@pytest.fixture
+async def client(service: ServiceRunner, settings: Settings) -> AsyncIterator[LedgerClient]:
+    c = await LedgerClient.connect(settings.nats_url)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def store(service: ServiceRunner, settings: Settings) -> AsyncIterator[EventStore]:
+    nc = await connect(settings.nats_url, "test-store")
+    yield EventStore(nc, settings)
+    await nc.drain()
