@@ -5,14 +5,29 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+import re
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.errors import ConfigError
 
 ALLOWED_ALGORITHMS = ("ES256", "EdDSA", "RS256")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> object:
+    """Accept ``30``, ``30s``, ``15m``, ``7d``, ``250ms`` besides what pydantic parses itself."""
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=float(m[1]) * _UNIT_SECONDS[m[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 class ReusePolicy(StrEnum):
@@ -29,12 +44,12 @@ class Settings(BaseSettings):
     stream: str = "LEDGER"
     subject_prefix: str = "ledger"
     replicas: int = Field(default=1, ge=1, le=5)
-    duplicate_window: timedelta = timedelta(minutes=2)
+    duplicate_window: Duration = timedelta(minutes=2)
 
-    access_ttl: timedelta = timedelta(minutes=15)
-    refresh_idle_ttl: timedelta = timedelta(days=7)
-    session_absolute_ttl: timedelta = timedelta(days=30)
-    grace_window: timedelta = timedelta(seconds=30)
+    access_ttl: Duration = timedelta(minutes=15)
+    refresh_idle_ttl: Duration = timedelta(days=7)
+    session_absolute_ttl: Duration = timedelta(days=30)
+    grace_window: Duration = timedelta(seconds=30)
     reuse_policy: ReusePolicy = ReusePolicy.FAMILY
 
     algorithm: str = "ES256"

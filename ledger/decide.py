@@ -57,6 +57,15 @@ class Family:
         return user_cut_seq is not None and user_cut_seq > self.start_seq
 
 
+def evolve(family: Family | None, event: FamilyEvent, seq: int) -> Family:
+    """The family after ``event`` (recorded at stream ``seq``): its head is simply the event."""
+    if isinstance(event, SessionStarted):
+        return Family(started=event, start_seq=seq, head=event, head_seq=seq)
+    if family is None:
+        raise ValueError("a family starts with SessionStarted")
+    return Family(started=family.started, start_seq=family.start_seq, head=event, head_seq=seq)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     grace: timedelta

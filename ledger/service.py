@@ -93,8 +93,7 @@ class LedgerService:
             event,
             expect=(self.subjects.family_filter(sid), 0),
         )
-        family = Family(started=event, start_seq=seq, head=event, head_seq=seq)
-        return self._pair(family, first, now)
+        return self._pair(decide.evolve(None, event, seq), first, now)
 
     async def rotate(self, req: RotateRequest) -> TokenPair:
         token = refresh.parse(req.refresh_token)
@@ -117,7 +116,7 @@ class LedgerService:
                 if isinstance(outcome, decide.Rotated):
                     seq = await self._append_family(family, outcome.events)
                     await self._check_user_cut_after(family, seq)
-                    rotated = Family(family.started, family.start_seq, outcome.events[0], seq)
+                    rotated = decide.evolve(family, outcome.events[0], seq)
                     return self._pair(rotated, outcome.successor, now)
                 await self._append_family(family, outcome.family_events)
                 for event in outcome.user_events:

@@ -89,14 +89,24 @@ class EventStore:
             try:
                 reply = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                if attempt == 2:
-                    raise Unavailable("event store did not acknowledge the append") from None
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue
             except nats.errors.ConnectionClosedError:
                 raise Unavailable("not connected to NATS") from None
-            return self._ack_seq(reply, subject, expect)
+            try:
+                return self._ack_seq(reply, subject, expect)
+            except ConcurrencyConflict:
+                if attempt == 0 or expect is None:
+                    raise
+                return await self._landed_seq(event, expect[0])
         raise Unavailable("event store did not acknowledge the append")
+
+    async def _landed_seq(self, event: Event, filter_: str) -> int:
+        """After a lost ack, the CAS check answers before dedup does: did our event land?"""
+        rec = await self.last(filter_)
+        if rec is not None and rec.event.event_id == event.event_id:
+            return rec.seq
+        raise ConcurrencyConflict(filter_, -1)
 
     @staticmethod
     def _ack_seq(reply: Msg, subject: str, expect: tuple[str, int] | None) -> int:
