@@ -27,7 +27,7 @@ from ledger.messages import (
     ok,
     parse_request,
 )
-from ledger.natsconn import connect
+from ledger.natsconn import broker_options, connect
 from ledger.refresh import TokenKeys
 from ledger.service import LedgerService
 from ledger.store import EventStore
@@ -52,7 +52,7 @@ async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], 
 
 def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
     # Per-message logging roughly halves request/reply throughput: keep it off.
-    broker = NatsBroker(settings.nats_url, logger=None, graceful_timeout=5.0)
+    broker = NatsBroker(**broker_options(settings.nats_url), logger=None, graceful_timeout=5.0)
     subjects = Subjects(settings.subject_prefix)
     routes: list[tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = [
         ("start", StartSessionRequest, service.start_session),

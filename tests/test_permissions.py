@@ -1,0 +1,255 @@
+"""The project's own ``nats.conf``, loaded by a real nats-server: every boundary, both ways.
+
+Each refusal is observed as the server's ``Permissions Violation`` (nats-py error callback);
+each allowed path is shown working end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from ledger.client import LedgerClient
+from ledger.config import Settings
+from ledger.embedded import NatsServer, free_port
+from ledger.events import SigningKeyAdded, decode_event
+from ledger.natsconn import connect
+
+REPO = Path(__file__).resolve().parents[1]
+USERS = {
+    "ledger": "LEDGER_SERVICE_PASSWORD",
+    "app": "LEDGER_APP_PASSWORD",
+    "edge": "LEDGER_EDGE_PASSWORD",
+    "projector": "LEDGER_PROJECTOR_PASSWORD",
+    "analyst": "LEDGER_ANALYST_PASSWORD",
+    "sys": "NATS_SYS_PASSWORD",
+}
+
+
+@dataclass
+class ConfServer(NatsServer):
+    """nats-server running the repository's nats.conf, with only listen/http/store overridden."""
+
+    conf: Path = REPO / "nats.conf"
+
+    def config_text(self) -> str:
+        shutil.copy(self.conf, self.store_dir.parent / self.conf.name)
+        return (
+            f'include "{self.conf.name}"\n'
+            f'listen: "{self.host}:{self.port}"\n'
+            f'http: "127.0.0.1:{free_port()}"\n'
+            f'jetstream {{ store_dir: "{self.store_dir}", max_memory_store: 256MB, max_file_store: 20GB }}\n'
+        )
+
+
+@dataclass
+class Secured:
+    server: ConfServer
+    passwords: dict[str, str]
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def url(self, user: str) -> str:
+        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.server.port}"
+
+    def recorder(self, user: str) -> Any:
+        seen = self.errors.setdefault(user, [])
+
+        async def on_error(exc: Exception) -> None:
+            seen.append(str(exc))
+
+        return on_error
+
+    async def connect(self, user: str) -> NATS:
+        return await connect(self.url(user), f"test-{user}", error_cb=self.recorder(user))
+
+
+@pytest.fixture
+def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Secured]:
+    passwords = {user: secrets.token_urlsafe(18) for user in USERS}
+    for user, env in USERS.items():
+        monkeypatch.setenv(env, passwords[user])
+    server = ConfServer(store_dir=tmp_path / "js", port=free_port())
+    server.start()
+    try:
+        yield Secured(server, passwords)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def ledger_up(secured: Secured, tmp_path: Path, services: Any) -> AsyncIterator[Settings]:
+    """A ledger service running as the ``ledger`` user."""
+    settings = Settings(
+        nats_url=secured.url("ledger"),
+        data_dir=tmp_path / "data",
+        duplicate_window=timedelta(seconds=30),
+    )
+    await services.start(settings)
+    yield settings
+
+
+async def violation(sec: Secured, user: str, action: str, subject: str, queue: str = "") -> None:
+    """Wait until the server reported a permissions violation for ``subject`` (and consume it)."""
+    needle = f'permissions violation for {action} to "{subject.lower()}"'
+    needle += f' using queue "{queue}"' if queue else ""
+    errors = sec.errors.setdefault(user, [])
+    for _ in range(100):
+        for i, error in enumerate(errors):
+            if error.lower().endswith(needle):
+                del errors[i]
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no violation for {user} {action} {subject}: {sec.errors.get(user)}")
+
+
+async def refused_publish(sec: Secured, nc: NATS, user: str, subject: str) -> None:
+    await nc.publish(subject, b"{}")
+    await nc.flush()
+    await violation(sec, user, "publish", subject)
+
+
+async def refused_subscribe(sec: Secured, nc: NATS, user: str, subject: str, queue: str = "") -> None:
+    await nc.subscribe(subject, queue=queue)
+    await nc.flush()
+    await violation(sec, user, "subscription", subject, queue)
+
+
+async def test_wrong_password_and_no_password_are_refused(secured: Secured) -> None:
+    for url in (
+        f"nats://app:wrong@127.0.0.1:{secured.server.port}",
+        f"nats://127.0.0.1:{secured.server.port}",
+    ):
+        with pytest.raises(Exception, match="cannot connect"):
+            await connect(url, "intruder", deadline=3, max_reconnect_attempts=0)
+
+
+async def test_edge_reads_keys_and_notices_but_cannot_append_or_command(
+    secured: Secured, ledger_up: Settings
+) -> None:
+    nc = await secured.connect("edge")
+    try:
+        for subject in (
+            "ledger.ev.s.AAAAAAAAAAAAAAAAAAAAAA.started",
+            "ledger.ev.k.k1.added",
+            "ledger.cmd.rotate",
+        ):
+            await refused_publish(secured, nc, "edge", subject)
+        await refused_subscribe(secured, nc, "edge", "ledger.cmd.*")
+        await refused_subscribe(secured, nc, "edge", "_INBOX.>")
+        # Allowed: the signing key by direct get, live notices, receipts.
+        msg = await nc.request("$JS.API.DIRECT.GET.LEDGER.ledger.ev.k.*.added", b"", timeout=5)
+        assert isinstance(decode_event(msg.data), SigningKeyAdded)
+        notices = await nc.subscribe("ledger.revoked.>")
+        await nc.publish("ledger.receipt.edge-1", b"{}")
+        await nc.flush()
+        assert notices is not None
+        # A family's events are not the edge's business, even read-only.
+        await refused_publish(secured, nc, "edge", "$JS.API.DIRECT.GET.LEDGER.ledger.ev.s.>")
+        assert not [e for e in secured.errors["edge"] if "receipt" in e or "revoked" in e]
+    finally:
+        await nc.close()
+
+
+async def test_edge_can_follow_key_events_with_a_filtered_consumer(
+    secured: Secured, ledger_up: Settings
+) -> None:
+    nc = await secured.connect("edge")
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            "ledger.ev.k.>",
+            stream="LEDGER",
+            config=ConsumerConfig(name="edge-keys", deliver_policy=DeliverPolicy.ALL),
+            manual_ack=True,
+        )
+        msg = await sub.next_msg(timeout=5)
+        assert isinstance(decode_event(msg.data), SigningKeyAdded)
+        await msg.ack()
+        await sub.unsubscribe()
+        # Unfiltered (or family-filtered) consumers on the event stream are refused.
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request("$JS.API.CONSUMER.CREATE.LEDGER", b"{}", timeout=1)
+        await violation(secured, "edge", "publish", "$JS.API.CONSUMER.CREATE.LEDGER")
+    finally:
+        await nc.close()
+
+
+async def test_app_sends_commands_reads_only_its_answers(secured: Secured, ledger_up: Settings) -> None:
+    app = await LedgerClient.connect(secured.url("app"), error_cb=secured.recorder("app"))
+    try:
+        pair = await app.start_session("alice", scopes=["read"])
+        rotated = await app.rotate(pair.refresh_token)
+        assert rotated.generation == 1 and rotated.sid == pair.sid
+        assert (await app.rotate(pair.refresh_token)).refresh_token == rotated.refresh_token  # retry
+        assert (await app.revoke_session(pair.sid)).seq is not None
+        nc = app.nc
+        for subject in ("ledger.ev.s.AAAAAAAAAAAAAAAAAAAAAA.revoked", "$JS.API.STREAM.DELETE.LEDGER"):
+            await refused_publish(secured, nc, "app", subject)
+        await refused_publish(secured, nc, "app", "$JS.API.DIRECT.GET.LEDGER.ledger.ev.>")
+        for subject in ("_INBOX.>", "_INBOX.edge.>", "_INBOX.ledger.>", "ledger.cmd.*", "ledger.ev.>"):
+            await refused_subscribe(secured, nc, "app", subject)
+    finally:
+        await app.close()
+
+
+async def test_app_cannot_read_another_apps_answers(secured: Secured, ledger_up: Settings) -> None:
+    """Two app connections: each one's inbox is private (the prefix is per user, and a
+    second app user would get its own prefix); an analyst cannot sniff either."""
+    analyst = await secured.connect("analyst")
+    try:
+        await refused_subscribe(secured, analyst, "analyst", "_INBOX.app.>")
+        await refused_subscribe(secured, analyst, "analyst", "ledger.cmd.>")
+        await refused_publish(secured, analyst, "analyst", "ledger.cmd.start")
+    finally:
+        await analyst.close()
+
+
+async def test_service_user_cannot_delete_purge_or_eavesdrop(secured: Secured, ledger_up: Settings) -> None:
+    nc = await secured.connect("ledger")
+    try:
+        for subject in (
+            "$JS.API.STREAM.DELETE.LEDGER",
+            "$JS.API.STREAM.PURGE.LEDGER",
+            "$JS.API.STREAM.MSG.DELETE.LEDGER",
+            "ledger.receipt.forged",
+        ):
+            await refused_publish(secured, nc, "ledger", subject)
+        await refused_subscribe(secured, nc, "ledger", "ledger.cmd.*")  # only in its queue group
+        await refused_subscribe(secured, nc, "ledger", "ledger.cmd.*", queue="other")
+        await refused_subscribe(secured, nc, "ledger", "_INBOX.app.>")
+    finally:
+        await nc.close()
+
+
+async def test_projector_and_analyst_consume_events_read_only(secured: Secured, ledger_up: Settings) -> None:
+    app = await LedgerClient.connect(secured.url("app"))
+    try:
+        await app.start_session("bob")
+    finally:
+        await app.close()
+    for user in ("projector", "analyst"):
+        nc = await secured.connect(user)
+        try:
+            js = nc.jetstream()
+            psub = await js.pull_subscribe("ledger.ev.>", durable=f"{user}-test", stream="LEDGER")
+            msgs = await psub.fetch(2, timeout=5)
+            assert {json.loads(m.data)["type"] for m in msgs} >= {"SessionStarted"}
+            for m in msgs:
+                await m.ack()
+            await refused_publish(secured, nc, user, "ledger.ev.s.AAAAAAAAAAAAAAAAAAAAAA.started")
+            await refused_publish(secured, nc, user, "ledger.cmd.revoke_user")
+            await refused_publish(secured, nc, user, "$JS.API.STREAM.UPDATE.LEDGER")
+        finally:
+            await nc.close()
