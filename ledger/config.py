@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=5.0, gt=0, le=60)
     max_generations: int = Field(default=100_000, ge=1)
 
+    edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.sidecar)
+    edge_max_staleness: timedelta = timedelta(seconds=30)  # then fail closed, unless edge_fail_open
+    edge_fail_open: bool = False
+    edge_verifier_id: str | None = None  # default edge-<host>-<pid>
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:
         if self.algorithm not in ALLOWED_ALGORITHMS:
