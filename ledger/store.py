@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,15 @@ def stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def config_differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """True if any field ``wanted`` sets has another value on the server."""
+    return any(
+        getattr(current, f.name) != value
+        for f in dataclass_fields(wanted)
+        if (value := getattr(wanted, f.name)) is not None
+    )
+
+
 class EventStore:
     def __init__(self, nc: NATS, settings: Settings) -> None:
         self.nc = nc
@@ -65,14 +75,19 @@ class EventStore:
         self._facts: OrderedDict[str, tuple[SessionStarted, int]] = OrderedDict()
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or bring an existing one to our config (idempotent)."""
+        """Create the stream, or bring an existing one to our config (idempotent).
+
+        Updates only when the config differs, so read-only users (projections, whose
+        nats.conf permissions allow stream info but not update) can call it too.
+        """
         config = stream_config(self.settings)
         try:
-            await self.js.stream_info(self.settings.stream)
+            info = await self.js.stream_info(self.settings.stream)
         except NotFoundError:
             await self.js.add_stream(config)
         else:
-            await self.js.update_stream(config)
+            if config_differs(info.config, config):
+                await self.js.update_stream(config)
 
     async def append(self, subject: str, event: Event, *, expect: tuple[str, int] | None = None) -> int:
         """Append one event; ``expect=(filter, seq)`` makes it a compare-and-set.
