@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client as NATS
@@ -66,13 +67,18 @@ def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
     return broker
 
 
+async def _raw_body(msg: StreamMessage[Any]) -> bytes:
+    """Hand the body over undecoded: our own size-bounded validation answers every input."""
+    return msg.body
+
+
 def _route(
     broker: NatsBroker,
     subject: str,
     model: type[BaseModel],
     call: Callable[..., Awaitable[BaseModel]],
 ) -> None:
-    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT)
+    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT, decoder=_raw_body)
     async def _handler(msg: NatsMessage) -> bytes:
         return await handle(model, call, msg.body)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from ledger.errors import LedgerError, Unavailable, error_from_code
+from ledger.errors import BadRequest, LedgerError, Unavailable, error_from_code
 from ledger.events import RevokeReason
 from ledger.ids import Subjects
 from ledger.messages import (
@@ -23,8 +23,28 @@ from ledger.messages import (
     TokenPair,
 )
 from ledger.natsconn import connect
+from projections.views import (
+    GetSessionRequest,
+    Introspection,
+    IntrospectRequest,
+    ListSessionsRequest,
+    SessionList,
+    SessionView,
+    query_subject,
+)
 
 __all__ = ["LedgerClient"]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _build(model: type[M], **fields: Any) -> M:
+    """Validate locally with the server's own models; a bad value is ``BadRequest``, not a crash."""
+    try:
+        return model(**fields)
+    except (ValidationError, ValueError):
+        raise BadRequest(f"invalid {model.__name__} ({', '.join(sorted(fields))})") from None
 
 
 class LedgerClient:
@@ -65,24 +85,39 @@ class LedgerClient:
     async def start_session(
         self, sub: str, *, client_id: str | None = None, scopes: Sequence[str] = ()
     ) -> TokenPair:
-        req = StartSessionRequest(sub=sub, client_id=client_id, scopes=tuple(scopes))
+        req = _build(StartSessionRequest, sub=sub, client_id=client_id, scopes=tuple(scopes))
         return TokenPair.model_validate(await self._call("start", req))
 
     async def rotate(self, refresh_token: str) -> TokenPair:
-        req = RotateRequest(refresh_token=refresh_token)
+        req = _build(RotateRequest, refresh_token=refresh_token)
         return TokenPair.model_validate(await self._call("rotate", req))
 
     async def revoke_session(self, sid: str, reason: RevokeReason | str = RevokeReason.LOGOUT) -> Revocation:
-        req = RevokeSessionRequest(sid=sid, reason=RevokeReason(reason))
+        req = _build(RevokeSessionRequest, sid=sid, reason=reason)
         return Revocation.model_validate(await self._call("revoke", req))
 
     async def logout(self, refresh_token: str) -> Revocation:
-        req = LogoutRequest(refresh_token=refresh_token)
+        req = _build(LogoutRequest, refresh_token=refresh_token)
         return Revocation.model_validate(await self._call("logout", req))
 
     async def revoke_user(self, sub: str, reason: RevokeReason | str = RevokeReason.ADMIN) -> Revocation:
-        req = RevokeUserRequest(sub=sub, reason=RevokeReason(reason))
+        req = _build(RevokeUserRequest, sub=sub, reason=reason)
         return Revocation.model_validate(await self._call("revoke_user", req))
+
+    async def list_sessions(self, sub: str, *, include_inactive: bool = False) -> SessionList:
+        """A user's sessions from the sessions projection (active ones unless asked otherwise)."""
+        req = ListSessionsRequest(sub=sub, include_inactive=include_inactive)
+        return SessionList.model_validate(await self._query("sessions", req))
+
+    async def get_session(self, sid: str) -> SessionView:
+        return SessionView.model_validate(await self._query("session", GetSessionRequest(sid=sid)))
+
+    async def introspect(self, token: str) -> Introspection:
+        """RFC 7662: ``active`` plus claims, for a refresh token or an access token."""
+        return Introspection.model_validate(await self._query("introspect", IntrospectRequest(token=token)))
+
+    async def _query(self, name: str, req: BaseModel) -> dict[str, Any]:
+        return await self._send_to(query_subject(self.subjects.prefix, name), req.model_dump_json().encode())
 
     async def request_raw(self, command: str, body: bytes) -> dict[str, Any]:
         """Send raw bytes to a command (tests and tools use it to probe input validation)."""
@@ -92,8 +127,11 @@ class LedgerClient:
         return await self._send(command, req.model_dump_json().encode())
 
     async def _send(self, command: str, body: bytes) -> dict[str, Any]:
+        return await self._send_to(self.subjects.command(command), body)
+
+    async def _send_to(self, subject: str, body: bytes) -> dict[str, Any]:
         try:
-            msg = await self.nc.request(self.subjects.command(command), body, timeout=self.timeout)
+            msg = await self.nc.request(subject, body, timeout=self.timeout)
         except nats.errors.NoRespondersError:
             raise Unavailable("no ledger service is running") from None
         except nats.errors.TimeoutError:

@@ -15,12 +15,16 @@ from ledger.app import run_service
 from ledger.cli import COMMON, settings_from
 from ledger.config import Settings
 from ledger.embedded import NatsServer
+from projections.analytics import run_analytics
+from projections.runner import run_sessions
 
 Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 
 # (name, runner, what it serves): later issues add projections and the edge verifier here.
 COMPONENTS: list[tuple[str, Runner, str]] = [
     ("ledger-service", run_service, "commands on ledger.cmd.* (queue group ledger-service)"),
+    ("sessions", run_sessions, "sessions projection (KV) + queries on ledger.q.*"),
+    ("analytics", run_analytics, "DuckDB analytics <data-dir>/analytics.duckdb (+ .snapshot for readers)"),
 ]
 
 
@@ -32,6 +36,17 @@ def register(sub: Any) -> None:
         "--sync-always", action="store_true", help="fsync every write (survives power loss; slower)"
     )
     up.set_defaults(func=cmd_up)
+
+    service = sub.add_parser(
+        "service", parents=[COMMON], help="run one ledger service instance against an existing NATS"
+    )
+    service.add_argument("--data-dir", type=Path, help="state directory with keys/ (default ./.ledger)")
+    service.set_defaults(func=cmd_service)
+
+
+def cmd_service(args: argparse.Namespace) -> None:
+    """One stateless instance of the queue group: run as many as you need."""
+    asyncio.run(run_components(settings_from(args), COMPONENTS[:1]))
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -63,13 +78,15 @@ def _env_has_url() -> bool:
     return "LEDGER_NATS_URL" in os.environ
 
 
-async def run_components(settings: Settings) -> None:
+async def run_components(
+    settings: Settings, components: list[tuple[str, Runner, str]] | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
-    for name, runner, what in COMPONENTS:
+    for name, runner, what in COMPONENTS if components is None else components:
         ready = asyncio.Event()
         task = asyncio.create_task(runner(settings, stop, ready), name=name)
         await _wait_ready(task, ready)

@@ -73,7 +73,8 @@ class ServiceRunner:
 
 
 @pytest.fixture
-async def services() -> AsyncIterator[ServiceRunner]:
+async def services(nats_server: NatsServer) -> AsyncIterator[ServiceRunner]:
+    """Depends on ``nats_server`` so that services stop before the server does."""
     runner = ServiceRunner()
     yield runner
     await runner.stop_all()
@@ -93,7 +94,10 @@ async def client(service: ServiceRunner, settings: Settings) -> AsyncIterator[Le
 
 
 @pytest.fixture
-async def store(service: ServiceRunner, settings: Settings) -> AsyncIterator[EventStore]:
+async def store(nats_server: NatsServer, settings: Settings) -> AsyncIterator[EventStore]:
+    """A reader/writer on the ledger stream, independent of any service instance."""
     nc = await connect(settings.nats_url, "test-store")
-    yield EventStore(nc, settings)
+    event_store = EventStore(nc, settings)
+    await event_store.ensure_stream()
+    yield event_store
     await nc.drain()

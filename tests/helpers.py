@@ -1,0 +1,14 @@
+"""Small helpers shared by integration tests."""
+
+from __future__ import annotations
+
+from ledger.events import RecordedEvent
+from ledger.store import EventStore
+
+
+async def all_events(store: EventStore) -> list[RecordedEvent]:
+    return [rec async for rec in store.read(from_seq=1)]
+
+
+async def family_events(store: EventStore, sid: str) -> list[RecordedEvent]:
+    return [rec for rec in await all_events(store) if getattr(rec.event, "sid", None) == sid]
