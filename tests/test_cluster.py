@@ -10,6 +10,7 @@ and no answer other than success or ``unavailable`` may ever have been given.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ class Load:
         ok = sorted(t for t, outcome in self.answers if outcome == "ok" and t >= moment)
         if not ok:
             return float("inf")
-        return max([ok[0] - moment] + [b - a for a, b in zip(ok, ok[1:], strict=False)])
+        return max([ok[0] - moment] + [b - a for a, b in itertools.pairwise(ok)])
 
     def count(self, outcome: str) -> int:
         return sum(1 for _, o in self.answers if o == outcome)
