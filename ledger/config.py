@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-import re
 from typing import Annotated, Self
 
 from pydantic import BeforeValidator, Field, model_validator

@@ -1,0 +1,142 @@
+"""The CLI as a person uses it: real processes, JSON output, documented exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ledger.client import LedgerClient
+from ledger.config import Settings
+from ledger.embedded import free_port
+from tests.conftest import ServiceRunner
+
+
+async def cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_session_lifecycle_through_the_cli(service: ServiceRunner, settings: Settings) -> None:
+    url = ["--nats-url", settings.nats_url]
+    code, out, _ = await cli("session", "start", "--sub", "alice", "--scope", "read", "--json", *url)
+    assert code == 0
+    pair = json.loads(out)
+    assert pair["sub"] == "alice" and pair["generation"] == 0
+    code, out, _ = await cli("session", "rotate", pair["refresh_token"], "--json", *url)
+    assert code == 0 and json.loads(out)["generation"] == 1
+    code, out, _ = await cli("session", "revoke", pair["sid"], *url)
+    assert code == 0 and "revoked session" in out
+    code, _, err = await cli("session", "rotate", pair["refresh_token"], "--json", *url)
+    assert code == 1 and json.loads(err)["error"]["code"] == "session_revoked"
+    code, out, _ = await cli("user", "revoke", "alice", "--reason", "password_change", *url)
+    assert code == 0 and "all sessions of alice" in out
+    code, out, _ = await cli("events", "tail", *url)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [e["type"] for e in lines][-4:] == [
+        "SessionStarted",
+        "TokenRotated",
+        "SessionRevoked",
+        "UserSessionsRevoked",
+    ]
+    assert all(pair["refresh_token"] not in line for line in out.splitlines())
+
+
+async def test_exit_codes(service: ServiceRunner, settings: Settings) -> None:
+    url = ["--nats-url", settings.nats_url]
+    code, _, err = await cli("session", "rotate", "rt1.garbage", *url)
+    assert code == 1 and "invalid_token" in err and "garbage" not in err
+    code, _, err = await cli("session", "start", "--sub", "has space", *url)
+    assert code == 2 and "bad_request" in err
+    code, _, err = await cli(
+        "session", "start", "--sub", "x", "--nats-url", f"nats://127.0.0.1:{free_port()}", "--timeout", "1"
+    )
+    assert code == 3 and "unavailable" in err
+    code, _, _ = await cli("session", "explode")
+    assert code == 2  # argparse usage error
+
+
+async def test_events_tail_follow_streams_new_events(client: LedgerClient, settings: Settings) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        "events",
+        "tail",
+        "--follow",
+        "--nats-url",
+        settings.nats_url,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 15))
+        assert first["type"] == "SigningKeyAdded" and "d" not in first["public_jwk"]
+        pair = await client.start_session("follow-me")
+        line = json.loads(await asyncio.wait_for(proc.stdout.readline(), 15))
+        assert line["type"] == "SessionStarted" and line["sid"] == pair.sid
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "up",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--nats-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("ready:") or not line:
+                break
+        assert lines[-1].startswith("ready:"), "".join(lines)
+
+        async def use() -> str:
+            async with await LedgerClient.connect(f"nats://127.0.0.1:{port}") as c:
+                pair = await c.start_session("alice")
+                return (await c.rotate(pair.refresh_token)).sub
+
+        assert asyncio.run(use()) == "alice"
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    assert "nats-server stopped" in rest
+    assert (tmp_path / "d" / "keys" / "ledger.secret").exists()
+    assert oct((tmp_path / "d" / "keys" / "ledger.secret").stat().st_mode & 0o777) == "0o600"
