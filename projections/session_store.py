@@ -1,0 +1,246 @@
+"""The sessions read model in a NATS KV bucket (any process can read or watch it).
+
+Exactly-once: every record carries the stream sequence last applied to its key, and
+a write is a compare-and-set on the key's KV revision, so a redelivered event is a
+no-op and two writers can never interleave on one key. The checkpoint key is a
+resume hint and the lag gauge, written after the batch's records.
+
+Which bucket is live is a pointer in ``<stream>_PROJECTIONS`` (key ``sessions``):
+a rebuild fills a fresh bucket from sequence 1, then moves the pointer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import nats.js.errors as jserr
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from ledger.config import Settings
+from ledger.events import RecordedEvent
+from projections.sessions import (
+    CHECKPOINT_KEY,
+    Record,
+    SessionRecord,
+    UserCutRecord,
+    changes,
+    decode,
+    decode_checkpoint,
+    encode,
+    encode_checkpoint,
+    session_key,
+    touched,
+    user_cut_key,
+    user_prefix,
+)
+
+CACHE_SIZE = 100_000
+PROJECTION = "sessions"
+CAS_ATTEMPTS = 5
+PARALLEL_WRITES = 128
+
+
+def pointer_bucket(settings: Settings) -> str:
+    return f"{settings.stream}_PROJECTIONS"
+
+
+def bucket_name(settings: Settings, number: int) -> str:
+    return f"{settings.stream}_SESSIONS_{number}"
+
+
+def bucket_number(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
+class SessionStore:
+    """One bucket. Meant for a single writer; its cache is only trusted by that writer."""
+
+    def __init__(self, kv: KeyValue, bucket: str) -> None:
+        self.kv = kv
+        self.bucket = bucket
+        self._cache: OrderedDict[str, tuple[Record | None, int]] = OrderedDict()
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> SessionStore:
+        try:
+            kv = await js.key_value(bucket)
+        except jserr.BucketNotFoundError:
+            config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+            kv = await js.create_key_value(config)
+        return cls(kv, bucket)
+
+    async def get(self, key: str) -> Record | None:
+        return (await self._load(key))[0]
+
+    async def session(self, sid: str) -> SessionRecord | None:
+        record = await self.get(session_key(sid))
+        return record if isinstance(record, SessionRecord) else None
+
+    async def user_cut(self, sub: str) -> int | None:
+        record = await self.get(user_cut_key(sub))
+        return record.seq if isinstance(record, UserCutRecord) else None
+
+    async def user_sessions(self, sub: str) -> list[SessionRecord]:
+        sids = [key.rsplit(".", 1)[1] for key in await self._keys(f"{user_prefix(sub)}.s.*")]
+        found = await asyncio.gather(*(self.session(sid) for sid in sids))
+        return sorted((s for s in found if s is not None), key=lambda s: s.start_seq)
+
+    async def apply(self, rec: RecordedEvent) -> int:
+        """Apply one event to the keys it touches; returns how many records were written."""
+        written = 0
+        for key in touched(rec.event):
+            written += await self._apply_key(key, rec)
+        return written
+
+    async def _apply_key(self, key: str, rec: RecordedEvent) -> int:
+        for _ in range(CAS_ATTEMPTS):
+            current, revision = await self._load(key)
+            new = changes({key: current} if current is not None else {}, rec).get(key)
+            if new is None:
+                return 0
+            try:
+                await self._write(key, new, revision)
+            except jserr.KeyWrongLastSequenceError:
+                self._cache.pop(key, None)  # someone else wrote it: re-read, decide again
+                continue
+            return 1
+        raise RuntimeError(f"could not write {key}: too many conflicting writers")
+
+    async def _write(self, key: str, record: Record, revision: int) -> None:
+        data = encode(record)
+        if revision == 0:
+            new_revision = await self.kv.create(key, data)
+        else:
+            new_revision = await self.kv.update(key, data, last=revision)
+        self._remember(key, record, new_revision)
+
+    async def _load(self, key: str) -> tuple[Record | None, int]:
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        try:
+            entry = await self.kv.get(key)
+        except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
+            self._remember(key, None, 0)
+            return None, 0
+        record = decode(entry.value) if entry.value else None
+        self._remember(key, record, entry.revision or 0)
+        return record, entry.revision or 0
+
+    def _remember(self, key: str, record: Record | None, revision: int) -> None:
+        self._cache[key] = (record, revision)
+        self._cache.move_to_end(key)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def checkpoint(self) -> int:
+        try:
+            entry = await self.kv.get(CHECKPOINT_KEY)
+        except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
+            return 0
+        return decode_checkpoint(entry.value) if entry.value else 0
+
+    async def save_checkpoint(self, seq: int) -> None:
+        """Move the checkpoint forward only (a stale writer can never move it back)."""
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await self.kv.get(CHECKPOINT_KEY)
+                current, revision = decode_checkpoint(entry.value or b'{"seq":0}'), entry.revision or 0
+            except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
+                current, revision = 0, 0
+            if current >= seq:
+                return
+            try:
+                if revision == 0:
+                    await self.kv.create(CHECKPOINT_KEY, encode_checkpoint(seq))
+                else:
+                    await self.kv.update(CHECKPOINT_KEY, encode_checkpoint(seq), last=revision)
+                return
+            except jserr.KeyWrongLastSequenceError:
+                continue
+
+    async def put_many(self, data: Mapping[str, bytes]) -> None:
+        """Unconditional bulk writes: only for a fresh bucket that a rebuild owns alone."""
+        items = list(data.items())
+        for start in range(0, len(items), PARALLEL_WRITES):
+            chunk = items[start : start + PARALLEL_WRITES]
+            await asyncio.gather(*(self.kv.put(key, value) for key, value in chunk))
+
+    async def dump(self) -> dict[str, bytes]:
+        """Every key and its bytes (tests compare a rebuild with the live bucket this way)."""
+        out: dict[str, bytes] = {}
+        watcher = await self.kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                out[entry.key] = entry.value or b""
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return out
+
+    async def _keys(self, pattern: str) -> list[str]:
+        keys: list[str] = []
+        watcher = await self.kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                keys.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return keys
+
+
+class Pointer:
+    """Which sessions bucket is live: a compare-and-set key in the projections bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, settings: Settings) -> Pointer:
+        bucket = pointer_bucket(settings)
+        try:
+            kv = await js.key_value(bucket)
+        except jserr.BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=bucket, history=1, storage=StorageType.FILE, replicas=settings.replicas
+            )
+            kv = await js.create_key_value(config)
+        return cls(kv)
+
+    async def read(self) -> tuple[str | None, int]:
+        try:
+            entry = await self.kv.get(PROJECTION)
+        except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
+            return None, 0
+        return (entry.value.decode() if entry.value else None), entry.revision or 0
+
+    async def move(self, bucket: str, revision: int) -> bool:
+        """Point at ``bucket`` iff nobody moved the pointer since ``revision``."""
+        try:
+            if revision == 0:
+                await self.kv.create(PROJECTION, bucket.encode())
+            else:
+                await self.kv.update(PROJECTION, bucket.encode(), last=revision)
+        except jserr.KeyWrongLastSequenceError:
+            return False
+        return True
+
+
+async def live_bucket(js: JetStreamContext, settings: Settings) -> str:
+    """The live bucket's name, creating the pointer (bucket 1) on first use."""
+    pointer = await Pointer.open(js, settings)
+    for _ in range(CAS_ATTEMPTS):
+        name, revision = await pointer.read()
+        if name is not None:
+            return name
+        if await pointer.move(bucket_name(settings, 1), revision):
+            return bucket_name(settings, 1)
+    raise RuntimeError("could not initialise the sessions pointer")
