@@ -148,9 +148,14 @@ async def status_rows(nc: NATS, settings: Settings) -> list[dict[str, Any]]:
     last = await EventStore(nc, settings).last_seq()
     rows = []
     for name, checkpoint in CHECKPOINTS.items():
-        applied = await checkpoint(nc, settings)
-        lag = None if applied is None else max(0, last - applied)
-        rows.append({"projection": name, "stream_last_seq": last, "checkpoint": applied, "lag": lag})
+        row: dict[str, Any] = {"projection": name, "stream_last_seq": last, "checkpoint": None, "lag": None}
+        try:
+            row["checkpoint"] = applied = await checkpoint(nc, settings)
+        except Exception as exc:  # one broken projection must not hide the others
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            applied = None
+        row["lag"] = None if applied is None else max(0, last - applied)
+        rows.append(row)
     return rows
 
 
@@ -162,6 +167,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         human = "\n".join(
             f"{r['projection']:<12} checkpoint {r['checkpoint'] if r['checkpoint'] is not None else '-':>10}"
             f"  stream {r['stream_last_seq']:>10}  lag {r['lag'] if r['lag'] is not None else 'not started'}"
+            + (f"  ({r['error']})" if "error" in r else "")
             for r in rows
         )
         emit(args, {"projections": rows}, human)

@@ -109,7 +109,7 @@ class SessionsRunner:
         await self._maybe_switch()
         try:
             msgs = await self._subscription().fetch(self.options.batch, timeout=self.options.fetch_timeout)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when idle
             return 0
         return await self._handle(msgs, stop)
 
