@@ -118,44 +118,49 @@ class SessionsRunner:
         return self._sub
 
     async def _handle(self, msgs: list[Msg], stop: asyncio.Event | None) -> int:
-        done: list[Msg] = []
+        """Write the batch's in-order prefix, checkpoint, ack; nak what must come again."""
+        ready = await self._in_order(msgs)
         before = self.applied
-        for i, msg in enumerate(msgs):
-            if stop is not None and stop.is_set():
-                await _nak(msgs[i:])
-                break
-            if not await self._apply_one(msg):
-                await _nak(msgs[i:], delay=0.05)
-                break
-            done.append(msg)
+        try:
+            await self._store().apply_batch([rec for _, rec in ready if rec is not None])
+            for seq, _ in ready:
+                await self.hook("written", seq)
+                self.applied = seq
+                if stop is not None and stop.is_set():
+                    break  # stopping mid-batch: the rest comes again, to whoever runs next
+        except TRANSIENT as exc:
+            log.warning("sessions projection: batch not applied yet: %s", exc)
+            await _nak(msgs, delay=0.05)
+            return 0
         if self.applied > before:
             await self._store().save_checkpoint(self.applied)
             await self.hook("checkpointed", self.applied)
-        for msg in done:
+        settled = [m for m in msgs if m.metadata.sequence.stream <= self.applied]
+        for msg in settled:
             await msg.ack()
+        await _nak([m for m in msgs if m.metadata.sequence.stream > self.applied], delay=0.05)
         return self.applied - before
 
-    async def _apply_one(self, msg: Msg) -> bool:
-        """True when ``msg`` is applied (or already was); False to retry it later, in order."""
-        seq = msg.metadata.sequence.stream
-        if seq <= self.applied:
-            return True
-        if seq > self.applied + 1 and not await self._gap_is_real(seq):
-            return False
-        rec = _recorded(msg, seq)
-        try:
-            if rec is not None:
-                await self._store().apply(rec)
-            await self.hook("written", seq)
-        except TRANSIENT as exc:
-            log.warning("sessions projection: seq %d not applied yet: %s", seq, exc)
-            return False
-        self.applied = seq
-        return True
+    async def _in_order(self, msgs: list[Msg]) -> list[tuple[int, RecordedEvent | None]]:
+        """The batch's new events that follow the checkpoint without a hole, in order.
 
-    async def _gap_is_real(self, seq: int) -> bool:
-        """True when no event lies between the checkpoint and ``seq`` (nothing to wait for)."""
-        body = json.dumps({"seq": self.applied + 1, "next_by_subj": self.events_filter}).encode()
+        Stops at a gap (an earlier event is still pending redelivery): never skip one.
+        Undecodable messages come back as None: they advance the sequence, nothing else.
+        """
+        expected, ready = self.applied + 1, []
+        for msg in sorted(msgs, key=lambda m: m.metadata.sequence.stream):
+            seq = msg.metadata.sequence.stream
+            if seq < expected:
+                continue  # a redelivery of something applied: ack it, change nothing
+            if seq > expected and not await self._gap_is_real(seq, expected):
+                break
+            ready.append((seq, _recorded(msg, seq)))
+            expected = seq + 1
+        return ready
+
+    async def _gap_is_real(self, seq: int, expected: int) -> bool:
+        """True when no event lies between ``expected`` and ``seq`` (nothing to wait for)."""
+        body = json.dumps({"seq": expected, "next_by_subj": self.events_filter}).encode()
         subject = f"$JS.API.DIRECT.GET.{self.settings.stream}"
         reply = await self.nc.request(subject, body, timeout=self.settings.request_timeout)
         found = (reply.headers or {}).get("Nats-Sequence")

@@ -96,6 +96,34 @@ class SessionStore:
             written += await self._apply_key(key, rec)
         return written
 
+    async def apply_batch(self, recs: list[RecordedEvent]) -> int:
+        """Apply events in order, writing each touched key once, all keys in parallel.
+
+        A crash half-way leaves some keys at the batch's end and others before it; the
+        redelivered batch then skips the former (their seq is higher) and fills in the rest.
+        """
+        keys = sorted({key for rec in recs for key in touched(rec.event)})
+        loaded = await asyncio.gather(*(self._load(key) for key in keys))
+        base = dict(zip(keys, loaded, strict=True))
+        records = {key: record for key, (record, _) in base.items() if record is not None}
+        dirty: set[str] = set()
+        for rec in recs:
+            changed = changes(records, rec)
+            records.update(changed)
+            dirty.update(changed)
+        await self._write_all([(key, records[key], base[key][1]) for key in sorted(dirty)])
+        return len(dirty)
+
+    async def _write_all(self, writes: list[tuple[str, Record, int]]) -> None:
+        for start in range(0, len(writes), PARALLEL_WRITES):
+            chunk = writes[start : start + PARALLEL_WRITES]
+            results = await asyncio.gather(*(self._write(*w) for w in chunk), return_exceptions=True)
+            failed = [(w[0], r) for w, r in zip(chunk, results, strict=True) if isinstance(r, BaseException)]
+            for key, _ in failed:
+                self._cache.pop(key, None)  # re-read on the redelivery
+            if failed:
+                raise failed[0][1]
+
     async def _apply_key(self, key: str, rec: RecordedEvent) -> int:
         for _ in range(CAS_ATTEMPTS):
             current, revision = await self._load(key)

@@ -27,7 +27,7 @@ from projections.rebuild import rebuild_sessions
 from projections.runner import RunnerOptions, SessionsRunner, run_sessions
 from projections.session_store import SessionStore, live_bucket
 from projections.sessions import SessionRecord, decode, fold, snapshot
-from tests.sessions_history import generate
+from tests.sessions_history import generate, recorded
 
 FAST = RunnerOptions(batch=64, ack_wait=1.0, fetch_timeout=0.2, pointer_check=0.2, restart_delay=0.2)
 
@@ -381,3 +381,20 @@ async def test_forged_access_token_is_inactive(client: LedgerClient, settings: S
         bare = {k: v for k, v in header.items() if k != "alg"}
         none_alg = jwt.encode(claims, None, algorithm="none", headers=bare)
         assert (await client.introspect(none_alg)).active is False
+
+
+async def test_crash_half_way_through_a_batch_write(nc: NATS, settings: Settings) -> None:
+    """Some keys already hold the batch's end state, others none of it: the retry completes it."""
+    recs = recorded(generate(seed=77, count=400))
+    head, batch = recs[:200], recs[200:]
+    js = nc.jetstream()
+    store = await SessionStore.open(js, "SESSIONS_PARTIAL")
+    await store.apply_batch(head)
+    done = snapshot(fold(recs))
+    already = sorted(k for k in done if k != "checkpoint")[::3]  # a third landed before the crash
+    await store.put_many({k: done[k] for k in already})
+    fresh = await SessionStore.open(js, "SESSIONS_PARTIAL")  # the restarted process: cold cache
+    await fresh.apply_batch(batch)
+    await fresh.apply_batch(batch[:50])  # and a redelivery of part of it, for good measure
+    await fresh.save_checkpoint(recs[-1].seq)
+    assert await fresh.dump() == done
