@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -133,10 +134,13 @@ def encode_event(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
-class RecordedEvent(BaseModel):
-    """An event as read back from the stream: it also knows where it lives."""
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as read back from the stream: it also knows where it lives.
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass: the event inside is already validated, and this sits on the
+    rotation hot path (one per direct get).
+    """
 
     event: Event
     seq: int

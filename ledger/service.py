@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -170,6 +171,11 @@ class LedgerService:
         return Revocation(seq=seq, sub=req.sub, revoked_at=now)
 
     async def _read(self, sid: str) -> tuple[Family | None, int | None]:
+        """The family and its user's cut; both reads at once when the facts are cached."""
+        sub = self.store.cached_sub(sid)
+        if sub is not None:
+            family, cut = await asyncio.gather(self.store.family(sid), self.store.user_cut(sub))
+            return family, cut
         family = await self.store.family(sid)
         if family is None:
             return None, None

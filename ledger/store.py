@@ -174,6 +174,10 @@ class EventStore:
         assert isinstance(event, FamilyEvent)
         return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=head.seq)
 
+    def cached_sub(self, sid: str) -> str | None:
+        cached = self._facts.get(sid)
+        return None if cached is None else cached[0].sub
+
     async def _facts_for(self, sid: str, head: RecordedEvent) -> tuple[SessionStarted, int]:
         if isinstance(head.event, SessionStarted):
             facts = (head.event, head.seq)

@@ -1,0 +1,57 @@
+"""``python -m bench``: every figure beside the raw primitive it is built on, same run.
+
+Options: --quick (shorter runs), --only SECTION[,SECTION], --out PATH (JSON results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench import rotation
+from bench.common import Report
+
+SECTIONS = ["rotation", "verify", "reach", "peer", "analytics"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer/shorter repetitions")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections: {','.join(SECTIONS)}")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    reps, seconds = (3, 1.0) if args.quick else (5, 2.0)
+    report = Report()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-data-") as tmp:
+        data = Path(tmp)
+        if "rotation" in only:
+            asyncio.run(rotation.run(report, reps, seconds, data / "rotation"))
+        if "verify" in only:
+            from bench import verify
+
+            verify.run(report, reps, seconds)
+        if "reach" in only:
+            from bench import reach
+
+            asyncio.run(reach.run(report, reps, seconds, data / "reach"))
+        if "peer" in only:
+            from bench import peer
+
+            asyncio.run(peer.run(report, reps, seconds, data / "peer"))
+        if "analytics" in only:
+            from bench import analytics
+
+            asyncio.run(analytics.run(report, quick=args.quick, data=data / "analytics"))
+    print()
+    print(report.table())
+    report.write(args.out)
+    print(f"\n{len(report.rows)} figures in {time.monotonic() - started:.0f}s; JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Shared bench plumbing: repetitions, medians, ratios, the table and the JSON file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ledger.config import Settings
+from ledger.embedded import NatsServer, free_port
+
+
+@dataclass
+class Stat:
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        return cls(statistics.median(values), min(values), max(values))
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    unit: str
+    value: Stat
+    baseline: str = ""
+    base: Stat | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.base is None or self.base.median == 0:
+            return None
+        return self.value.median / self.base.median
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        print(_line(row), flush=True)
+        return row
+
+    def table(self) -> str:
+        head = f"{'section':<10} {'measure':<44} {'median':>10} {'[min..max]':>21} {'unit':<8} {'vs raw':>7}  target"
+        return "\n".join([head, "-" * len(head), *(_line(r) for r in self.rows)])
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = [{**asdict(r), "ratio": r.ratio} for r in self.rows]
+        path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _line(r: Row) -> str:
+    spread = f"[{_fmt(r.value.low)}..{_fmt(r.value.high)}]"
+    ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
+    verdict = "" if r.met is None else ("MET" if r.met else "NOT MET")
+    target = f"{r.target} {verdict}".strip()
+    return f"{r.section:<10} {r.name:<44} {_fmt(r.value.median):>10} {spread:>21} {r.unit:<8} {ratio:>7}  {target}"
+
+
+async def repeat(fn: Callable[[], Awaitable[float]], reps: int) -> Stat:
+    return Stat.of([await fn() for _ in range(reps)])
+
+
+def repeat_sync(fn: Callable[[], float], reps: int) -> Stat:
+    return Stat.of([fn() for _ in range(reps)])
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextmanager
+def nats_server() -> Iterator[NatsServer]:
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        server = NatsServer(store_dir=Path(tmp) / "js", port=free_port()).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextmanager
+def service_processes(settings: Settings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Ledger service instances as separate processes, as they run in production."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "service", "--nats-url", settings.nats_url,
+             "--data-dir", str(settings.data_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(15)
+
+
+async def wait_for_service(url: str, deadline_s: float = 30) -> None:
+    from ledger.client import LedgerClient
+    from ledger.errors import Unavailable
+
+    deadline = time.monotonic() + deadline_s
+    async with await LedgerClient.connect(url) as client:
+        while time.monotonic() < deadline:
+            try:
+                await client.start_session("bench-probe")
+                return
+            except Unavailable:
+                await asyncio.sleep(0.1)
+    raise RuntimeError("ledger service did not start")
