@@ -58,7 +58,7 @@ class Report:
         return row
 
     def table(self) -> str:
-        head = f"{'section':<10} {'measure':<44} {'median':>10} {'[min..max]':>21} {'unit':<8} {'vs raw':>7}  target"
+        head = _cols("section", "measure", "median", "[min..max]", "unit", "ratio", "target")
         return "\n".join([head, "-" * len(head), *(_line(r) for r in self.rows)])
 
     def write(self, path: Path) -> None:
@@ -76,7 +76,11 @@ def _line(r: Row) -> str:
     ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
     verdict = "" if r.met is None else ("MET" if r.met else "NOT MET")
     target = f"{r.target} {verdict}".strip()
-    return f"{r.section:<10} {r.name:<44} {_fmt(r.value.median):>10} {spread:>21} {r.unit:<8} {ratio:>7}  {target}"
+    return _cols(r.section, r.name, _fmt(r.value.median), spread, r.unit, ratio, target)
+
+
+def _cols(section: str, name: str, value: str, spread: str, unit: str, ratio: str, target: str) -> str:
+    return f"{section:<10} {name:<44} {value:>10} {spread:>21} {unit:<8} {ratio:>7}  {target}"
 
 
 async def repeat(fn: Callable[[], Awaitable[float]], reps: int) -> Stat:
@@ -111,9 +115,18 @@ def service_processes(settings: Settings, count: int) -> Iterator[list[subproces
     """Ledger service instances as separate processes, as they run in production."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "service", "--nats-url", settings.nats_url,
-             "--data-dir", str(settings.data_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "service",
+                "--nats-url",
+                settings.nats_url,
+                "--data-dir",
+                str(settings.data_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(count)
     ]
