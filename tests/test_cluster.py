@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from ledger.client import LedgerClient
-from ledger.cluster import Cluster, stream_leader
+from ledger.cluster import Cluster, stream_leader, wait_jetstream
 from ledger.config import Settings
 from ledger.embedded import NatsServer
 from ledger.errors import LedgerError, Unavailable
@@ -30,6 +30,7 @@ from ledger.events import SessionStarted, TokenRotated
 from ledger.messages import TokenPair
 from ledger.natsconn import connect
 from ledger.store import EventStore
+from tests.deploy_support import conf_cluster, set_passwords
 
 WORKERS = 6
 
@@ -194,6 +195,54 @@ async def wait_caught_up(settings: Settings, name: str, timeout: float = 20.0) -
     finally:
         await nc.close()
     raise AssertionError(f"{name} did not catch up in {timeout}s")
+
+
+@pytest.mark.slow
+async def test_production_cluster_config_with_auth_survives_a_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, services: Any
+) -> None:
+    """nats-cluster.conf as shipped (routes authenticated, users from nats.conf): an app
+    connected to one node only keeps working through discovered nodes when that node dies."""
+    pw = set_passwords(monkeypatch)
+    nodes = conf_cluster(tmp_path / "prod", monkeypatch)
+    try:
+        for node in nodes:
+            node.start()
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+        ledger_url = f"nats://ledger:{pw['ledger']}@{hosts}"
+        await wait_jetstream(ledger_url, 30)
+        settings = Settings(nats_url=ledger_url, replicas=3, data_dir=tmp_path / "data", request_timeout=2.0)
+        await services.start(settings)
+        app = await LedgerClient.connect(f"nats://app:{pw['app']}@127.0.0.1:{nodes[0].port}", timeout=3)
+        try:
+            pair = await app.start_session("dora")
+            nodes[0].kill()
+            rotated = await _retry(lambda: app.rotate(pair.refresh_token), seconds=30)
+            assert rotated.generation == 1
+            assert str(app.nc.connected_url.port) != str(nodes[0].port)
+        finally:
+            await app.close()
+        nc = await connect(ledger_url, "test-probe")
+        try:
+            info = await nc.jetstream().stream_info(settings.stream)
+            assert info.config.num_replicas == 3
+        finally:
+            await nc.close()
+    finally:
+        await services.stop_all()  # before the servers: a service never waits on a dead cluster
+        for node in nodes:
+            node.stop()
+
+
+async def _retry(call: Any, seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 # --- one node, kill -9, same store -----------------------------------------------------------

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import shutil
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,64 +19,16 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.embedded import NatsServer, free_port
+from ledger.embedded import free_port
 from ledger.events import SigningKeyAdded, decode_event
 from ledger.natsconn import connect
 from ledger.store import EventStore
-
-REPO = Path(__file__).resolve().parents[1]
-USERS = {
-    "ledger": "LEDGER_SERVICE_PASSWORD",
-    "app": "LEDGER_APP_PASSWORD",
-    "edge": "LEDGER_EDGE_PASSWORD",
-    "projector": "LEDGER_PROJECTOR_PASSWORD",
-    "analyst": "LEDGER_ANALYST_PASSWORD",
-    "sys": "NATS_SYS_PASSWORD",
-}
-
-
-@dataclass
-class ConfServer(NatsServer):
-    """nats-server running the repository's nats.conf, with only listen/http/store overridden."""
-
-    conf: Path = REPO / "nats.conf"
-
-    def config_text(self) -> str:
-        shutil.copy(self.conf, self.store_dir.parent / self.conf.name)
-        return (
-            f'include "{self.conf.name}"\n'
-            f'listen: "{self.host}:{self.port}"\n'
-            f'http: "127.0.0.1:{free_port()}"\n'
-            f'jetstream {{ store_dir: "{self.store_dir}", max_memory_store: 256MB, max_file_store: 20GB }}\n'
-        )
-
-
-@dataclass
-class Secured:
-    server: ConfServer
-    passwords: dict[str, str]
-    errors: dict[str, list[str]] = field(default_factory=dict)
-
-    def url(self, user: str) -> str:
-        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.server.port}"
-
-    def recorder(self, user: str) -> Any:
-        seen = self.errors.setdefault(user, [])
-
-        async def on_error(exc: Exception) -> None:
-            seen.append(str(exc))
-
-        return on_error
-
-    async def connect(self, user: str) -> NATS:
-        return await connect(self.url(user), f"test-{user}", error_cb=self.recorder(user))
+from tests.deploy_support import ConfServer, Secured, set_passwords
 
 
 @pytest.fixture
 def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Secured]:
-    passwords = {user: secrets.token_urlsafe(18) for user in USERS}
-    for user, env in USERS.items():
-        monkeypatch.setenv(env, passwords[user])
+    passwords = set_passwords(monkeypatch)
     server = ConfServer(store_dir=tmp_path / "js", port=free_port())
     server.start()
     try:

@@ -1,0 +1,106 @@
+"""Real nats-servers running the repository's own nats.conf / nats-cluster.conf.
+
+Only what cannot work on a test machine is rewritten: listen addresses, the store
+directory, the monitoring port and (for the cluster) the route host names.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from ledger.embedded import NatsServer, free_port
+from ledger.natsconn import connect
+
+REPO = Path(__file__).resolve().parents[1]
+USERS = {
+    "ledger": "LEDGER_SERVICE_PASSWORD",
+    "app": "LEDGER_APP_PASSWORD",
+    "edge": "LEDGER_EDGE_PASSWORD",
+    "projector": "LEDGER_PROJECTOR_PASSWORD",
+    "analyst": "LEDGER_ANALYST_PASSWORD",
+    "sys": "NATS_SYS_PASSWORD",
+}
+CLUSTER_ENV = {"NATS_SERVER_NAME": "overridden-per-node", "NATS_ROUTE_PASSWORD": "pwroutesecret"}
+
+
+def set_passwords(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fresh random passwords in the environment, where nats.conf reads them.
+
+    nats-server parses an environment value like a config value: "2026-..." would be a
+    date and "12345" a number. A leading letter keeps it a string (the README says so).
+    """
+    passwords = {user: f"pw{secrets.token_hex(16)}" for user in USERS}
+    for user, env in USERS.items():
+        monkeypatch.setenv(env, passwords[user])
+    for env, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(env, value)
+    return passwords
+
+
+@dataclass
+class ConfServer(NatsServer):
+    """nats-server loading ``conf`` from the repository (copied, with ``replace`` applied)."""
+
+    conf: str = "nats.conf"
+    files: tuple[str, ...] = ("nats.conf",)
+    replace: dict[str, str] = field(default_factory=dict)
+
+    def config_text(self) -> str:
+        for name in self.files:
+            text = (REPO / name).read_text()
+            for old, new in self.replace.items():
+                text = text.replace(old, new)
+            (self.store_dir.parent / name).write_text(text)
+        return (
+            f'include "{self.conf}"\n'
+            f'server_name: "{self.name}"\n'
+            f'listen: "{self.host}:{self.port}"\n'
+            f'http: "127.0.0.1:{free_port()}"\n'
+            f'jetstream {{ store_dir: "{self.store_dir}", max_memory_store: 256MB, max_file_store: 20GB }}\n'
+        )
+
+
+def conf_cluster(base: Path, monkeypatch: pytest.MonkeyPatch, size: int = 3) -> list[ConfServer]:
+    """``size`` nodes from nats-cluster.conf; NATS_ROUTES points at loopback ports."""
+    cluster_ports = [free_port() for _ in range(size)]
+    password = CLUSTER_ENV["NATS_ROUTE_PASSWORD"]
+    routes = ", ".join(f"nats-route://route:{password}@127.0.0.1:{p}" for p in cluster_ports)
+    monkeypatch.setenv("NATS_ROUTES", f"[{routes}]")
+    return [
+        ConfServer(
+            store_dir=base / f"nats-{i}" / "jetstream",
+            port=free_port(),
+            name=f"nats-{i}",
+            conf="nats-cluster.conf",
+            files=("nats.conf", "nats-cluster.conf"),
+            replace={"0.0.0.0:6222": f"127.0.0.1:{port}"},
+        )
+        for i, port in enumerate(cluster_ports, start=1)
+    ]
+
+
+@dataclass
+class Secured:
+    server: NatsServer
+    passwords: dict[str, str]
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def url(self, user: str) -> str:
+        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.server.port}"
+
+    def recorder(self, user: str) -> Any:
+        seen = self.errors.setdefault(user, [])
+
+        async def on_error(exc: Exception) -> None:
+            seen.append(str(exc))
+
+        return on_error
+
+    async def connect(self, user: str) -> NATS:
+        return await connect(self.url(user), f"test-{user}", error_cb=self.recorder(user))
