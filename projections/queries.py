@@ -138,6 +138,7 @@ class QueryServer:
                     query_subject(self.prefix, name), queue=QUEUE_GROUP, cb=_handler(model, call)
                 )
             )
+        await self.nc.flush()  # the server has our subscriptions before anyone is told we are ready
 
     async def stop(self) -> None:
         for sub in self.subs:

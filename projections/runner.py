@@ -25,7 +25,7 @@ from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from ledger.config import Settings
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, Unavailable
 from ledger.events import RecordedEvent, decode_event
 from ledger.ids import Subjects
 from ledger.keys import load_or_create_master
@@ -75,8 +75,18 @@ class SessionsRunner:
         self._next_pointer_check = 0.0
 
     async def start(self) -> None:
-        await EventStore(self.nc, self.settings).ensure_stream()
+        await self._wait_for_stream()
         await self._attach(await live_bucket(self.js, self.settings))
+
+    async def _wait_for_stream(self, attempts: int = 60) -> None:
+        """The ledger service creates the stream; a projector may not (nats.conf denies it)."""
+        for _ in range(attempts):
+            try:
+                await self.js.stream_info(self.settings.stream)
+                return
+            except jserr.NotFoundError:
+                await asyncio.sleep(0.5)
+        raise Unavailable(f"stream {self.settings.stream} does not exist; start the ledger service first")
 
     async def _attach(self, bucket: str) -> None:
         self.store = await SessionStore.open(self.js, bucket, replicas=self.settings.replicas)
