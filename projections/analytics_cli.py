@@ -1,0 +1,254 @@
+"""CLI for analysts: ``report``, ``sql``, ``simulate`` and ``analytics run|rebuild``.
+
+Reports and ``sql`` open DuckDB read-only: the live file when no projection holds it,
+otherwise the snapshot the running projection publishes every few seconds.
+``session-ledger projections rebuild analytics`` is wired through the sessions CLI's
+``REBUILDERS`` table when that module is present (this module must be imported first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from nats.aio.client import Client as NATS
+
+from ledger.cli import COMMON, settings_from
+from ledger.config import Settings
+from ledger.errors import BadRequest, Unavailable
+from projections.analytics import (
+    AnalyticsDB,
+    AnalyticsProjection,
+    db_path_for,
+    open_reader,
+    rebuild,
+)
+from projections.report_html import render_html
+from projections.reports import REPORTS, Table, build, query, render, window
+from projections.simulate import SimConfig, simulate
+
+
+def register(sub: Any) -> None:
+    report = sub.add_parser("report", help="analyst reports from DuckDB").add_subparsers(
+        dest="report", required=True, metavar="REPORT"
+    )
+    for name in REPORTS:
+        p = report.add_parser(name, parents=[COMMON, _db_options()], help=f"{name} report")
+        p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        p.set_defaults(func=cmd_report, name=name)
+    html = report.add_parser("html", parents=[COMMON, _db_options()], help="one self-contained HTML page")
+    html.add_argument("-o", "--output", type=Path, default=Path("report.html"))
+    html.set_defaults(func=cmd_html)
+
+    sql = sub.add_parser("sql", parents=[COMMON, _db_options(window=False)], help="ad-hoc read-only SQL")
+    sql.add_argument("query", help='e.g. "SELECT * FROM replay_incidents LIMIT 10"')
+    sql.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    sql.set_defaults(func=cmd_sql)
+
+    _register_simulate(sub)
+    analytics = sub.add_parser("analytics", help="the DuckDB analytics projection").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    run = analytics.add_parser("run", parents=[COMMON, _db_options(window=False)], help="follow the stream")
+    run.add_argument("--crash-after-batches", type=int, help=argparse.SUPPRESS)  # tests: die before COMMIT
+    run.set_defaults(func=cmd_run)
+    rb = analytics.add_parser(
+        "rebuild",
+        parents=[COMMON, _db_options(window=False)],
+        help="rebuild from sequence 1 (stop `up` first)",
+    )
+    rb.set_defaults(func=cmd_rebuild)
+
+
+def _db_options(*, window: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data-dir", type=Path, help="state directory (default ./.ledger)")
+    p.add_argument("--db", type=Path, help="DuckDB file (default <data-dir>/analytics.duckdb)")
+    if window:
+        p.add_argument("--since", help="start: ISO time (UTC) or age like 24h, 7d")
+        p.add_argument("--until", help="end and as-of time (default: newest event)")
+    return p
+
+
+def _register_simulate(sub: Any) -> None:
+    sim = sub.add_parser(
+        "simulate", parents=[COMMON], help="drive the ledger with simulated users; print the ground truth"
+    )
+    sim.add_argument("--users", type=int, default=20)
+    sim.add_argument("--minutes", type=float, default=30.0, help="simulated minutes (run in seconds)")
+    sim.add_argument("--replay-rate", type=float, default=0.1, help="share of sessions attacked")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--data-dir", type=Path, help="state directory with keys/ (default ./.ledger)")
+    sim.set_defaults(func=cmd_simulate)
+
+
+def db_path(args: argparse.Namespace) -> Path:
+    return args.db if args.db is not None else db_path_for(settings_from(args))
+
+
+def reader(args: argparse.Namespace) -> tuple[duckdb.DuckDBPyConnection, str]:
+    try:
+        return open_reader(db_path(args))
+    except FileNotFoundError as err:
+        raise Unavailable(str(err)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    conn, source = reader(args)
+    with conn:
+        tables = build(conn, args.name, _window(conn, args))
+    print(render(tables, "json" if args.json else args.format))
+    if source == "snapshot":
+        print("(from the snapshot published by the running projection)", file=sys.stderr)
+
+
+def _window(conn: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> Any:
+    try:
+        return window(conn, args.since, args.until)
+    except ValueError as err:
+        raise BadRequest(f"bad --since/--until: {err}") from None
+
+
+def cmd_html(args: argparse.Namespace) -> None:
+    conn, source = reader(args)
+    with conn:
+        page = render_html(conn, _window(conn, args), source)
+    args.output.write_text(page, encoding="utf-8")
+    print(f"wrote {args.output} ({len(page)} bytes)")
+
+
+def cmd_sql(args: argparse.Namespace) -> None:
+    conn, _ = reader(args)
+    with conn:
+        try:
+            table = query(conn, "result", args.query)
+        except duckdb.Error as err:
+            raise BadRequest(f"query failed: {str(err).splitlines()[0]}") from None
+    print(render([table], "json" if args.json else args.format))
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    if args.users < 1 or args.minutes <= 0 or not 0 <= args.replay_rate <= 1:
+        raise BadRequest("need --users >= 1, --minutes > 0 and 0 <= --replay-rate <= 1")
+    cfg = SimConfig(users=args.users, minutes=args.minutes, replay_rate=args.replay_rate, seed=args.seed)
+    truth = asyncio.run(simulate(settings_from(args), cfg))
+    print(json.dumps(truth, indent=None if args.json else 2))
+    if not args.json:
+        print(
+            f"\ncheck it: session-ledger report summary --since {truth['since']} --until {truth['until']}",
+            file=sys.stderr,
+        )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    asyncio.run(_run(settings, db_path(args), args.crash_after_batches))
+
+
+async def _run(settings: Settings, path: Path, crash_after: int | None) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    db = _open_writer(path, settings)
+    if crash_after is not None:
+        db.before_commit = _crasher(db, crash_after)
+    try:
+        await AnalyticsProjection(settings, db).run(stop)
+    finally:
+        db.close()
+
+
+def _open_writer(path: Path, settings: Settings) -> AnalyticsDB:
+    try:
+        return AnalyticsDB(path, grace_window_s=settings.grace_window.total_seconds())
+    except duckdb.IOException as err:
+        raise Unavailable(f"{path} is held by another process (is `session-ledger up` running?)") from err
+
+
+def _crasher(db: AnalyticsDB, after: int) -> Any:
+    state = {"batches": 0}
+
+    def crash() -> None:
+        state["batches"] += 1
+        if state["batches"] > after:
+            import os
+
+            os._exit(137)  # mid-batch: rows inserted, checkpoint not yet, no COMMIT
+
+    return crash
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+    path = db_path(args)
+    began = time.monotonic()
+    try:
+        progress = asyncio.run(rebuild(settings, path))
+    except duckdb.IOException:
+        raise Unavailable(
+            f"{path} is held by the running projection: stop `session-ledger up`, then rebuild"
+        ) from None
+    data = {
+        "projection": "analytics",
+        "db": str(path),
+        "rows": progress.applied,
+        "seconds": time.monotonic() - began,
+    }
+    print(
+        json.dumps(data)
+        if args.json
+        else f"rebuilt analytics: {progress.applied} rows into {path} in {data['seconds']:.2f}s"
+    )
+
+
+async def rebuild_for_projections_cli(nc: NATS, settings: Settings, progress: Any) -> Any:
+    """Adapter for ``session-ledger projections rebuild analytics`` (the sessions CLI)."""
+    from projections.rebuild import RebuildResult
+
+    path = db_path_for(settings)
+    began = time.monotonic()
+    try:
+        result = await rebuild(settings, path, quiet=True)
+    except duckdb.IOException:
+        raise Unavailable(
+            f"{path} is held by the running projection: stop `session-ledger up` first"
+        ) from None
+    with duckdb.connect(str(path), read_only=True) as conn:
+        row = conn.execute("SELECT last_seq FROM checkpoints WHERE stream = ?", [settings.stream]).fetchone()
+    last = int(row[0]) if row else 0
+    progress(last, last)
+    return RebuildResult(str(path), None, result.applied, result.applied, last, time.monotonic() - began)
+
+
+async def analytics_checkpoint(nc: NATS, settings: Settings) -> int | None:
+    """Adapter for ``session-ledger projections status``: read from the snapshot if need be."""
+    try:
+        conn, _ = open_reader(db_path_for(settings))
+    except (FileNotFoundError, duckdb.Error):
+        return None
+    with conn:
+        row = conn.execute("SELECT last_seq FROM checkpoints WHERE stream = ?", [settings.stream]).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _join_projections_cli() -> None:
+    with contextlib.suppress(ImportError):
+        from projections import cli
+
+        cli.REBUILDERS.setdefault("analytics", rebuild_for_projections_cli)
+        cli.CHECKPOINTS.setdefault("analytics", analytics_checkpoint)
+
+
+_join_projections_cli()
+
+__all__ = ["Table", "register"]

@@ -1,0 +1,314 @@
+"""The analytics schema: raw tables loaded from the streams, and the views analysts query.
+
+Tables hold what the streams hold (one row per event / receipt, typed columns plus
+the JSON); everything else is a view or a table macro over them, so a rebuild from
+sequence 1 reproduces every figure exactly (invariant 6). All times are UTC
+``TIMESTAMP``s. The ``*_at(since, until)`` macros evaluate state *as of* ``until``:
+events after it are ignored and sessions still alive then are censored, not dropped.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMA_VERSION = "1"
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS events (
+    seq UBIGINT PRIMARY KEY,          -- LEDGER stream sequence: the global order
+    subject VARCHAR NOT NULL,
+    stream_time TIMESTAMP,            -- when JetStream stored it (server clock)
+    type VARCHAR NOT NULL,
+    schema_version INTEGER,
+    event_id VARCHAR,
+    occurred_at TIMESTAMP,            -- the ledger service's clock
+    sid VARCHAR,
+    sub VARCHAR,
+    generation BIGINT,
+    client_id VARCHAR,
+    scopes VARCHAR[],
+    idle_ttl_s BIGINT,
+    absolute_ttl_s BIGINT,
+    reason VARCHAR,
+    requested_at TIMESTAMP,
+    not_before TIMESTAMP,
+    presented_generation BIGINT,
+    superseded_at TIMESTAMP,
+    policy VARCHAR,
+    kid VARCHAR,
+    alg VARCHAR,
+    data JSON                         -- the event as stored (ids and keyed hashes only)
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    seq UBIGINT PRIMARY KEY,          -- LEDGER_RECEIPTS stream sequence
+    subject VARCHAR NOT NULL,
+    stream_time TIMESTAMP,
+    verifier VARCHAR,
+    event_id VARCHAR,                 -- the revocation event it answers
+    revoke_seq UBIGINT,
+    kind VARCHAR,
+    sid VARCHAR,
+    sub VARCHAR,
+    kid VARCHAR,
+    applied_at TIMESTAMP,             -- the verifier's clock
+    data JSON
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    stream VARCHAR PRIMARY KEY,
+    last_seq UBIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS analytics_meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR
+);
+"""
+
+# Typed columns from one staged NDJSON line {"seq", "subject", "ts_us", "e": <event JSON>}.
+EVENT_COLUMNS = """
+    seq, subject, make_timestamp(ts_us), coalesce(e->>'type', '_malformed'),
+    TRY_CAST(e->>'schema_version' AS INTEGER),
+    e->>'event_id', TRY_CAST(e->>'occurred_at' AS TIMESTAMP), e->>'sid', e->>'sub',
+    TRY_CAST(e->>'generation' AS BIGINT), e->>'client_id', TRY_CAST(e->'scopes' AS VARCHAR[]),
+    TRY_CAST(e->>'idle_ttl_s' AS BIGINT), TRY_CAST(e->>'absolute_ttl_s' AS BIGINT), e->>'reason',
+    TRY_CAST(e->>'requested_at' AS TIMESTAMP), TRY_CAST(e->>'not_before' AS TIMESTAMP),
+    TRY_CAST(e->>'presented_generation' AS BIGINT), TRY_CAST(e->>'superseded_at' AS TIMESTAMP),
+    e->>'policy', e->>'kid', e->>'alg', e
+"""
+
+RECEIPT_COLUMNS = """
+    seq, subject, make_timestamp(ts_us), e->>'verifier', e->>'event_id',
+    TRY_CAST(e->>'revoke_seq' AS UBIGINT), e->>'kind', e->>'sid', e->>'sub', e->>'kid',
+    TRY_CAST(e->>'applied_at' AS TIMESTAMP), e
+"""
+
+STAGE_COLUMNS = "{seq: 'UBIGINT', subject: 'VARCHAR', ts_us: 'BIGINT', e: 'JSON'}"
+
+SESSIONS = """
+CREATE OR REPLACE VIEW horizon AS
+SELECT max(occurred_at) AS as_of, max(seq) AS last_seq, count(*) AS events FROM events;
+
+CREATE OR REPLACE MACRO sessions_at(t) AS TABLE
+WITH ev AS (SELECT * FROM events WHERE occurred_at <= t),
+started AS (
+    SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
+           idle_ttl_s, absolute_ttl_s
+    FROM ev WHERE type = 'SessionStarted'),
+rot AS (
+    SELECT sid, count(*) AS rotations, max(generation) AS last_generation,
+           max(occurred_at) AS last_rotation_at
+    FROM ev WHERE type = 'TokenRotated' GROUP BY sid),
+fend AS (
+    SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
+           arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
+    FROM ev WHERE type IN ('SessionRevoked', 'ReuseDetected') GROUP BY sid),
+uend AS (
+    SELECT s.sid, arg_min(u.occurred_at, u.seq) AS u_at, arg_min(u.reason, u.seq) AS u_reason
+    FROM started s JOIN ev u ON u.type = 'UserSessionsRevoked' AND u.sub = s.sub AND u.seq > s.start_seq
+    GROUP BY s.sid),
+base AS (
+    SELECT s.*, coalesce(r.rotations, 0) AS rotations, coalesce(r.last_generation, 0) AS last_generation,
+           coalesce(r.last_rotation_at, s.started_at) AS last_activity_at,
+           least(coalesce(r.last_rotation_at, s.started_at) + to_seconds(s.idle_ttl_s),
+                 s.started_at + to_seconds(s.absolute_ttl_s)) AS expires_at,
+           s.started_at + to_seconds(s.absolute_ttl_s) AS absolute_expires_at,
+           f.f_at, f.f_type, f.f_reason, u.u_at, u.u_reason
+    FROM started s LEFT JOIN rot r USING (sid) LEFT JOIN fend f USING (sid) LEFT JOIN uend u USING (sid)),
+ended AS (
+    SELECT *, least(f_at, u_at, CASE WHEN expires_at <= t THEN expires_at END) AS ended_at FROM base)
+SELECT sid, sub, client_id, scopes, start_seq, started_at, idle_ttl_s, absolute_ttl_s,
+       rotations, last_generation, last_activity_at, expires_at, ended_at,
+       CASE WHEN ended_at IS NULL THEN NULL
+            WHEN ended_at = f_at THEN CASE WHEN f_type = 'ReuseDetected' OR f_reason = 'reuse'
+                                           THEN 'reuse' ELSE 'revoked' END
+            WHEN ended_at = u_at THEN 'user_revoked'
+            WHEN expires_at = absolute_expires_at THEN 'absolute_expired'
+            ELSE 'idle_expired' END AS end_kind,
+       CASE WHEN ended_at IS NULL THEN NULL
+            WHEN ended_at = f_at THEN f_reason
+            WHEN ended_at = u_at THEN u_reason
+            WHEN expires_at = absolute_expires_at THEN 'absolute_lifetime'
+            ELSE 'idle_timeout' END AS end_reason,
+       epoch(coalesce(ended_at, t) - started_at) AS duration_s,
+       epoch_us(coalesce(ended_at, t)) - epoch_us(started_at) AS duration_us,
+       ended_at IS NULL AS censored,
+       t AS as_of
+FROM ended;
+
+CREATE OR REPLACE VIEW sessions AS SELECT * FROM sessions_at((SELECT as_of FROM horizon));
+"""
+
+REPLAY = """
+CREATE OR REPLACE VIEW replay_incidents AS
+WITH r AS (SELECT * FROM events WHERE type = 'ReuseDetected'),
+s AS (SELECT sid, client_id, occurred_at AS session_started_at FROM events WHERE type = 'SessionStarted'),
+fr AS (SELECT r.seq AS rseq, arg_min(f.seq, f.seq) AS rev_seq, arg_min(f.reason, f.seq) AS rev_reason,
+              arg_min(f.occurred_at, f.seq) AS rev_at
+       FROM r JOIN events f ON f.type = 'SessionRevoked' AND f.sid = r.sid AND f.seq > r.seq GROUP BY r.seq),
+ur AS (SELECT r.seq AS rseq, arg_min(u.seq, u.seq) AS rev_seq, arg_min(u.reason, u.seq) AS rev_reason,
+              arg_min(u.occurred_at, u.seq) AS rev_at
+       FROM r JOIN events u ON u.type = 'UserSessionsRevoked' AND u.sub = r.sub AND u.seq > r.seq
+                           AND u.reason = 'reuse'
+       GROUP BY r.seq),
+grace AS (SELECT coalesce(max(TRY_CAST(value AS DOUBLE)), 30) AS grace_s
+          FROM analytics_meta WHERE key = 'grace_window_s')
+SELECT r.seq, r.event_id, r.occurred_at AS detected_at, r.stream_time AS committed_at,
+       r.sid, r.sub, s.client_id, s.session_started_at,
+       r.presented_generation, r.generation AS current_generation,
+       r.generation - r.presented_generation AS generations_behind,
+       r.superseded_at, epoch(r.occurred_at - r.superseded_at) AS seconds_since_superseded,
+       coalesce(epoch(r.occurred_at - r.superseded_at) <= grace.grace_s, false) AS within_grace,
+       r.policy,
+       coalesce(fr.rev_seq, ur.rev_seq) AS revocation_seq,
+       CASE WHEN fr.rev_seq IS NOT NULL THEN 'session' WHEN ur.rev_seq IS NOT NULL THEN 'user' END
+           AS revocation_kind,
+       coalesce(fr.rev_reason, ur.rev_reason) AS revocation_reason,
+       coalesce(fr.rev_at, ur.rev_at) AS revoked_at,
+       row_number() OVER (PARTITION BY r.sub ORDER BY r.seq) AS user_incident_no
+FROM r CROSS JOIN grace LEFT JOIN s USING (sid)
+LEFT JOIN fr ON fr.rseq = r.seq LEFT JOIN ur ON ur.rseq = r.seq;
+
+CREATE OR REPLACE MACRO replay_daily_at(since, until) AS TABLE
+SELECT CAST(detected_at AS DATE) AS day, count(*) AS incidents, count(DISTINCT sub) AS users,
+       count(DISTINCT sid) AS sessions
+FROM replay_incidents WHERE detected_at >= since AND detected_at <= until GROUP BY ALL ORDER BY day;
+
+CREATE OR REPLACE MACRO replay_by_user_at(since, until) AS TABLE
+SELECT sub, count(*) AS incidents, min(detected_at) AS first_seen, max(detected_at) AS last_seen,
+       count(*) > 1 AS repeat_offender,
+       list(DISTINCT coalesce(client_id, '(none)') ORDER BY coalesce(client_id, '(none)')) AS clients
+FROM replay_incidents WHERE detected_at >= since AND detected_at <= until
+GROUP BY sub ORDER BY incidents DESC, sub;
+
+CREATE OR REPLACE MACRO replay_by_client_at(since, until) AS TABLE
+SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS incidents, count(DISTINCT sub) AS users,
+       min(detected_at) AS first_seen, max(detected_at) AS last_seen
+FROM replay_incidents WHERE detected_at >= since AND detected_at <= until
+GROUP BY ALL ORDER BY incidents DESC, client_id;
+
+CREATE OR REPLACE VIEW replay_daily AS
+SELECT * FROM replay_daily_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+CREATE OR REPLACE VIEW replay_by_user AS
+SELECT * FROM replay_by_user_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+CREATE OR REPLACE VIEW replay_by_client AS
+SELECT * FROM replay_by_client_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+"""
+
+REVOCATIONS = """
+CREATE OR REPLACE VIEW revocation_receipts AS
+SELECT e.seq, e.event_id, r.verifier, min(r.applied_at) AS applied_at,
+       (min(epoch_us(r.applied_at)) - epoch_us(e.stream_time)) / 1000 AS apply_ms
+FROM events e JOIN receipts r ON r.event_id = e.event_id
+GROUP BY e.seq, e.event_id, e.stream_time, r.verifier;
+
+CREATE OR REPLACE VIEW revocations AS
+WITH rv AS (
+    SELECT seq, event_id,
+           CASE type WHEN 'SessionRevoked' THEN 'session' WHEN 'UserSessionsRevoked' THEN 'user'
+                     ELSE 'key' END AS kind,
+           sid, sub, kid, reason, coalesce(requested_at, occurred_at) AS requested_at,
+           occurred_at AS decided_at, stream_time AS committed_at
+    FROM events WHERE type IN ('SessionRevoked', 'UserSessionsRevoked', 'SigningKeyRetired'))
+SELECT rv.*,
+       (epoch_us(decided_at) - epoch_us(requested_at)) / 1000 AS decide_ms,
+       (epoch_us(committed_at) - epoch_us(decided_at)) / 1000 AS commit_ms,
+       abs(epoch_us(committed_at) - epoch_us(decided_at)) > 60000000 AS clock_skew,
+       count(rr.verifier) AS verifiers_applied,
+       min(rr.applied_at) AS first_applied_at, max(rr.applied_at) AS last_applied_at,
+       list({'verifier': rr.verifier, 'applied_at': rr.applied_at, 'apply_ms': rr.apply_ms}
+            ORDER BY rr.verifier) FILTER (WHERE rr.verifier IS NOT NULL) AS verifier_receipts
+FROM rv LEFT JOIN revocation_receipts rr USING (seq)
+GROUP BY ALL;
+
+CREATE OR REPLACE MACRO revocation_latency_at(since, until) AS TABLE
+WITH rv AS (SELECT * FROM revocations WHERE requested_at >= since AND requested_at <= until),
+ok AS (SELECT * FROM rv WHERE NOT clock_skew),
+applied AS (SELECT rr.apply_ms, rr.apply_ms + ok.decide_ms + ok.commit_ms AS total_ms
+            FROM ok JOIN revocation_receipts rr USING (seq)),
+stages AS (
+    SELECT 1 AS ord, 'request_to_decided' AS stage, decide_ms AS ms FROM rv
+    UNION ALL SELECT 2, 'decided_to_committed', commit_ms FROM ok
+    UNION ALL SELECT 3, 'request_to_committed', decide_ms + commit_ms FROM ok
+    UNION ALL SELECT 4, 'committed_to_applied', apply_ms FROM applied
+    UNION ALL SELECT 5, 'request_to_applied', total_ms FROM applied)
+SELECT stage, count(ms) AS n, quantile_cont(ms, 0.5) AS p50_ms, quantile_cont(ms, 0.9) AS p90_ms,
+       quantile_cont(ms, 0.99) AS p99_ms, max(ms) AS max_ms
+FROM stages GROUP BY ord, stage ORDER BY ord;
+
+CREATE OR REPLACE VIEW revocation_latency AS
+SELECT * FROM revocation_latency_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+"""
+
+METRICS = """
+CREATE OR REPLACE MACRO token_expiration_at(since, until) AS TABLE
+SELECT coalesce(client_id, '(none)') AS client_id,
+       sum(last_generation + 1) AS tokens_issued,
+       sum(rotations) AS tokens_used,
+       count(*) FILTER (WHERE end_kind IN ('idle_expired', 'absolute_expired')) AS tokens_expired_unused,
+       count(*) FILTER (WHERE end_kind IN ('revoked', 'reuse', 'user_revoked')) AS tokens_revoked_unused,
+       count(*) FILTER (WHERE censored) AS tokens_live,
+       tokens_expired_unused / nullif(tokens_issued, 0) AS expiration_rate
+FROM sessions_at(until) WHERE started_at >= since
+GROUP BY ROLLUP (coalesce(client_id, '(none)')) ORDER BY client_id NULLS FIRST;
+
+CREATE OR REPLACE MACRO refresh_usage_at(since, until) AS TABLE
+SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions, sum(rotations) AS rotations,
+       sum(duration_us) / 86400e6 AS session_days,
+       sum(rotations) / nullif(sum(duration_us) / 86400e6, 0) AS rotations_per_session_day
+FROM sessions_at(until) WHERE started_at >= since
+GROUP BY ROLLUP (coalesce(client_id, '(none)')) ORDER BY client_id NULLS FIRST;
+
+-- Kaplan-Meier: sessions still active are censored at the as-of time, never dropped.
+CREATE OR REPLACE MACRO session_durations_at(since, until) AS TABLE
+WITH s AS (SELECT coalesce(client_id, '(none)') AS client_id, duration_us / 1e6 AS d, NOT censored AS died,
+                  duration_us AS us
+           FROM sessions_at(until) WHERE started_at >= since),
+g AS (SELECT NULL::VARCHAR AS client_id, d, died, us FROM s UNION ALL SELECT * FROM s),
+t AS (SELECT client_id, d, count(*) FILTER (WHERE died) AS deaths, count(*) AS n FROM g GROUP BY ALL),
+r AS (SELECT *, sum(n) OVER (PARTITION BY client_id ORDER BY d DESC) AS at_risk FROM t),
+km AS (SELECT client_id, d,
+              product(1 - deaths / at_risk) OVER (PARTITION BY client_id ORDER BY d) AS survival
+       FROM r WHERE deaths > 0),
+q AS (SELECT client_id, min(d) FILTER (WHERE survival <= 0.5 + 1e-12) AS p50_s,
+             min(d) FILTER (WHERE survival <= 0.1 + 1e-12) AS p90_s,
+             min(d) FILTER (WHERE survival <= 0.01 + 1e-12) AS p99_s
+      FROM km GROUP BY client_id),
+c AS (SELECT client_id, count(*) AS sessions, count(*) FILTER (WHERE died) AS ended,
+             count(*) FILTER (WHERE NOT died) AS censored, avg(us) FILTER (WHERE died) / 1e6 AS mean_ended_s,
+             max(d) AS max_observed_s
+      FROM g GROUP BY client_id)
+SELECT c.client_id, sessions, ended, censored, p50_s, p90_s, p99_s, mean_ended_s, max_observed_s
+FROM c LEFT JOIN q ON c.client_id IS NOT DISTINCT FROM q.client_id ORDER BY c.client_id NULLS FIRST;
+
+CREATE OR REPLACE MACRO session_histogram_at(since, until) AS TABLE
+WITH b AS (SELECT * FROM (VALUES (0, '< 1 min', 0), (1, '1-5 min', 60), (2, '5-15 min', 300),
+                                 (3, '15-60 min', 900), (4, '1-4 h', 3600), (5, '4-24 h', 14400),
+                                 (6, '1-7 d', 86400), (7, '>= 7 d', 604800)) v(ord, bucket, lo)),
+s AS (SELECT duration_s, censored FROM sessions_at(until) WHERE started_at >= since)
+SELECT b.ord, b.bucket, count(s.duration_s) FILTER (WHERE NOT s.censored) AS ended,
+       count(s.duration_s) FILTER (WHERE s.censored) AS censored
+FROM b LEFT JOIN s ON s.duration_s >= b.lo
+     AND s.duration_s < coalesce((SELECT min(lo) FROM b b2 WHERE b2.lo > b.lo), 'infinity'::DOUBLE)
+GROUP BY b.ord, b.bucket ORDER BY b.ord;
+
+CREATE OR REPLACE VIEW token_expiration AS
+SELECT * FROM token_expiration_at('-infinity'::TIMESTAMP, (SELECT as_of FROM horizon));
+CREATE OR REPLACE VIEW refresh_usage AS
+SELECT * FROM refresh_usage_at('-infinity'::TIMESTAMP, (SELECT as_of FROM horizon));
+CREATE OR REPLACE VIEW session_durations AS
+SELECT * FROM session_durations_at('-infinity'::TIMESTAMP, (SELECT as_of FROM horizon));
+CREATE OR REPLACE VIEW session_histogram AS
+SELECT * FROM session_histogram_at('-infinity'::TIMESTAMP, (SELECT as_of FROM horizon));
+"""
+
+VIEWS = (SESSIONS, REPLAY, REVOCATIONS, METRICS)
+
+
+def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30.0) -> None:
+    """Create tables if missing and (re)create every view; idempotent."""
+    conn.execute(TABLES)
+    for ddl in VIEWS:
+        conn.execute(ddl)
+    conn.execute(
+        "INSERT OR REPLACE INTO analytics_meta VALUES ('schema_version', ?), ('grace_window_s', ?)",
+        [SCHEMA_VERSION, str(grace_window_s)],
+    )

@@ -1,0 +1,145 @@
+"""``session-ledger report html``: one self-contained page (inline CSS and SVG, no scripts,
+no external assets) an analyst can open or mail: three charts and every report's tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from html import escape
+
+import duckdb
+
+from projections.reports import REPORTS, Table, Window, _cell, build
+
+COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618")
+W, H, PAD_L, PAD_B, PAD_T = 640, 240, 56, 64, 24
+
+Series = tuple[str, Sequence[float | int | None]]
+
+
+def bar_chart(
+    title: str, labels: Sequence[str], series: Sequence[Series], *, stacked: bool, unit: str
+) -> str:
+    """A plain SVG bar chart: grouped or stacked bars, y axis from 0 with four grid lines."""
+    if not labels:
+        return f'<figure><figcaption>{escape(title)}</figcaption><p class="empty">no data</p></figure>'
+    values = [[float(v or 0) for v in vals] for _, vals in series]
+    totals = (
+        [sum(col) for col in zip(*values, strict=True)]
+        if stacked
+        else [max(c) for c in zip(*values, strict=True)]
+    )
+    top = max([*totals, 1e-9]) * 1.1
+    slot = (W - PAD_L - 8) / len(labels)
+    parts = [_axes(top, unit)]
+    for i, label in enumerate(labels):
+        parts.append(_bars(i, slot, [v[i] for v in values], top, stacked))
+        if len(labels) <= 24 or i % max(1, len(labels) // 12) == 0:
+            x = PAD_L + slot * (i + 0.5)
+            parts.append(
+                f'<text x="{x:.1f}" y="{H - PAD_B + 14}" transform="rotate(30 {x:.1f},{H - PAD_B + 14})" '
+                f'font-size="10">{escape(label)}</text>'
+            )
+    legend = "".join(
+        f'<rect x="{PAD_L + 110 * k}" y="4" width="10" height="10" fill="{COLORS[k]}"/>'
+        f'<text x="{PAD_L + 110 * k + 14}" y="13" font-size="11">{escape(name)}</text>'
+        for k, (name, _) in enumerate(series)
+    )
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img">'
+    )
+    return f"<figure><figcaption>{escape(title)}</figcaption>{svg}{legend}{''.join(parts)}</svg></figure>"
+
+
+def _axes(top: float, unit: str) -> str:
+    out = []
+    for k in range(5):
+        value = top * k / 4
+        y = H - PAD_B - (H - PAD_B - PAD_T) * k / 4
+        out.append(f'<line x1="{PAD_L}" x2="{W - 4}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(
+            f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{value:.3g}</text>'
+        )
+    out.append(f'<text x="4" y="{PAD_T - 8}" font-size="10">{escape(unit)}</text>')
+    return "".join(out)
+
+
+def _bars(i: int, slot: float, vals: list[float], top: float, stacked: bool) -> str:
+    plot_h = H - PAD_B - PAD_T
+    out, base = [], float(H - PAD_B)
+    width = slot * 0.8 / (1 if stacked else len(vals))
+    for k, v in enumerate(vals):
+        h = plot_h * v / top
+        x = PAD_L + slot * i + slot * 0.1 + (0 if stacked else width * k)
+        y = base - h
+        out.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{h:.1f}" fill="{COLORS[k]}">'
+            f"<title>{v:.4g}</title></rect>"
+        )
+        if stacked:
+            base = y
+    return "".join(out)
+
+
+def table_html(table: Table) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{escape(_cell(v))}</td>" for v in row) + "</tr>" for row in table.rows
+    )
+    return f"<h3>{escape(table.title)}</h3><table><tr>{head}</tr>{rows or ''}</table>"
+
+
+def charts(conn: duckdb.DuckDBPyConnection, w: Window) -> list[str]:
+    replay = build(conn, "replay", w)[0]
+    hist = build(conn, "sessions", w)[1]
+    latency = build(conn, "revocation", w)[0]
+    return [
+        bar_chart(
+            f"Replay incidents over time ({replay.title})",
+            [_cell(r[0]) for r in replay.rows],
+            [("incidents", [r[1] for r in replay.rows]), ("users", [r[2] for r in replay.rows])],
+            stacked=False,
+            unit="count",
+        ),
+        bar_chart(
+            "Session duration histogram (censored = still active)",
+            [r[0] for r in hist.rows],
+            [("ended", [r[1] for r in hist.rows]), ("censored", [r[2] for r in hist.rows])],
+            stacked=True,
+            unit="sessions",
+        ),
+        bar_chart(
+            "Revocation latency percentiles",
+            [r[0] for r in latency.rows],
+            [(p, [r[k] for r in latency.rows]) for k, p in ((2, "p50"), (3, "p90"), (4, "p99"))],
+            stacked=False,
+            unit="ms",
+        ),
+    ]
+
+
+def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
+    sections = "".join(
+        f"<section><h2>{escape(name)}</h2>{''.join(table_html(t) for t in build(conn, name, w))}</section>"
+        for name in REPORTS
+    )
+    made = datetime.now(UTC).isoformat(timespec="seconds")
+    meta = f"window {_cell(w.since)} .. {_cell(w.until)} UTC · data: {escape(source)} · generated {made}"
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<title>session-ledger analytics</title>"
+        f"<style>{CSS}</style></head><body><h1>session-ledger analytics</h1>"
+        f"<p class='meta'>{escape(meta)}</p><div class='charts'>{''.join(charts(conn, w))}</div>"
+        f"{sections}</body></html>\n"
+    )
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+h1{margin-bottom:0}.meta{color:#666}
+.charts{display:flex;flex-wrap:wrap;gap:1em}
+figure{margin:0;border:1px solid #eee;padding:.5em}figcaption{font-weight:600;margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}
+.empty{color:#999}
+"""

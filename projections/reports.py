@@ -1,0 +1,288 @@
+"""Analyst reports over the analytics views: each a list of titled tables, rendered as
+text, JSON or CSV, plus one self-contained HTML page with inline SVG charts.
+
+Every report takes a window: sessions that *started* in it (evaluated as of ``until``,
+so still-active sessions are censored, not dropped), incidents *detected* in it,
+revocations *requested* in it. ``until`` defaults to the newest event's time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+REPORTS = ("summary", "replay", "sessions", "expiration", "usage", "revocation")
+FAR_PAST = datetime(1970, 1, 1)
+_RELATIVE = re.compile(r"^(\d+)([mhd])$")
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime
+    until: datetime
+
+
+def parse_time(text: str, *, now: datetime) -> datetime:
+    """ISO date/time (UTC if no offset) or a relative age like ``30m``, ``24h``, ``7d``."""
+    m = _RELATIVE.fullmatch(text.strip())
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m[2]]
+        return (now - timedelta(**{unit: int(m[1])})).replace(tzinfo=None)
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def window(conn: duckdb.DuckDBPyConnection, since: str | None, until: str | None) -> Window:
+    now = datetime.now(UTC)
+    row = conn.execute("SELECT as_of FROM horizon").fetchone()
+    horizon = row[0] if row and row[0] is not None else now.replace(tzinfo=None)
+    return Window(
+        since=parse_time(since, now=now) if since else FAR_PAST,
+        until=parse_time(until, now=now) if until else horizon,
+    )
+
+
+def query(conn: duckdb.DuckDBPyConnection, title: str, sql: str, params: list[Any] | None = None) -> Table:
+    cur = conn.execute(sql, params or [])
+    columns = [d[0] for d in cur.description or []]
+    return Table(title, columns, [tuple(r) for r in cur.fetchall()])
+
+
+def summary(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    p = [w.since, w.until]
+    figures = conn.execute(
+        """
+        WITH s AS (SELECT * FROM sessions_at($2) WHERE started_at >= $1),
+        te AS (SELECT * FROM token_expiration_at($1, $2) WHERE client_id IS NULL),
+        ru AS (SELECT * FROM refresh_usage_at($1, $2) WHERE client_id IS NULL),
+        sd AS (SELECT * FROM session_durations_at($1, $2) WHERE client_id IS NULL),
+        ri AS (SELECT * FROM replay_incidents WHERE detected_at >= $1 AND detected_at <= $2),
+        rv AS (SELECT * FROM revocations WHERE requested_at >= $1 AND requested_at <= $2),
+        lat AS (SELECT * FROM revocation_latency_at($1, $2))
+        SELECT
+          (SELECT count(*) FROM events WHERE occurred_at >= $1 AND occurred_at <= $2),
+          (SELECT count(*) FROM s),
+          (SELECT count(*) FROM s WHERE censored),
+          (SELECT count(*) FILTER (WHERE end_kind = 'revoked') FROM s),
+          (SELECT count(*) FILTER (WHERE end_kind = 'reuse') FROM s),
+          (SELECT count(*) FILTER (WHERE end_kind = 'user_revoked') FROM s),
+          (SELECT count(*) FILTER (WHERE end_kind = 'idle_expired') FROM s),
+          (SELECT count(*) FILTER (WHERE end_kind = 'absolute_expired') FROM s),
+          (SELECT coalesce(sum(rotations), 0) FROM s),
+          (SELECT count(*) FROM ri),
+          (SELECT count(DISTINCT sub) FROM ri),
+          (SELECT count(*) FROM (SELECT sub FROM ri GROUP BY sub HAVING count(*) > 1)),
+          (SELECT count(*) FILTER (WHERE kind = 'session') FROM rv),
+          (SELECT count(*) FILTER (WHERE kind = 'user') FROM rv),
+          (SELECT tokens_issued FROM te), (SELECT tokens_expired_unused FROM te),
+          (SELECT expiration_rate FROM te), (SELECT rotations_per_session_day FROM ru),
+          (SELECT p50_s FROM sd), (SELECT p90_s FROM sd), (SELECT p99_s FROM sd),
+          (SELECT p50_ms FROM lat WHERE stage = 'request_to_committed'),
+          (SELECT p50_ms FROM lat WHERE stage = 'committed_to_applied'),
+          (SELECT count(*) FROM receipts)
+        """,
+        p,
+    ).fetchone()
+    names = [
+        "events", "sessions_started", "sessions_active", "sessions_revoked", "sessions_reuse",
+        "sessions_user_revoked", "sessions_idle_expired", "sessions_absolute_expired", "rotations",
+        "replay_incidents", "replay_users", "repeat_offenders", "session_revocations", "user_revocations",
+        "tokens_issued", "tokens_expired_unused", "expiration_rate", "rotations_per_session_day",
+        "duration_p50_s", "duration_p90_s", "duration_p99_s", "revocation_commit_p50_ms",
+        "revocation_applied_p50_ms", "receipts",
+    ]  # fmt: skip
+    values = list(figures or [None] * len(names))
+    rows = [("since", w.since), ("until", w.until), *zip(names, values, strict=True)]
+    return [Table("summary", ["figure", "value"], rows)]
+
+
+def replay(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    p = [w.since, w.until]
+    span = conn.execute(
+        "SELECT min(detected_at), max(detected_at) FROM replay_incidents WHERE detected_at BETWEEN ? AND ?", p
+    ).fetchone()
+    bucket = _bucket(span)
+    return [
+        query(conn, f"incidents per {bucket}", _OVER_TIME.format(bucket=bucket), p),
+        query(conn, "by user", "SELECT * FROM replay_by_user_at(?, ?)", p),
+        query(conn, "by client", "SELECT * FROM replay_by_client_at(?, ?)", p),
+        query(
+            conn,
+            "incidents",
+            """SELECT seq, detected_at, sub, client_id, sid, presented_generation, current_generation,
+                      generations_behind, seconds_since_superseded, within_grace, revocation_kind,
+                      user_incident_no
+               FROM replay_incidents WHERE detected_at BETWEEN ? AND ? ORDER BY seq""",
+            p,
+        ),
+    ]
+
+
+_OVER_TIME = """
+SELECT time_bucket(INTERVAL '{bucket}', detected_at) AS period, count(*) AS incidents,
+       count(DISTINCT sub) AS users
+FROM replay_incidents WHERE detected_at BETWEEN ? AND ? GROUP BY ALL ORDER BY period
+"""
+
+
+def _bucket(span: tuple[Any, ...] | None) -> str:
+    """A bucket that gives a readable number of bars for the incidents' time span."""
+    if not span or span[0] is None:
+        return "1 day"
+    seconds = (span[1] - span[0]).total_seconds()
+    for limit, bucket in ((3600, "5 minutes"), (86400, "1 hour"), (86400 * 60, "1 day")):
+        if seconds <= limit:
+            return bucket
+    return "7 days"
+
+
+def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    p = [w.since, w.until]
+    return [
+        query(conn, "durations (Kaplan-Meier; active sessions censored)", _DURATIONS, p),
+        query(
+            conn, "duration histogram", "SELECT bucket, ended, censored FROM session_histogram_at(?, ?)", p
+        ),
+        query(
+            conn,
+            "how sessions ended",
+            """SELECT coalesce(end_kind, 'active') AS outcome, coalesce(end_reason, '') AS reason,
+                      count(*) AS sessions
+               FROM sessions_at($2) WHERE started_at >= $1 GROUP BY ALL ORDER BY sessions DESC, outcome""",
+            p,
+        ),
+    ]
+
+
+_DURATIONS = """
+SELECT coalesce(client_id, '(all)') AS client_id, sessions, ended, censored,
+       round(p50_s, 3) AS p50_s, round(p90_s, 3) AS p90_s, round(p99_s, 3) AS p99_s,
+       round(mean_ended_s, 3) AS mean_ended_s, round(max_observed_s, 3) AS max_observed_s
+FROM session_durations_at(?, ?)
+"""
+
+
+_ALL_CLIENTS = "SELECT coalesce(client_id, '(all)') AS client_id, * EXCLUDE (client_id) FROM {macro}(?, ?)"
+
+
+def expiration(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    sql = _ALL_CLIENTS.format(macro="token_expiration_at")
+    return [query(conn, "refresh-token expiration (issued tokens never used)", sql, [w.since, w.until])]
+
+
+def usage(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    sql = _ALL_CLIENTS.format(macro="refresh_usage_at")
+    return [query(conn, "refresh-token usage (rotations per session-day)", sql, [w.since, w.until])]
+
+
+def revocation(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    p = [w.since, w.until]
+    return [
+        query(conn, "latency (ms; cross-clock stages skip rows with clock skew)", _LATENCY, p),
+        query(
+            conn,
+            "revocations",
+            """SELECT kind, reason, count(*) AS revocations, count(*) FILTER (WHERE clock_skew) AS clock_skew,
+                      sum(verifiers_applied) AS receipts
+               FROM revocations WHERE requested_at BETWEEN ? AND ? GROUP BY ALL ORDER BY revocations DESC""",
+            p,
+        ),
+        query(
+            conn,
+            "per verifier",
+            """SELECT rr.verifier, count(*) AS applied,
+                      round(quantile_cont(rr.apply_ms, 0.5), 3) AS p50_ms,
+                      round(quantile_cont(rr.apply_ms, 0.99), 3) AS p99_ms,
+                      round(max(rr.apply_ms), 3) AS max_ms
+               FROM revocation_receipts rr JOIN revocations r USING (seq)
+               WHERE r.requested_at BETWEEN ? AND ? GROUP BY ALL ORDER BY rr.verifier""",
+            p,
+        ),
+    ]
+
+
+_LATENCY = """
+SELECT stage, n, round(p50_ms, 3) AS p50_ms, round(p90_ms, 3) AS p90_ms, round(p99_ms, 3) AS p99_ms,
+       round(max_ms, 3) AS max_ms
+FROM revocation_latency_at(?, ?)
+"""
+
+BUILDERS: dict[str, Callable[[duckdb.DuckDBPyConnection, Window], list[Table]]] = {
+    "summary": summary,
+    "replay": replay,
+    "sessions": sessions,
+    "expiration": expiration,
+    "usage": usage,
+    "revocation": revocation,
+}
+
+
+def build(conn: duckdb.DuckDBPyConnection, name: str, w: Window) -> list[Table]:
+    return BUILDERS[name](conn, w)
+
+
+def plain(value: Any) -> Any:
+    """JSON/CSV-friendly scalars: ISO times, floats as they are, lists kept."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def render(tables: list[Table], fmt: str) -> str:
+    if fmt == "json":
+        data = {t.title: [{k: plain(v) for k, v in r.items()} for r in t.records()] for t in tables}
+        return json.dumps(data, indent=2, sort_keys=False)
+    if fmt == "csv":
+        return "\n".join(_csv(t) for t in tables)
+    return "\n\n".join(_text(t) for t in tables)
+
+
+def _csv(table: Table) -> str:
+    buf = io.StringIO()
+    buf.write(f"# {table.title}\n")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.columns)
+    writer.writerows([[_cell(v) for v in row] for row in table.rows])
+    return buf.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e15 else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value)
+    return str(value)
+
+
+def _text(table: Table) -> str:
+    cells = [[_cell(v) for v in row] for row in table.rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(table.columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(table.columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([f"== {table.title}", line, "-" * len(line), *(body or ["(no rows)"])])

@@ -1,0 +1,241 @@
+"""DuckDB analytics against a real nats-server and a real DuckDB file: ground truth from the
+simulator, exactly-once across a crash mid-batch, rebuild equality, reports while running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from consumers.receipts import Receipt, ensure_receipts_stream, receipt_subject
+from ledger.cli import main
+from ledger.config import Settings
+from ledger.natsconn import connect
+from projections.analytics import AnalyticsDB, AnalyticsProjection, open_reader, rebuild
+from projections.reports import build, window
+from projections.simulate import SimConfig, simulate, synthetic_events
+
+SIM = SimConfig(users=15, minutes=40, replay_rate=0.35, seed=11)
+RUN = [sys.executable, "-c", "import sys; from ledger.cli import main; sys.exit(main())"]
+TABLES = ("events", "receipts")
+VIEWS = (
+    "sessions", "replay_incidents", "revocations", "revocation_receipts", "token_expiration",
+    "refresh_usage", "session_durations", "session_histogram", "revocation_latency",
+    "replay_daily", "replay_by_user", "replay_by_client",
+)  # fmt: skip
+
+
+async def catch_up(settings: Settings, db_path: Path) -> int:
+    db = AnalyticsDB(db_path, grace_window_s=settings.grace_window.total_seconds())
+    try:
+        return (await AnalyticsProjection(settings, db).catch_up()).applied
+    finally:
+        db.close()
+
+
+async def publish_synthetic(settings: Settings, n: int) -> int:
+    """Load ``n`` events fast (core publishes into the stream's subjects), wait until stored."""
+    nc = await connect(settings.nats_url, "test-loader")
+    try:
+        js = nc.jetstream()
+        from ledger.store import EventStore
+
+        await EventStore(nc, settings).ensure_stream()
+        for subject, payload in synthetic_events(n):
+            await nc.publish(subject, payload)
+        await nc.flush()
+        deadline = time.monotonic() + 30
+        while (info := await js.stream_info(settings.stream)).state.messages < n:
+            assert time.monotonic() < deadline, "stream did not receive every event"
+            await asyncio.sleep(0.05)
+        return int(info.state.last_seq)
+    finally:
+        await nc.drain()
+
+
+def dump(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: conn.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in TABLES + VIEWS}  # noqa: S608
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+async def test_report_figures_equal_simulator_ground_truth(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = await simulate(settings, SIM)
+    assert truth["model_mismatches"] == 0 and not truth["truncated"]
+    assert truth["replays_injected"] >= 3 and truth["password_changes"] >= 1
+    assert truth["sessions_ended"].get("idle_expired", 0) >= 1 and truth["sessions_active"] >= 1
+    db = tmp_path / "a.duckdb"
+    await catch_up(settings, db)
+    window_args = ["--db", str(db), "--since", truth["since"], "--until", truth["until"]]
+    rows = cli_json(capsys, "report", "summary", *window_args)["summary"]
+    got = {r["figure"]: r["value"] for r in rows}
+    ended = truth["sessions_ended"]
+    expected = {
+        "sessions_started": truth["sessions_started"],
+        "sessions_active": truth["sessions_active"],
+        "sessions_revoked": ended.get("revoked", 0),
+        "sessions_reuse": ended.get("reuse", 0),
+        "sessions_user_revoked": ended.get("user_revoked", 0),
+        "sessions_idle_expired": ended.get("idle_expired", 0),
+        "sessions_absolute_expired": ended.get("absolute_expired", 0),
+        "rotations": truth["rotations"],
+        "replay_incidents": truth["replays_injected"],
+        "replay_users": len(truth["replay_users"]),
+        "repeat_offenders": truth["repeat_offenders"],
+        "session_revocations": truth["logouts"] + truth["replays_injected"],
+        "user_revocations": truth["password_changes"],
+        "tokens_issued": truth["tokens_issued"],
+        "tokens_expired_unused": truth["tokens_expired_unused"],
+        "events": truth["ledger_events_expected"] + 1,  # + the signing key's SigningKeyAdded
+    }
+    assert {k: got[k] for k in expected} == expected
+    assert got["expiration_rate"] == pytest.approx(truth["expiration_rate"])
+    for p in ("p50", "p90", "p99"):
+        assert got[f"duration_{p}_s"] == pytest.approx(truth["duration_quantiles_s"][p], abs=1e-6)
+
+    replay = cli_json(capsys, "report", "replay", *window_args)
+    assert {r["sub"]: r["incidents"] for r in replay["by user"]} == truth["replay_users"]
+    assert {r["client_id"]: r["incidents"] for r in replay["by client"]} == truth["replay_clients"]
+    assert sum(r["incidents"] for r in replay[next(iter(replay))]) == truth["replays_injected"]
+    assert all(not r["within_grace"] and r["revocation_kind"] == "session" for r in replay["incidents"])
+
+    expiration = cli_json(capsys, "report", "expiration", *window_args)
+    overall = expiration[next(iter(expiration))][0]
+    assert overall["client_id"] == "(all)" and overall["tokens_used"] == truth["rotations"]
+
+    out = tmp_path / "report.html"
+    assert main(["report", "html", "-o", str(out), *window_args]) == 0
+    page = out.read_text()
+    assert page.count("<svg") == 3 and "src=" not in page and "href=" not in page and "<script" not in page
+
+
+async def test_crash_mid_batch_then_restart_counts_every_event_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    total = await publish_synthetic(settings, 20_000)
+    db = tmp_path / "crash.duckdb"
+    base = [*RUN, "analytics", "run", "--nats-url", settings.nats_url, "--db", str(db)]
+    crashed = subprocess.run([*base, "--crash-after-batches", "2"], timeout=60, capture_output=True)
+    assert crashed.returncode == 137  # died after inserting batch 3, before its COMMIT
+    with duckdb.connect(str(db)) as conn:
+        rows, last = conn.execute(
+            "SELECT (SELECT count(*) FROM events), (SELECT last_seq FROM checkpoints WHERE stream = 'LEDGER')"
+        ).fetchone() or (0, 0)
+    assert rows == last and 0 < rows < 20_000  # committed batches only; the third left no trace
+
+    for pause in (0.4, 0.9):  # plain SIGKILLs at arbitrary moments
+        proc = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(pause)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    started = time.monotonic()
+    await catch_up(settings, db)
+    elapsed = time.monotonic() - started
+    with duckdb.connect(str(db), read_only=True) as conn:
+        count, distinct, top, checkpoint = conn.execute(
+            "SELECT count(*), count(DISTINCT seq), max(seq), (SELECT last_seq FROM checkpoints "
+            "WHERE stream = 'LEDGER') FROM events"
+        ).fetchone() or (0, 0, 0, 0)
+        malformed = conn.execute("SELECT count(*) FROM events WHERE type = '_malformed'").fetchone()
+    assert count == distinct == top == checkpoint == total == 20_000
+    assert malformed == (0,)
+    assert elapsed < 60
+
+
+async def test_rebuild_from_sequence_one_gives_identical_tables(settings: Settings, tmp_path: Path) -> None:
+    await simulate(settings, SimConfig(users=8, minutes=20, replay_rate=0.4, seed=5))
+    await publish_receipts(settings, verifiers=("edge-a", "edge-b"))
+    db = tmp_path / "live.duckdb"
+    await catch_up(settings, db)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        before = dump(conn)
+        applied = conn.execute(
+            "SELECT min(verifiers_applied), count(*) FROM revocations WHERE kind IN ('session', 'user')"
+        ).fetchone()
+    assert applied is not None and applied[0] == 2 and applied[1] >= 1
+    assert len(before["receipts"]) == 2 * applied[1]
+    progress = await rebuild(settings, db, quiet=True)
+    assert progress.applied == len(before["events"]) + len(before["receipts"])
+    with duckdb.connect(str(db), read_only=True) as conn:
+        after = dump(conn)
+    assert [k for k in before if before[k] != after[k]] == []
+
+
+async def publish_receipts(settings: Settings, verifiers: tuple[str, ...]) -> None:
+    """What edge verifiers publish: one receipt per revocation per verifier."""
+    nc = await connect(settings.nats_url, "test-receipts")
+    try:
+        await ensure_receipts_stream(nc)
+        js = nc.jetstream()
+        from ledger.store import EventStore
+
+        async for rec in EventStore(nc, settings).read():
+            event = rec.event
+            kind = {"SessionRevoked": "session", "UserSessionsRevoked": "user"}.get(event.type)
+            if kind is None:
+                continue
+            for i, verifier in enumerate(verifiers):
+                receipt = Receipt(
+                    verifier=verifier,
+                    event_id=event.event_id,
+                    revoke_seq=rec.seq,
+                    kind=kind,
+                    sid=getattr(event, "sid", None),
+                    sub=getattr(event, "sub", None),
+                    kid=None,
+                    applied_at=(rec.time or datetime.now(UTC)) + timedelta(milliseconds=3 + i),
+                )
+                await js.publish(receipt_subject(verifier), receipt.encode())
+    finally:
+        await nc.drain()
+
+
+async def test_reports_work_while_the_projection_runs(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    total = await publish_synthetic(settings, 3_000)
+    db = tmp_path / "busy.duckdb"
+    proc = subprocess.Popen(
+        [*RUN, "analytics", "run", "--nats-url", settings.nats_url, "--db", str(db)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "projection.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        seen = 0
+        while seen < total:
+            assert time.monotonic() < deadline, f"snapshot showed {seen}/{total} events"
+            await asyncio.sleep(0.5)
+            try:
+                result = cli_json(capsys, "sql", "SELECT count(*) AS n FROM events", "--db", str(db))
+            except AssertionError:
+                continue  # no snapshot yet
+            seen = result["result"][0]["n"]
+        conn, source = open_reader(db)
+        with conn:
+            assert source == "snapshot", (tmp_path / "projection.log").read_text()[-3000:]
+            tables = build(conn, "summary", window(conn, None, None))
+        assert dict(tables[0].rows)["events"] == total
+        capsys.readouterr()
+        assert main(["sql", "DROP TABLE events", "--db", str(db)]) == 2  # read-only, refused
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert proc.returncode == 0
