@@ -13,8 +13,10 @@ from typing import Any
 
 from ledger.app import run_service
 from ledger.cli import COMMON, settings_from
+from ledger.cluster import Cluster
 from ledger.config import Settings
 from ledger.embedded import NatsServer
+from ledger.natsconn import parse_url
 from projections.analytics import run_analytics
 from projections.runner import run_sessions
 
@@ -35,6 +37,12 @@ def register(sub: Any) -> None:
     up.add_argument(
         "--sync-always", action="store_true", help="fsync every write (survives power loss; slower)"
     )
+    up.add_argument(
+        "--cluster", type=int, metavar="N", help="N loopback nats-servers as one cluster, streams R=N (max 5)"
+    )
+    up.add_argument(
+        "--only", action="append", choices=[c[0] for c in COMPONENTS], help="run only this component (repeat)"
+    )
     up.set_defaults(func=cmd_up)
 
     service = sub.add_parser(
@@ -51,8 +59,13 @@ def cmd_service(args: argparse.Namespace) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     settings = settings_from(args)
-    server: NatsServer | None = None
-    if args.nats_url is None and not _env_has_url():
+    server: NatsServer | Cluster | None = None
+    if args.cluster and args.nats_url is None and not _env_has_url():
+        server = Cluster((settings.data_dir / "cluster").resolve(), args.cluster, args.sync_always)
+        print(f"starting {args.cluster} nats-servers (JetStream cluster) on {server.url}", flush=True)
+        server.start()
+        settings = settings.model_copy(update={"nats_url": server.url, "replicas": min(args.cluster, 5)})
+    elif args.nats_url is None and not _env_has_url():
         server = NatsServer(
             store_dir=(settings.data_dir / "jetstream").resolve(),
             port=args.nats_port,
@@ -65,7 +78,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         server.start()
         settings = settings.model_copy(update={"nats_url": server.url})
     try:
-        asyncio.run(run_components(settings))
+        only = [c for c in COMPONENTS if c[0] in args.only] if args.only else None
+        asyncio.run(run_components(settings, only))
     finally:
         if server is not None:
             server.stop()
@@ -93,7 +107,8 @@ async def run_components(
         print(f"{name:<16} {what}", flush=True)
         tasks.append(task)
     print(
-        f"ready: NATS {settings.nats_url}, data {settings.data_dir.resolve()} (Ctrl-C to stop)",
+        f"ready: NATS {', '.join(parse_url(settings.nats_url).servers)}, data {settings.data_dir.resolve()}"
+        " (Ctrl-C to stop)",
         flush=True,
     )
     await stop.wait()
