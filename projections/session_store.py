@@ -89,13 +89,6 @@ class SessionStore:
         found = await asyncio.gather(*(self.session(sid) for sid in sids))
         return sorted((s for s in found if s is not None), key=lambda s: s.start_seq)
 
-    async def apply(self, rec: RecordedEvent) -> int:
-        """Apply one event to the keys it touches; returns how many records were written."""
-        written = 0
-        for key in touched(rec.event):
-            written += await self._apply_key(key, rec)
-        return written
-
     async def apply_batch(self, recs: list[RecordedEvent]) -> int:
         """Apply events in order, writing each touched key once, all keys in parallel.
 
@@ -123,20 +116,6 @@ class SessionStore:
                 self._cache.pop(key, None)  # re-read on the redelivery
             if failed:
                 raise failed[0][1]
-
-    async def _apply_key(self, key: str, rec: RecordedEvent) -> int:
-        for _ in range(CAS_ATTEMPTS):
-            current, revision = await self._load(key)
-            new = changes({key: current} if current is not None else {}, rec).get(key)
-            if new is None:
-                return 0
-            try:
-                await self._write(key, new, revision)
-            except jserr.KeyWrongLastSequenceError:
-                self._cache.pop(key, None)  # someone else wrote it: re-read, decide again
-                continue
-            return 1
-        raise RuntimeError(f"could not write {key}: too many conflicting writers")
 
     async def _write(self, key: str, record: Record, revision: int) -> None:
         data = encode(record)
