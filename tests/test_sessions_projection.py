@@ -227,9 +227,11 @@ async def _watch_writes(nc: NATS, settings: Settings, writes: dict[str, list[int
     return Stopper()
 
 
+@pytest.mark.parametrize("policy", ["family", "user"])
 async def test_projection_agrees_with_the_ledger_on_every_token(
-    services: Any, settings: Settings, nc: NATS
+    services: Any, settings_for: Any, nc: NATS, policy: str
 ) -> None:
+    settings = settings_for(reuse_policy=policy)
     await services.start(settings)
     rng = random.Random(31337)
     async with projection(settings), LedgerClient(await connect(settings.nats_url, "t"), owns=True) as client:
