@@ -113,6 +113,10 @@ class ReceiptPublisher:
         msg_id = f"{receipt.verifier}:{receipt.event_id}"
         try:
             await js.publish(self.subject, receipt.encode(), headers={"Nats-Msg-Id": msg_id})
+        except nats.errors.NoRespondersError:  # no stream yet (or JetStream restarting)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await ensure_receipts_stream(self.nc, self.subject.split(".receipt.")[0])
+            return False
         except (nats.errors.Error, TimeoutError) as err:
             log.debug("receipt not sent yet: %s", type(err).__name__)
             return False
