@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TextIO
 
 from nats.aio.client import Client as NATS
@@ -22,11 +24,13 @@ from ledger.errors import BadRequest, TokenInvalid
 from ledger.natsconn import connect
 from ledger.store import EventStore
 from projections.rebuild import RebuildResult, rebuild_sessions
+from projections.runner import run_sessions
 from projections.session_store import Pointer, SessionStore
 from projections.views import SessionView
 
 Checkpoint = Callable[[NATS, Settings], Awaitable[int | None]]
 Rebuilder = Callable[[NATS, Settings, Callable[[int, int], None]], Awaitable[RebuildResult]]
+Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def sessions_checkpoint(nc: NATS, settings: Settings) -> int | None:
@@ -39,6 +43,7 @@ async def sessions_checkpoint(nc: NATS, settings: Settings) -> int | None:
 
 CHECKPOINTS: dict[str, Checkpoint] = {"sessions": sessions_checkpoint}
 REBUILDERS: dict[str, Rebuilder] = {"sessions": rebuild_sessions}
+RUNNERS: dict[str, Runner] = {"sessions": run_sessions}
 
 
 def register(sub: Any) -> None:
@@ -70,6 +75,12 @@ def register(sub: Any) -> None:
     )
     rebuild.add_argument("name", choices=sorted(REBUILDERS))
     rebuild.set_defaults(func=cmd_rebuild)
+    run = proj.add_parser(
+        "run", parents=[COMMON], help="run one projection process (and its queries) until SIGINT/SIGTERM"
+    )
+    run.add_argument("name", choices=sorted(RUNNERS))
+    run.add_argument("--data-dir", type=Path, help="state directory with keys/ (default ./.ledger)")
+    run.set_defaults(func=cmd_run)
 
 
 def _when(value: Any) -> str:
@@ -189,6 +200,25 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
         emit(args, {"projection": args.name, **vars(result)}, human)
 
     run_nats(args, settings, go)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    settings = settings_from(args)
+
+    async def go() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(RUNNERS[args.name](settings, stop, ready))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if ready.is_set():
+            print(f"ready: projection {args.name} on {settings.nats_url}", flush=True)
+        await task
+
+    asyncio.run(go())
 
 
 def run_nats(args: argparse.Namespace, settings: Settings, action: Callable[[NATS], Awaitable[None]]) -> None:

@@ -400,3 +400,60 @@ async def test_crash_half_way_through_a_batch_write(nc: NATS, settings: Settings
     await fresh.apply_batch(batch[:50])  # and a redelivery of part of it, for good measure
     await fresh.save_checkpoint(recs[-1].seq)
     assert await fresh.dump() == done
+
+
+async def test_sigkill_of_the_projection_process_mid_stream(nc: NATS, settings: Settings) -> None:
+    """A real process, killed with SIGKILL while it applies events, restarted: nothing lost or doubled."""
+    events = generate(seed=1234, count=2500)
+    await append_all(EventStore(nc, settings), events[:500])
+    writes: dict[str, list[int]] = {}
+    first = await _spawn_projection(settings)
+    watcher = None
+    try:
+        while await sessions_checkpoint(nc, settings) is None:
+            await asyncio.sleep(0.02)
+        watcher = await _watch_writes(nc, settings, writes)
+        feeder = asyncio.create_task(append_all(EventStore(nc, settings), events[500:]))
+        while (await sessions_checkpoint(nc, settings) or 0) < 1200:
+            await asyncio.sleep(0.005)
+        first.kill()  # SIGKILL: no ack, no checkpoint, no goodbye
+        await asyncio.wait_for(first.wait(), 10)
+        killed_at = await sessions_checkpoint(nc, settings)
+        await feeder
+        second = await _spawn_projection(settings)
+        try:
+            await wait_lag_zero(nc, settings)
+        finally:
+            second.terminate()
+            await asyncio.wait_for(second.wait(), 15)
+    finally:
+        if first.returncode is None:
+            first.kill()
+        if watcher is not None:
+            await watcher.stop()
+    assert killed_at is not None and killed_at < len(events)
+    assert await live_dump(nc, settings) == await stream_fold(nc, settings)
+    for key, seqs in writes.items():
+        assert seqs == sorted(set(seqs)), f"{key} went backwards or was written twice: {seqs}"
+
+
+async def _spawn_projection(settings: Settings) -> asyncio.subprocess.Process:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        "projections",
+        "run",
+        "sessions",
+        "--nats-url",
+        settings.nats_url,
+        "--data-dir",
+        str(settings.data_dir),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert line.startswith(b"ready"), line
+    return proc
