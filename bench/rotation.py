@@ -34,8 +34,15 @@ FAMILIES = 64
 
 async def _raw_stream(nc: NATS) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="RAW", subjects=["raw.ev.>"], storage=StorageType.FILE,
-                                     allow_direct=True, duplicate_window=120))
+    await js.add_stream(
+        StreamConfig(
+            name="RAW",
+            subjects=["raw.ev.>"],
+            storage=StorageType.FILE,
+            allow_direct=True,
+            duplicate_window=120,
+        )
+    )
 
 
 async def _raw_rotation(nc: NATS, family: str, key: ec.EllipticCurvePrivateKey) -> None:
@@ -45,8 +52,11 @@ async def _raw_rotation(nc: NATS, family: str, key: ec.EllipticCurvePrivateKey) 
     seq = "0" if last.headers and last.headers.get("Status") == "404" else seq
     signature = key.sign(b"header.payload" + secrets.token_bytes(16), ec.ECDSA(hashes.SHA256()))
     digest = hashlib.sha256(hashlib.sha256(signature).digest()).hexdigest()
-    headers = {"Nats-Msg-Id": secrets.token_hex(16), "Nats-Expected-Last-Subject-Sequence": seq,
-               "Nats-Expected-Last-Subject-Sequence-Subject": f"raw.ev.{family}.*"}
+    headers = {
+        "Nats-Msg-Id": secrets.token_hex(16),
+        "Nats-Expected-Last-Subject-Sequence": seq,
+        "Nats-Expected-Last-Subject-Sequence-Subject": f"raw.ev.{family}.*",
+    }
     ack = await nc.request(f"raw.ev.{family}.rotated", digest.encode(), headers=headers, timeout=5)
     if b'"error"' in ack.data:
         raise RuntimeError(json.loads(ack.data))
@@ -75,7 +85,9 @@ async def _latencies(op: Callable[[int], Awaitable[None]], count: int) -> list[f
     return out
 
 
-async def _ledger_ops(client: LedgerClient, n: int) -> tuple[Callable[[int], Awaitable[None]], Callable[[int], Awaitable[None]]]:
+async def _ledger_ops(
+    client: LedgerClient, n: int
+) -> tuple[Callable[[int], Awaitable[None]], Callable[[int], Awaitable[None]]]:
     pairs = await asyncio.gather(*(client.start_session(f"bench{i}") for i in range(n)))
     tokens = [p.refresh_token for p in pairs]
 
@@ -112,18 +124,61 @@ async def run(report: Report, reps: int, seconds: float, data_dir: Path) -> None
                     tp = Stat.of([await _throughput(rotate, FAMILIES, seconds) for _ in range(reps)])
                     if instances == 1:
                         one_tp = tp
-                        report.add(Row("rotation", "ledger rotate, 64 in flight, 1 instance", "ops/s", tp,
-                                       "raw chain", raw_tp, ">= 0.50x", tp.median >= 0.5 * raw_tp.median))
+                        report.add(
+                            Row(
+                                "rotation",
+                                "ledger rotate, 64 in flight, 1 instance",
+                                "ops/s",
+                                tp,
+                                "raw chain",
+                                raw_tp,
+                                ">= 0.50x",
+                                tp.median >= 0.5 * raw_tp.median,
+                            )
+                        )
                         lat = await _latencies(rotate, 300)
                         p50 = Stat.of([percentile(lat, 0.5)])
-                        report.add(Row("rotation", "ledger rotate, one at a time p50", "ms", p50,
-                                       "raw chain p50", raw_p50, "<= 2.0x", p50.median <= 2 * raw_p50.median))
-                        report.add(Row("rotation", "ledger rotate, one at a time p99", "ms",
-                                       Stat.of([percentile(lat, 0.99)])))
+                        report.add(
+                            Row(
+                                "rotation",
+                                "ledger rotate, one at a time p50",
+                                "ms",
+                                p50,
+                                "raw chain p50",
+                                raw_p50,
+                                "<= 2.0x",
+                                p50.median <= 2 * raw_p50.median,
+                            )
+                        )
+                        report.add(
+                            Row(
+                                "rotation",
+                                "ledger rotate, one at a time p99",
+                                "ms",
+                                Stat.of([percentile(lat, 0.99)]),
+                            )
+                        )
                         st = Stat.of([await _throughput(start, FAMILIES, seconds) for _ in range(reps)])
-                        report.add(Row("rotation", "ledger session start, 64 in flight", "ops/s", st,
-                                       "raw chain", raw_tp))
+                        report.add(
+                            Row(
+                                "rotation",
+                                "ledger session start, 64 in flight",
+                                "ops/s",
+                                st,
+                                "raw chain",
+                                raw_tp,
+                            )
+                        )
                     else:
-                        report.add(Row("rotation", "ledger rotate, 64 in flight, 2 instances", "ops/s", tp,
-                                       "1 instance", one_tp, note="scaling factor"))
+                        report.add(
+                            Row(
+                                "rotation",
+                                "ledger rotate, 64 in flight, 2 instances",
+                                "ops/s",
+                                tp,
+                                "1 instance",
+                                one_tp,
+                                note="scaling factor",
+                            )
+                        )
         await nc.drain()
