@@ -6,12 +6,18 @@ directory, the monitoring port and (for the cluster) the route host names.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from nats.aio.client import Client as NATS
 
 from ledger.embedded import NatsServer, free_port
@@ -63,6 +69,7 @@ class ConfServer(NatsServer):
             f'listen: "{self.host}:{self.port}"\n'
             f'http: "127.0.0.1:{free_port()}"\n'
             f'jetstream {{ store_dir: "{self.store_dir}", max_memory_store: 256MB, max_file_store: 20GB }}\n'
+            + self.extra_config
         )
 
 
@@ -104,3 +111,50 @@ class Secured:
 
     async def connect(self, user: str) -> NATS:
         return await connect(self.url(user), f"test-{user}", error_cb=self.recorder(user))
+
+
+def documented_tls_block(cert_dir: Path) -> str:
+    """nats.conf's commented-out ``tls {}`` block, uncommented, files taken from ``cert_dir``."""
+    lines = (REPO / "nats.conf").read_text().splitlines()
+    start = lines.index("# tls {")
+    end = start + lines[start:].index("# }")
+    block = "\n".join(line.removeprefix("# ") for line in lines[start : end + 1])
+    return block.replace("/etc/nats/tls/", f"{cert_dir}/") + "\n"
+
+
+def write_test_certificates(cert_dir: Path) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1 (ca.pem, server.pem, server-key.pem)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "session-ledger test CA")])
+    ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    cert = _certificate(name, ca_name, key.public_key(), ca_key, ca=False)
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    (cert_dir / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (cert_dir / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (cert_dir / "server-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def _certificate(
+    subject: x509.Name, issuer: x509.Name, public: Any, signer: Any, *, ca: bool
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signer, hashes.SHA256())

@@ -20,10 +20,17 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.embedded import free_port
+from ledger.errors import Unavailable
 from ledger.events import SigningKeyAdded, decode_event
 from ledger.natsconn import connect
 from ledger.store import EventStore
-from tests.deploy_support import ConfServer, Secured, set_passwords
+from tests.deploy_support import (
+    ConfServer,
+    Secured,
+    documented_tls_block,
+    set_passwords,
+    write_test_certificates,
+)
 
 
 @pytest.fixture
@@ -222,3 +229,35 @@ async def test_projector_keeps_its_buckets_and_answers_queries(secured: Secured,
         await refused_subscribe(secured, nc, "projector", "ledger.cmd.*", queue="ledger-service")
     finally:
         await nc.close()
+
+
+async def test_documented_tls_block_serves_the_ledger_over_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, services: Any
+) -> None:
+    """nats.conf's TLS block, uncommented, with throwaway certificates: tls:// works end to
+    end (the CA reaches Python's default context through SSL_CERT_FILE); an unknown CA is refused."""
+    pw = set_passwords(monkeypatch)
+    write_test_certificates(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "tls" / "ca.pem"))
+    server = ConfServer(
+        store_dir=tmp_path / "js", port=free_port(), extra_config=documented_tls_block(tmp_path / "tls")
+    )
+    server.start()
+    try:
+        await services.start(
+            Settings(
+                nats_url=f"tls://ledger:{pw['ledger']}@127.0.0.1:{server.port}", data_dir=tmp_path / "data"
+            )
+        )
+        app = await LedgerClient.connect(f"tls://app:{pw['app']}@127.0.0.1:{server.port}")
+        try:
+            pair = await app.start_session("erin")
+            assert (await app.rotate(pair.refresh_token)).generation == 1
+        finally:
+            await app.close()
+        monkeypatch.delenv("SSL_CERT_FILE")  # a client that does not trust this CA is refused
+        with pytest.raises(Unavailable):
+            await connect(f"tls://app:{pw['app']}@127.0.0.1:{server.port}", "untrusting", deadline=3)
+    finally:
+        await services.stop_all()
+        server.stop()
