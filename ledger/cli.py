@@ -24,7 +24,13 @@ from ledger.errors import BadRequest, ConfigError, LedgerError, Unavailable
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # Modules that add sub-commands: each has ``register(subparsers)``.
-COMMAND_MODULES = ["ledger.cli_commands", "ledger.up", "projections.analytics_cli", "projections.cli"]
+COMMAND_MODULES = [
+    "ledger.cli_commands",
+    "ledger.up",
+    "projections.analytics_cli",
+    "projections.cli",
+    "consumers.cli",
+]
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -11,6 +11,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from consumers.broadcast import run_broadcaster
+from consumers.sidecar import run_edge
 from ledger.app import run_service
 from ledger.cli import COMMON, settings_from
 from ledger.cluster import Cluster
@@ -27,6 +29,8 @@ COMPONENTS: list[tuple[str, Runner, str]] = [
     ("ledger-service", run_service, "commands on ledger.cmd.* (queue group ledger-service)"),
     ("sessions", run_sessions, "sessions projection (KV) + queries on ledger.q.*"),
     ("analytics", run_analytics, "DuckDB analytics <data-dir>/analytics.duckdb (+ .snapshot for readers)"),
+    ("broadcast", run_broadcaster, "revocation notices on ledger.revoked.> (stream LEDGER_REVOCATIONS)"),
+    ("edge", run_edge, "edge verifier + forward-auth sidecar on LEDGER_EDGE_LISTEN (127.0.0.1:8081)/auth"),
 ]
 
 
