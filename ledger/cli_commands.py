@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ledger.cli import COMMON, emit, run_client, settings_from
@@ -81,44 +82,26 @@ def _revocation_text(rev: Revocation) -> str:
     return f"revoked {what} (stream sequence {rev.seq})"
 
 
-def cmd_start(args: argparse.Namespace) -> None:
-    async def go(c: LedgerClient) -> None:
-        pair = await c.start_session(args.sub, client_id=args.client_id, scopes=args.scope)
-        emit(args, pair, _pair_text(pair))
+def _command(
+    action: Callable[[LedgerClient, argparse.Namespace], Awaitable[Any]], text: Callable[[Any], str]
+) -> Callable[[argparse.Namespace], None]:
+    """A CLI command that makes one ledger call and prints its result."""
 
-    run_client(args, go)
+    def run(args: argparse.Namespace) -> None:
+        async def go(client: LedgerClient) -> None:
+            result = await action(client, args)
+            emit(args, result, text(result))
 
+        run_client(args, go)
 
-def cmd_rotate(args: argparse.Namespace) -> None:
-    async def go(c: LedgerClient) -> None:
-        pair = await c.rotate(args.token)
-        emit(args, pair, _pair_text(pair))
-
-    run_client(args, go)
-
-
-def cmd_revoke(args: argparse.Namespace) -> None:
-    async def go(c: LedgerClient) -> None:
-        rev = await c.revoke_session(args.sid, args.reason)
-        emit(args, rev, _revocation_text(rev))
-
-    run_client(args, go)
+    return run
 
 
-def cmd_logout(args: argparse.Namespace) -> None:
-    async def go(c: LedgerClient) -> None:
-        rev = await c.logout(args.token)
-        emit(args, rev, _revocation_text(rev))
-
-    run_client(args, go)
-
-
-def cmd_revoke_user(args: argparse.Namespace) -> None:
-    async def go(c: LedgerClient) -> None:
-        rev = await c.revoke_user(args.sub, args.reason)
-        emit(args, rev, _revocation_text(rev))
-
-    run_client(args, go)
+cmd_start = _command(lambda c, a: c.start_session(a.sub, client_id=a.client_id, scopes=a.scope), _pair_text)
+cmd_rotate = _command(lambda c, a: c.rotate(a.token), _pair_text)
+cmd_revoke = _command(lambda c, a: c.revoke_session(a.sid, a.reason), _revocation_text)
+cmd_logout = _command(lambda c, a: c.logout(a.token), _revocation_text)
+cmd_revoke_user = _command(lambda c, a: c.revoke_user(a.sub, a.reason), _revocation_text)
 
 
 def cmd_tail(args: argparse.Namespace) -> None:
