@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     key_passphrase: str | None = Field(default=None, repr=False)
 
     request_timeout: float = Field(default=5.0, gt=0, le=60)
-    max_generations: int = Field(default=100_000, ge=1)
+    max_generations: int = Field(default=10_000, ge=1)  # bounds the HMAC chain walk
 
     edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.sidecar)
     edge_max_staleness: timedelta = timedelta(seconds=30)  # then fail closed, unless edge_fail_open

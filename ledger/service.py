@@ -119,9 +119,9 @@ class LedgerService:
                     await self._check_user_cut_after(family, seq)
                     rotated = decide.evolve(family, outcome.events[0], seq)
                     return self._pair(rotated, outcome.successor, now)
-                await self._append_family(family, outcome.family_events)
-                for event in outcome.user_events:
+                for event in outcome.user_events:  # widest revocation first: a crash can't narrow it
                     await self.store.append(self.subjects.user(event.sub), event)
+                await self._append_family(family, outcome.family_events)
                 log.warning(
                     "refresh token reuse: sid=%s presented_generation=%d head=%d",
                     family.started.sid,
