@@ -86,7 +86,11 @@ class SessionStore:
 
     async def user_sessions(self, sub: str) -> list[SessionRecord]:
         sids = [key.rsplit(".", 1)[1] for key in await self._keys(f"{user_prefix(sub)}.s.*")]
-        found = await asyncio.gather(*(self.session(sid) for sid in sids))
+        found: list[SessionRecord | None] = []
+        for start in range(0, len(sids), PARALLEL_WRITES):  # bounded fan-out
+            found += await asyncio.gather(
+                *(self.session(sid) for sid in sids[start : start + PARALLEL_WRITES])
+            )
         return sorted((s for s in found if s is not None), key=lambda s: s.start_seq)
 
     async def apply_batch(self, recs: list[RecordedEvent]) -> int:
