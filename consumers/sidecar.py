@@ -88,7 +88,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_app(verifier: EdgeVerifier) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    limits = {"max_field_size": MAX_FIELD, "max_line_size": MAX_LINE, "max_headers": MAX_HEADERS}
+    app = web.Application(client_max_size=MAX_BODY, handler_args=limits)
     app[VERIFIER_KEY] = verifier
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/auth", authorize)
@@ -105,11 +106,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 async def serve(verifier: EdgeVerifier, listen: str) -> web.AppRunner:
     """Start the HTTP server (access log off: requests carry bearer tokens)."""
-    runner = web.AppRunner(
-        build_app(verifier),
-        access_log=None,
-        handler_args={"max_field_size": MAX_FIELD, "max_line_size": MAX_LINE, "max_headers": MAX_HEADERS},
-    )
+    runner = web.AppRunner(build_app(verifier), access_log=None)
     await runner.setup()
     host, port = parse_listen(listen)
     await web.TCPSite(runner, host, port, backlog=1024).start()

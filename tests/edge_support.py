@@ -91,15 +91,17 @@ def reason_of(v: EdgeVerifier, token: str) -> str | None:
     return None
 
 
-async def until_rejected(v: EdgeVerifier, token: str, *, limit: float = 5.0) -> tuple[float, str]:
-    """Poll until ``token`` is rejected; (monotonic time of the first rejection, reason)."""
+async def until_rejected(
+    v: EdgeVerifier, token: str, *, limit: float = 5.0, ignore: tuple[str, ...] = ()
+) -> tuple[float, str]:
+    """Poll until ``token`` is rejected for a reason not in ``ignore``; (monotonic time, reason)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         reason = reason_of(v, token)
-        if reason is not None:
+        if reason is not None and reason not in ignore:
             return time.monotonic(), reason
         await asyncio.sleep(0.0005)
-    raise AssertionError(f"token still accepted after {limit}s")
+    raise AssertionError(f"token still not rejected after {limit}s")
 
 
 async def retry(call: Callable[[], Coroutine[Any, Any, Any]], *, attempts: int = 40) -> Any:

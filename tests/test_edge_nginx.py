@@ -1,0 +1,151 @@
+"""A real nginx (Debian package) in front of a tiny upstream, asking the sidecar through
+``auth_request``: a valid token reaches the upstream with the identity headers, a revoked
+one gets 401. Skipped, with the reason shown, where nginx is not installed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from consumers.sidecar import run_edge
+from ledger.client import LedgerClient
+from ledger.embedded import free_port
+from tests.edge_support import broadcaster, report, running
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None
+)
+pytestmark = pytest.mark.skipif(
+    NGINX is None, reason="nginx not installed (apt-get install -y nginx-light); .ci/run installs it"
+)
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /_auth {{
+      internal;
+      proxy_pass http://127.0.0.1:{sidecar}/auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+    }}
+    location / {{
+      auth_request /_auth;
+      auth_request_set $auth_sub $upstream_http_x_auth_subject;
+      auth_request_set $auth_sid $upstream_http_x_auth_session;
+      auth_request_set $auth_scopes $upstream_http_x_auth_scopes;
+      auth_request_set $auth_challenge $upstream_http_www_authenticate;
+      add_header WWW-Authenticate $auth_challenge always;
+      proxy_set_header X-Auth-Subject $auth_sub;
+      proxy_set_header X-Auth-Session $auth_sid;
+      proxy_set_header X-Auth-Scopes $auth_scopes;
+      proxy_pass http://127.0.0.1:{upstream};
+    }}
+  }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[dict[str, int]]:
+    ports = {"port": free_port(), "sidecar": free_port(), "upstream": free_port()}
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, **ports))
+    assert NGINX is not None
+    log = open(tmp / "stdout.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        yield ports
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+async def upstream(nginx: dict[str, int]) -> AsyncIterator[None]:
+    async def echo(request: web.Request) -> web.Response:
+        sub, sid = request.headers.get("X-Auth-Subject", ""), request.headers.get("X-Auth-Session", "")
+        return web.Response(text=f"upstream ok sub={sub} sid={sid}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", nginx["upstream"]).start()
+    yield
+    await runner.cleanup()
+
+
+async def _get(http: aiohttp.ClientSession, url: str, token: str) -> tuple[int, str, str]:
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        return resp.status, await resp.text(), resp.headers.get("WWW-Authenticate", "")
+
+
+async def _wait_listening(http: aiohttp.ClientSession, url: str, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(url):
+                return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listening at {url}")
+
+
+async def test_nginx_auth_request_lets_valid_through_and_stops_revoked(
+    client: LedgerClient, settings_for: Any, nginx: dict[str, int], upstream: None, capsys: Any
+) -> None:
+    settings = settings_for(edge_listen=f"127.0.0.1:{nginx['sidecar']}")
+    pair = await client.start_session("lena", scopes=["read"])
+    other = await client.start_session("mike")
+    url = f"http://127.0.0.1:{nginx['port']}/api/orders"
+    async with broadcaster(settings), running(run_edge, settings), aiohttp.ClientSession() as http:
+        await _wait_listening(http, url)
+        status, body, _ = await _get(http, url, pair.access_token)
+        assert (status, body) == (200, f"upstream ok sub=lena sid={pair.sid}")
+        status, _, challenge = await _get(http, url, "forged.token.value")
+        assert status == 401 and 'error="invalid_token"' in challenge
+        t0 = time.monotonic()
+        await client.revoke_session(pair.sid)
+        for _ in range(2000):
+            status, _, challenge = await _get(http, url, pair.access_token)
+            if status == 401:
+                break
+        assert status == 401 and 'error="invalid_token"' in challenge
+        report(
+            capsys, f"session revoke->401 through nginx auth_request {1000 * (time.monotonic() - t0):.1f} ms"
+        )
+        status, body, _ = await _get(http, url, other.access_token)
+        assert (status, body) == (200, f"upstream ok sub=mike sid={other.sid}")
