@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -34,9 +35,17 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
+from ledger.errors import Unavailable
 from ledger.events import UPCASTERS, upcast
 from ledger.natsconn import connect
-from projections.analytics_schema import EVENT_COLUMNS, RECEIPT_COLUMNS, STAGE_COLUMNS, create_schema
+from projections.analytics_schema import (
+    EVENT_FIELDS,
+    RECEIPT_FIELDS,
+    STAGE_COLUMNS,
+    create_schema,
+    load_select,
+)
+from projections.pull import Puller
 
 log = logging.getLogger("projections.analytics")
 
@@ -74,20 +83,31 @@ def ack_position(reply: str) -> tuple[int, int]:
     return int(tokens[7]), int(tokens[9])
 
 
-def stage_line(data: bytes, seq: int, subject: str, ts_ns: int) -> bytes:
-    """One NDJSON line for the loader. The payload is kept as stored unless it needs an
-    upcast or is not one compact JSON object (then it is rewritten or marked malformed)."""
+def stage_line(data: bytes, seq: int, subject: str, ts_ns: int, *, strict: bool = False) -> bytes:
+    """One NDJSON line for the loader, the payload kept byte for byte.
+
+    The fast path only checks the payload's shape; if DuckDB then rejects the batch, it
+    is staged again with ``strict=True``: every payload parsed, a malformed one stored as
+    ``null`` (type ``_malformed``) so the row count still equals the stream's.
+    """
     payload = data
+    if strict or UPCASTERS or not (data[:1] == b"{" and data[-1:] == b"}" and b"\n" not in data):
+        payload = _checked(data)
+    quoted = subject.encode() if _PLAIN.fullmatch(subject) else json.dumps(subject)[1:-1].encode()
+    return b'{"seq":%d,"subject":"%s","ts_us":%d,"e":%s}' % (seq, quoted, ts_ns // 1000, payload)
+
+
+_PLAIN = re.compile(r"[!#-\[\]-~]+")  # printable ASCII but quote and backslash: JSON-safe as is
+
+
+def _checked(data: bytes) -> bytes:
     try:
         obj = json.loads(data)
     except ValueError:
-        obj, payload = None, b"null"
+        return b"null"
     if not isinstance(obj, dict):
-        payload = b"null"
-    elif (str(obj.get("type")), obj.get("schema_version", 1)) in UPCASTERS or b"\n" in data:
-        payload = json.dumps(upcast(obj), separators=(",", ":")).encode()
-    head = b'{"seq":%d,"subject":%s,"ts_us":%d,"e":' % (seq, json.dumps(subject).encode(), ts_ns // 1000)
-    return head + payload + b"}"
+        return b"null"
+    return json.dumps(upcast(obj), separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -96,14 +116,14 @@ class Feed:
 
     stream: str
     table: str
-    columns: str
+    fields: tuple[tuple[str, str | None], ...]
     durable: str
     filter_subject: str | None = None
 
 
 def feeds(settings: Settings, durable: str = DURABLE) -> tuple[Feed, Feed]:
-    events = Feed(settings.stream, "events", EVENT_COLUMNS, durable, f"{settings.subject_prefix}.ev.>")
-    receipts = Feed(RECEIPTS_STREAM, "receipts", RECEIPT_COLUMNS, f"{durable}_receipts")
+    events = Feed(settings.stream, "events", EVENT_FIELDS, durable, f"{settings.subject_prefix}.ev.>")
+    receipts = Feed(RECEIPTS_STREAM, "receipts", RECEIPT_FIELDS, f"{durable}_receipts")
     return events, receipts
 
 
@@ -128,13 +148,11 @@ class AnalyticsDB:
     def apply(self, feed: Feed, lines: list[bytes], last_seq: int) -> None:
         """Load ``lines`` and move the checkpoint to ``last_seq``, atomically."""
         self.stage.write_bytes(b"\n".join(lines))
-        source = str(self.stage).replace("'", "''")
+        path = str(self.stage).replace("'", "''")
         self.conn.execute("BEGIN TRANSACTION")
         try:
-            self.conn.execute(
-                f"INSERT INTO {feed.table} SELECT {feed.columns} FROM read_json('{source}', "  # noqa: S608
-                f"format='newline_delimited', columns={STAGE_COLUMNS})"
-            )
+            source = f"read_json('{path}', format='newline_delimited', columns={STAGE_COLUMNS})"
+            self.conn.execute(f"INSERT INTO {feed.table} {load_select(feed.fields, source)}")
             self.before_commit()
             self.conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [feed.stream, last_seq])
             self.conn.execute("COMMIT")
@@ -191,14 +209,15 @@ class AnalyticsProjection:
         self.snapshot_every = snapshot_every
         self.events, self.receipts = feeds(settings, durable)
         self.progress = Progress()
-        self._subs: dict[str, Any] = {}
+        self._subs: dict[str, Puller] = {}
+        self._nc: Any = None
         self._last_seq: dict[str, int] = {}
         self._last_snapshot = 0.0
         self._dirty = False
         self._last_probe = 0.0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        nc = await connect(self.settings.nats_url, "ledger-analytics")
+        nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
         try:
             js = nc.jetstream(timeout=self.settings.request_timeout)
             await self._bind(js, self.events)
@@ -207,7 +226,7 @@ class AnalyticsProjection:
             while not stop.is_set():
                 try:
                     await self._step(js, follow=True)
-                except (nats.errors.Error, TimeoutError) as err:  # NATS away or slow: retry, never die
+                except (nats.errors.Error, TimeoutError, Unavailable) as err:  # NATS away: retry, never die
                     log.warning("analytics: %s; retrying", type(err).__name__)
                     await asyncio.sleep(1.0)
                     await self._rebind(js)
@@ -216,7 +235,7 @@ class AnalyticsProjection:
 
     async def catch_up(self, on_batch: Callable[[Progress], None] | None = None) -> Progress:
         """Apply everything in the streams now, then return (used by rebuild and tests)."""
-        nc = await connect(self.settings.nats_url, "ledger-analytics-rebuild")
+        nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics-rebuild")
         try:
             js = nc.jetstream(timeout=self.settings.request_timeout)
             await self._bind(js, self.events)
@@ -233,21 +252,21 @@ class AnalyticsProjection:
     async def _finish(self, nc: Any) -> None:
         with contextlib.suppress(Exception):
             await self._maybe_snapshot(force=True)
-        for sub in self._subs.values():
+        for puller in self._subs.values():
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await puller.stop()
         with contextlib.suppress(Exception):
             await nc.drain()
 
     async def _step(self, js: Any, *, follow: bool) -> bool:
         """One round over the feeds; True while any feed still had messages."""
-        got = await self._pump(self.events)
+        got = await self._pump(self.events, FETCH_WAIT if follow else None)
         await self._probe_receipts(js)
         if self.receipts.stream in self._subs:
-            got = await self._pump(self.receipts) or got
+            got = await self._pump(self.receipts, None) or got
         await self._maybe_snapshot()
         if not got and not follow:
-            return await self._has_pending()
+            return await self._has_pending(js)
         return got
 
     async def _bind(self, js: Any, feed: Feed) -> None:
@@ -255,7 +274,7 @@ class AnalyticsProjection:
         and a fresh consumer redelivers a crashed batch at once instead of after ack_wait."""
         if (old := self._subs.pop(feed.stream, None)) is not None:
             with contextlib.suppress(Exception):
-                await old.unsubscribe()
+                await old.stop()
         start = self.db.checkpoint(feed.stream) + 1
         self._last_seq[feed.stream] = start - 1
         with contextlib.suppress(NotFoundError):
@@ -270,7 +289,7 @@ class AnalyticsProjection:
             filter_subject=feed.filter_subject,
         )
         await js.add_consumer(feed.stream, config)
-        self._subs[feed.stream] = await js.pull_subscribe_bind(feed.durable, stream=feed.stream)
+        self._subs[feed.stream] = await Puller(self._nc, feed.stream, feed.durable).start()
 
     async def _rebind(self, js: Any) -> None:
         with contextlib.suppress(nats.errors.Error, TimeoutError):
@@ -292,35 +311,43 @@ class AnalyticsProjection:
             return
         await self._bind(js, self.receipts)
 
-    async def _pump(self, feed: Feed) -> bool:
-        sub = self._subs[feed.stream]
-        try:
-            msgs: list[Msg] = await sub.fetch(self.batch, timeout=FETCH_WAIT)
-        except (nats.errors.TimeoutError, TimeoutError):
+    async def _pump(self, feed: Feed, wait: float | None) -> bool:
+        msgs = await self._subs[feed.stream].fetch(self.batch, wait=wait)
+        if not msgs:
             return False
         self._apply(feed, msgs)
         await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the batch
         return True
 
     def _apply(self, feed: Feed, msgs: list[Msg]) -> None:
-        last = self._last_seq[feed.stream]
-        lines: list[bytes] = []
-        for msg in msgs:
-            seq, ts_ns = ack_position(msg.reply)
-            if seq > last:  # a redelivery of something already applied is skipped
-                lines.append(stage_line(msg.data, seq, msg.subject, ts_ns))
-                last = seq
+        lines, last = self._stage(feed, msgs, strict=False)
         if not lines:
             return
-        self.db.apply(feed, lines, last)
+        try:
+            self.db.apply(feed, lines, last)
+        except (duckdb.InvalidInputException, duckdb.ConversionException):
+            log.warning("analytics: malformed payload in batch ending at seq %d; staging it strictly", last)
+            self.db.apply(feed, self._stage(feed, msgs, strict=True)[0], last)
         self._last_seq[feed.stream] = last
         self.progress.applied += len(lines)
         self.progress.batches += 1
         self._dirty = True
 
-    async def _has_pending(self) -> bool:
-        for sub in self._subs.values():
-            info = await sub.consumer_info()
+    def _stage(self, feed: Feed, msgs: list[Msg], *, strict: bool) -> tuple[list[bytes], int]:
+        last = self._last_seq[feed.stream]
+        lines: list[bytes] = []
+        for msg in msgs:
+            seq, ts_ns = ack_position(msg.reply)
+            if seq > last:  # a redelivery of something already applied is skipped
+                lines.append(stage_line(msg.data, seq, msg.subject, ts_ns, strict=strict))
+                last = seq
+        return lines, last
+
+    async def _has_pending(self, js: Any) -> bool:
+        for feed in (self.events, self.receipts):
+            if feed.stream not in self._subs:
+                continue
+            info = await js.consumer_info(feed.stream, feed.durable)
             if info.num_pending or info.num_ack_pending:
                 return True
         return False

@@ -63,23 +63,41 @@ CREATE TABLE IF NOT EXISTS analytics_meta (
 );
 """
 
-# Typed columns from one staged NDJSON line {"seq", "subject", "ts_us", "e": <event JSON>}.
-EVENT_COLUMNS = """
-    seq, subject, make_timestamp(ts_us), coalesce(e->>'type', '_malformed'),
-    TRY_CAST(e->>'schema_version' AS INTEGER),
-    e->>'event_id', TRY_CAST(e->>'occurred_at' AS TIMESTAMP), e->>'sid', e->>'sub',
-    TRY_CAST(e->>'generation' AS BIGINT), e->>'client_id', TRY_CAST(e->'scopes' AS VARCHAR[]),
-    TRY_CAST(e->>'idle_ttl_s' AS BIGINT), TRY_CAST(e->>'absolute_ttl_s' AS BIGINT), e->>'reason',
-    TRY_CAST(e->>'requested_at' AS TIMESTAMP), TRY_CAST(e->>'not_before' AS TIMESTAMP),
-    TRY_CAST(e->>'presented_generation' AS BIGINT), TRY_CAST(e->>'superseded_at' AS TIMESTAMP),
-    e->>'policy', e->>'kid', e->>'alg', e
-"""
+# The typed columns of each table, in order: (JSON field, SQL type or None for VARCHAR).
+EVENT_FIELDS = (
+    ("type", None), ("schema_version", "INTEGER"), ("event_id", None), ("occurred_at", "TIMESTAMP"),
+    ("sid", None), ("sub", None), ("generation", "BIGINT"), ("client_id", None), ("scopes", "VARCHAR[]"),
+    ("idle_ttl_s", "BIGINT"), ("absolute_ttl_s", "BIGINT"), ("reason", None), ("requested_at", "TIMESTAMP"),
+    ("not_before", "TIMESTAMP"), ("presented_generation", "BIGINT"), ("superseded_at", "TIMESTAMP"),
+    ("policy", None), ("kid", None), ("alg", None),
+)  # fmt: skip
+RECEIPT_FIELDS = (
+    ("verifier", None), ("event_id", None), ("revoke_seq", "UBIGINT"), ("kind", None), ("sid", None),
+    ("sub", None), ("kid", None), ("applied_at", "TIMESTAMP"),
+)  # fmt: skip
 
-RECEIPT_COLUMNS = """
-    seq, subject, make_timestamp(ts_us), e->>'verifier', e->>'event_id',
-    TRY_CAST(e->>'revoke_seq' AS UBIGINT), e->>'kind', e->>'sid', e->>'sub', e->>'kid',
-    TRY_CAST(e->>'applied_at' AS TIMESTAMP), e
-"""
+
+def load_select(fields: tuple[tuple[str, str | None], ...], source: str) -> str:
+    """SELECT the table's columns from staged lines ``{"seq","subject","ts_us","e"}``.
+
+    One ``json_extract_string`` with every path parses each event once (a ``->>`` per
+    column would parse it once per column: measured 1.8x slower). Unknown or missing
+    fields become NULL; a payload without ``type`` is typed ``_malformed``.
+    """
+    paths = ", ".join(f"'$.{name}'" for name, _ in fields)
+    cols = []
+    for i, (name, sql_type) in enumerate(fields, start=1):
+        value = f"v[{i}]"
+        if sql_type == "VARCHAR[]":
+            value = f"TRY_CAST({value}::JSON AS VARCHAR[])"
+        elif sql_type is not None:
+            value = f"TRY_CAST({value} AS {sql_type})"
+        cols.append(f"coalesce({value}, '_malformed')" if name == "type" else value)
+    return (
+        f"SELECT seq, subject, make_timestamp(ts_us), {', '.join(cols)}, e "  # noqa: S608
+        f"FROM (SELECT *, json_extract_string(e, [{paths}]) AS v FROM {source})"
+    )
+
 
 STAGE_COLUMNS = "{seq: 'UBIGINT', subject: 'VARCHAR', ts_us: 'BIGINT', e: 'JSON'}"
 
