@@ -6,17 +6,21 @@ import asyncio
 import contextlib
 import json
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client as NATS
 
 from ledger.cli import main as cli_main
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.errors import LedgerError, Unavailable
+from ledger.errors import LedgerError, SessionExpired, Unavailable
 from ledger.events import Event
 from ledger.natsconn import connect
 from ledger.refresh import TokenKeys
@@ -304,8 +308,6 @@ async def _random_history(client: LedgerClient, rng: random.Random) -> tuple[lis
 
 async def _ledger_accepts_access(store: EventStore, token: str) -> bool:
     """The ledger's own state: the session's head is not terminal and no later revoke-all."""
-    import jwt
-
     claims = jwt.decode(token, options={"verify_signature": False})
     family = await store.family(claims["sid"])
     cut = await store.user_cut(claims["sub"])
@@ -367,9 +369,6 @@ async def test_unknown_session_is_not_found(settings: Settings, nc: NATS) -> Non
 
 async def test_forged_access_token_is_inactive(client: LedgerClient, settings: Settings, nc: NATS) -> None:
     """Right kid, right claims, wrong key: inactive; the genuine token is active."""
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     pair = await client.start_session("mallory-target", scopes=["read"])
     async with projection(settings):
         await wait_lag_zero(nc, settings)
@@ -438,8 +437,6 @@ async def test_sigkill_of_the_projection_process_mid_stream(nc: NATS, settings: 
 
 
 async def _spawn_projection(settings: Settings) -> asyncio.subprocess.Process:
-    import sys
-
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -457,3 +454,22 @@ async def _spawn_projection(settings: Settings) -> asyncio.subprocess.Process:
     line = await asyncio.wait_for(proc.stdout.readline(), 20)
     assert line.startswith(b"ready"), line
     return proc
+
+
+async def test_expiry_without_any_event(services: Any, settings_for: Any, nc: NATS) -> None:
+    """A session leaves 'active' at its idle expiry with no event written; the ledger agrees."""
+    settings = settings_for(refresh_idle_ttl=timedelta(seconds=1), grace_window=timedelta(0))
+    await services.start(settings)
+    async with projection(settings), LedgerClient(await connect(settings.nats_url, "t"), owns=True) as client:
+        pair = await client.start_session("eve", client_id="tv")
+        await wait_lag_zero(nc, settings)
+        assert [s.sid for s in (await client.list_sessions("eve")).sessions] == [pair.sid]
+        assert (await client.introspect(pair.refresh_token)).active
+        last = await EventStore(nc, settings).last_seq()
+        await asyncio.sleep(max(0.0, (pair.refresh_expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
+        assert (await client.list_sessions("eve")).sessions == ()
+        assert (await client.get_session(pair.sid)).status == "expired"
+        assert (await client.introspect(pair.refresh_token)).active is False
+        with pytest.raises(SessionExpired):
+            await client.rotate(pair.refresh_token)
+        assert await EventStore(nc, settings).last_seq() == last  # nothing was written at expiry
