@@ -25,7 +25,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from consumers.notices import NOTICES_STREAM, notice_for, notice_subject, notice_ttl, notices_stream_config
+from consumers.notices import (
+    NOTICES_STREAM,
+    Notice,
+    notice_for,
+    notice_subject,
+    notice_ttl,
+    notices_stream_config,
+)
 from ledger.config import Settings
 from ledger.events import RecordedEvent, decode_event
 from ledger.natsconn import connect
@@ -51,8 +58,16 @@ def utcnow() -> datetime:
 
 
 class Broadcaster:
-    def __init__(self, nc: NATS, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        ack_wait: float = 30.0,
+    ) -> None:
         self.nc = nc
+        self.ack_wait = ack_wait
         self.settings = settings
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.clock = clock
@@ -79,7 +94,7 @@ class Broadcaster:
             filter_subjects=source_filters(self.settings.subject_prefix),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
+            ack_wait=self.ack_wait,
             max_ack_pending=1024,
         )
 
@@ -108,25 +123,33 @@ class Broadcaster:
     async def handle(self, msg: Msg) -> None:
         """Publish the notice, then ack the source; on failure leave it for redelivery."""
         try:
-            event = decode_event(msg.data)
+            recorded = recorded_from(msg)
         except (ValidationError, ValueError):
             log.error("undecodable event at LEDGER seq %s: skipped", msg.metadata.sequence.stream)
             await msg.term()
             return
-        recorded = RecordedEvent(event=event, seq=msg.metadata.sequence.stream, subject=msg.subject)
-        notice = notice_for(recorded)
         try:
+            notice = notice_for(recorded)
             if notice is not None:
-                ttl = notice_ttl(notice, self.settings.access_ttl, now=self.clock())
-                subject = notice_subject(notice, self.settings.subject_prefix)
-                headers = {"Nats-Msg-Id": notice.event_id}
-                await self.js.publish(subject, notice.encode(), headers=headers, msg_ttl=ttl.total_seconds())
-                self.published += 1
+                await self.publish(notice)
             await msg.ack()
         except (nats.errors.Error, TimeoutError) as err:
             log.warning("notice for LEDGER seq %s not published yet: %s", recorded.seq, type(err).__name__)
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=0.5)
+
+    async def publish(self, notice: Notice) -> None:
+        """Publish and wait for the stream's ack (a duplicate ack is success)."""
+        ttl = notice_ttl(notice, self.settings.access_ttl, now=self.clock())
+        subject = notice_subject(notice, self.settings.subject_prefix)
+        headers = {"Nats-Msg-Id": notice.event_id}
+        await self.js.publish(subject, notice.encode(), headers=headers, msg_ttl=ttl.total_seconds())
+        self.published += 1
+
+
+def recorded_from(msg: Msg) -> RecordedEvent:
+    meta = msg.metadata
+    return RecordedEvent(event=decode_event(msg.data), seq=meta.sequence.stream, subject=msg.subject)
 
 
 async def run_broadcaster(
