@@ -14,9 +14,11 @@ from pathlib import Path
 import nats.errors
 from nats.js.errors import NotFoundError
 
+from ledger.config import Settings
 from ledger.embedded import NatsServer, free_port
 from ledger.errors import ConfigError, Unavailable
 from ledger.natsconn import connect
+from ledger.store import EventStore
 
 CLUSTER_NAME = "ledger-cluster"
 
@@ -92,6 +94,29 @@ async def wait_jetstream(url: str, timeout: float) -> None:
             except (TimeoutError, nats.errors.Error):
                 await asyncio.sleep(0.2)
         raise Unavailable(f"JetStream cluster not ready within {timeout}s")
+    finally:
+        await nc.close()
+
+
+async def ensure_stream_ready(settings: Settings, timeout: float = 30.0) -> None:
+    """Create the event stream and wait until it answers reads.
+
+    A new replicated stream elects its leader first; a ledger service that starts in
+    that moment finds its first read unanswered and stops with ``unavailable``.
+    """
+    nc = await connect(settings.nats_url, "ledger-cluster-probe", deadline=timeout)
+    store = EventStore(nc, settings)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                await store.ensure_stream()
+                await store.last(store.subjects.keys_filter())
+                return
+            except (TimeoutError, Unavailable, nats.errors.Error):
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"stream {settings.stream} not ready within {timeout}s") from None
+                await asyncio.sleep(0.25)
     finally:
         await nc.close()
 

@@ -15,7 +15,7 @@ from consumers.broadcast import run_broadcaster
 from consumers.sidecar import run_edge
 from ledger.app import run_service
 from ledger.cli import COMMON, settings_from
-from ledger.cluster import Cluster
+from ledger.cluster import Cluster, ensure_stream_ready
 from ledger.config import Settings
 from ledger.embedded import NatsServer
 from ledger.natsconn import parse_url
@@ -69,6 +69,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         print(f"starting {args.cluster} nats-servers (JetStream cluster) on {server.url}", flush=True)
         server.start()
         settings = settings.model_copy(update={"nats_url": server.url, "replicas": min(args.cluster, 5)})
+        asyncio.run(ensure_stream_ready(settings))
     elif args.nats_url is None and not _env_has_url():
         server = NatsServer(
             store_dir=(settings.data_dir / "jetstream").resolve(),

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from typing import Any
 import pytest
 
 from ledger.client import LedgerClient
-from ledger.cluster import Cluster, stream_leader, wait_jetstream
+from ledger.cluster import Cluster, ensure_stream_ready, stream_leader, wait_jetstream
 from ledger.config import Settings
 from ledger.embedded import NatsServer
 from ledger.errors import LedgerError, Unavailable
@@ -146,6 +149,7 @@ async def test_r3_survives_leader_sigkill(cluster: Cluster, tmp_path: Path, serv
         duplicate_window=timedelta(seconds=60),
         request_timeout=2.0,
     )
+    await ensure_stream_ready(settings)
     await services.start(settings)
     client = await LedgerClient.connect(cluster.url, timeout=3.0)
     load, stop = Load(), asyncio.Event()
@@ -212,6 +216,7 @@ async def test_production_cluster_config_with_auth_survives_a_node(
         ledger_url = f"nats://ledger:{pw['ledger']}@{hosts}"
         await wait_jetstream(ledger_url, 30)
         settings = Settings(nats_url=ledger_url, replicas=3, data_dir=tmp_path / "data", request_timeout=2.0)
+        await ensure_stream_ready(settings)
         await services.start(settings)
         app = await LedgerClient.connect(f"nats://app:{pw['app']}@127.0.0.1:{nodes[0].port}", timeout=3)
         try:
@@ -304,4 +309,47 @@ async def test_timed_out_rotation_is_safe_to_retry(
         assert (await check_log(settings, load))["events"] == 3  # key, started, one rotation
     finally:
         await impatient.close()
+        await client.close()
+
+
+def test_up_cluster_3_runs_the_ledger_on_r3(tmp_path: Path) -> None:
+    """``session-ledger up --cluster 3``: three loopback servers, R3 stream, commands answered."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "up",
+            "--cluster",
+            "3",
+            "--only",
+            "ledger-service",
+            "--data-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith("starting 3 nats-servers"), lines
+        assert lines[2].startswith("ready:"), lines
+        url = lines[0].rsplit(" on ", 1)[1].strip()
+        asyncio.run(_rotate_on_r3(url))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0
+
+
+async def _rotate_on_r3(url: str) -> None:
+    client = await LedgerClient.connect(url)
+    try:
+        pair = await client.start_session("frank")
+        assert (await client.rotate(pair.refresh_token)).generation == 1
+        info = await client.nc.jetstream().stream_info("LEDGER")
+        assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2
+    finally:
         await client.close()
