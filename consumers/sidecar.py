@@ -91,10 +91,15 @@ def build_app(verifier: EdgeVerifier) -> web.Application:
     limits = {"max_field_size": MAX_FIELD, "max_line_size": MAX_LINE, "max_headers": MAX_HEADERS}
     app = web.Application(client_max_size=MAX_BODY, handler_args=limits)
     app[VERIFIER_KEY] = verifier
+    app.on_response_prepare.append(_hide_server)
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/auth", authorize)
     app.router.add_route("*", "/auth/{tail:.*}", authorize)
     return app
+
+
+async def _hide_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.pop("Server", None)  # no version banner for scanners
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

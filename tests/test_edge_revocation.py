@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +150,13 @@ async def test_reuse_rejects_the_whole_family_at_the_edge(
             assert reason_of(v, first.access_token) == "session_revoked"
             report(capsys, f"reuse->reject {1000 * (rejected - t0):.1f} ms (incl. the rotate round trip)")
             assert v.verify(bystander.access_token).sid == bystander.sid
+
+
+async def test_readme_edge_example_runs(client: LedgerClient, settings: Any) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "EdgeVerifier" in b]
+    namespace: dict[str, Any] = {"__name__": "readme_edge"}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    pair = await client.start_session("olga")
+    assert await namespace["check"](settings.nats_url, pair.access_token) == "olga"
+    assert await namespace["check"](settings.nats_url, "not-a-token") == "rejected: malformed"

@@ -32,6 +32,7 @@ async def test_forward_auth_contract(client: LedgerClient, settings_for: Any, ca
             assert resp.headers["X-Auth-Session"] == pair.sid
             assert resp.headers["X-Auth-Scopes"] == "read write"
             assert resp.headers["X-Auth-Client"] == "web"
+            assert "Server" not in resp.headers
         async with http.post(f"{base}/auth/api/v1/orders?x=1", headers=bearer) as resp:  # Envoy prefix
             assert resp.status == 200
         async with http.get(f"{base}/auth") as resp:
