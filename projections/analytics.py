@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -61,7 +60,7 @@ __all__ = [
     "AnalyticsProjection",
     "db_path_for",
     "open_reader",
-    "rebuild",
+    "rebuild_subject",
     "run_analytics",
     "snapshot_path",
 ]
@@ -136,6 +135,7 @@ class AnalyticsDB:
     def __init__(self, path: Path, *, grace_window_s: float = 30.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.grace_window_s = grace_window_s
         self.conn = duckdb.connect(str(path))
         self.stage = path.with_name(path.name + ".stage.ndjson")
         self.before_commit: Callable[[], None] = lambda: None
@@ -215,15 +215,19 @@ class AnalyticsProjection:
         self._last_snapshot = 0.0
         self._dirty = False
         self._last_probe = 0.0
+        self._rebuild_requests: list[Msg] = []
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
         try:
             js = nc.jetstream(timeout=self.settings.request_timeout)
             await self._bind(js, self.events)
+            await nc.subscribe(rebuild_subject(self.settings), cb=self._rebuild_requests_append)
             if ready is not None:
                 ready.set()
             while not stop.is_set():
+                if self._rebuild_requests:
+                    await self._rebuild_in_place(js)
                 try:
                     await self._step(js, follow=True)
                 except (nats.errors.Error, TimeoutError, Unavailable) as err:  # NATS away: retry, never die
@@ -232,6 +236,41 @@ class AnalyticsProjection:
                     await self._rebind(js)
         finally:
             await self._finish(nc)
+
+    async def _rebuild_requests_append(self, msg: Msg) -> None:
+        self._rebuild_requests.append(msg)
+
+    async def _rebuild_in_place(self, js: Any) -> None:
+        """``session-ledger analytics rebuild`` while this process holds the file: build a
+        fresh file from sequence 1 (ingest pauses meanwhile), swap it in, resume from its
+        checkpoint + 1, answer the requester."""
+        from projections.analytics_rebuild import build_fresh, swap_in
+
+        requests, self._rebuild_requests = self._rebuild_requests, []
+        began = time.monotonic()
+        try:
+            progress = await build_fresh(self.settings, self.db.path, print_progress)
+            path, grace, hook = self.db.path, self.db.grace_window_s, self.db.before_commit
+            self.db.close()
+            swap_in(path)
+            self.db = AnalyticsDB(path, grace_window_s=grace)
+            self.db.before_commit = hook
+            for feed in (self.events, self.receipts):
+                if feed.stream in self._subs:
+                    await self._bind(js, feed)
+            self._dirty = True
+            await self._maybe_snapshot(force=True)
+            answer: dict[str, Any] = {
+                "ok": True,
+                "rows": progress.applied,
+                "seconds": time.monotonic() - began,
+            }
+        except Exception as err:
+            log.exception("analytics: rebuild failed")
+            answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        for msg in requests:
+            with contextlib.suppress(Exception):
+                await msg.respond(json.dumps(answer).encode())
 
     async def catch_up(self, on_batch: Callable[[Progress], None] | None = None) -> Progress:
         """Apply everything in the streams now, then return (used by rebuild and tests)."""
@@ -373,48 +412,14 @@ async def run_analytics(settings: Settings, stop: asyncio.Event, ready: asyncio.
         db.close()
 
 
-async def rebuild(settings: Settings, db_path: Path, *, quiet: bool = False) -> Progress:
-    """Rebuild from sequence 1 into a new file, then swap it in atomically.
-
-    Refused while another process holds the file (the running projection): stop it first.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        duckdb.connect(str(db_path)).close()  # raises IOException if a writer holds it
-    tmp = db_path.with_name(db_path.name + ".rebuild")
-    for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
-        stale.unlink(missing_ok=True)
-    db = AnalyticsDB(tmp, grace_window_s=settings.grace_window.total_seconds())
-    projection = AnalyticsProjection(settings, db, durable=f"{DURABLE}_rebuild", snapshot_every=None)
-    try:
-        progress = await projection.catch_up(None if quiet else _print_progress)
-        db.conn.execute("CHECKPOINT")
-    finally:
-        db.close()
-    await _drop_rebuild_consumers(settings, projection)
-    db_path.with_name(db_path.name + ".wal").unlink(missing_ok=True)
-    os.replace(tmp, db_path)
-    snap = snapshot_path(db_path)
-    shutil.copyfile(db_path, snap.with_name(snap.name + ".tmp"))
-    os.replace(snap.with_name(snap.name + ".tmp"), snap)
-    return progress
+def rebuild_subject(settings: Settings) -> str:
+    """Where a running projection takes rebuild requests (it holds the file, nobody else can)."""
+    return f"{settings.subject_prefix}.analytics.rebuild"
 
 
-def _print_progress(p: Progress) -> None:
+def print_progress(p: Progress) -> None:
     if p.batches % 20 == 1:
-        print(
-            f"analytics rebuild: {p.applied} rows in {p.batches} batches ({p.rate():,.0f}/s)", file=sys.stderr
-        )
-
-
-async def _drop_rebuild_consumers(settings: Settings, projection: AnalyticsProjection) -> None:
-    nc = await connect(settings.nats_url, "ledger-analytics-rebuild")
-    try:
-        js = nc.jetstream(timeout=settings.request_timeout)
-        for feed in (projection.events, projection.receipts):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_consumer(feed.stream, feed.durable)
-    finally:
-        await nc.drain()
+        print(f"analytics rebuild: {p.applied} rows, {p.rate():,.0f}/s", file=sys.stderr, flush=True)
 
 
 def open_reader(db_path: Path) -> tuple[duckdb.DuckDBPyConnection, str]:

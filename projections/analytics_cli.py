@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,8 @@ from nats.aio.client import Client as NATS
 from ledger.cli import COMMON, settings_from
 from ledger.config import Settings
 from ledger.errors import BadRequest, Unavailable
-from projections.analytics import (
-    AnalyticsDB,
-    AnalyticsProjection,
-    db_path_for,
-    open_reader,
-    rebuild,
-)
+from projections.analytics import AnalyticsDB, AnalyticsProjection, db_path_for, open_reader
+from projections.analytics_rebuild import rebuild_anywhere
 from projections.report_html import render_html
 from projections.reports import REPORTS, Table, build, query, render, window
 from projections.simulate import SimConfig, simulate
@@ -191,24 +185,10 @@ def _crasher(db: AnalyticsDB, after: int) -> Any:
 def cmd_rebuild(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     path = db_path(args)
-    began = time.monotonic()
-    try:
-        progress = asyncio.run(rebuild(settings, path))
-    except duckdb.IOException:
-        raise Unavailable(
-            f"{path} is held by the running projection: stop `session-ledger up`, then rebuild"
-        ) from None
-    data = {
-        "projection": "analytics",
-        "db": str(path),
-        "rows": progress.applied,
-        "seconds": time.monotonic() - began,
-    }
-    print(
-        json.dumps(data)
-        if args.json
-        else f"rebuilt analytics: {progress.applied} rows into {path} in {data['seconds']:.2f}s"
-    )
+    result = asyncio.run(rebuild_anywhere(settings, path))
+    data = {"projection": "analytics", "db": str(path), **result}
+    human = f"rebuilt analytics ({result['where']}): {result['rows']} rows, {result['seconds']:.2f}s, {path}"
+    print(json.dumps(data) if args.json else human)
 
 
 async def rebuild_for_projections_cli(nc: NATS, settings: Settings, progress: Any) -> Any:
@@ -216,18 +196,10 @@ async def rebuild_for_projections_cli(nc: NATS, settings: Settings, progress: An
     from projections.rebuild import RebuildResult
 
     path = db_path_for(settings)
-    began = time.monotonic()
-    try:
-        result = await rebuild(settings, path, quiet=True)
-    except duckdb.IOException:
-        raise Unavailable(
-            f"{path} is held by the running projection: stop `session-ledger up` first"
-        ) from None
-    with duckdb.connect(str(path), read_only=True) as conn:
-        row = conn.execute("SELECT last_seq FROM checkpoints WHERE stream = ?", [settings.stream]).fetchone()
-    last = int(row[0]) if row else 0
+    result = await rebuild_anywhere(settings, path, quiet=True)
+    last = await analytics_checkpoint(nc, settings) or 0
     progress(last, last)
-    return RebuildResult(str(path), None, result.applied, result.applied, last, time.monotonic() - began)
+    return RebuildResult(str(path), None, result["rows"], result["rows"], last, result["seconds"])
 
 
 async def analytics_checkpoint(nc: NATS, settings: Settings) -> int | None:

@@ -21,7 +21,8 @@ from consumers.receipts import Receipt, ensure_receipts_stream, receipt_subject
 from ledger.cli import main
 from ledger.config import Settings
 from ledger.natsconn import connect
-from projections.analytics import AnalyticsDB, AnalyticsProjection, open_reader, rebuild
+from projections.analytics import AnalyticsDB, AnalyticsProjection, open_reader
+from projections.analytics_rebuild import rebuild
 from projections.reports import build, window
 from projections.simulate import SimConfig, simulate, synthetic_events
 
