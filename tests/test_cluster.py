@@ -224,7 +224,8 @@ async def test_production_cluster_config_with_auth_survives_a_node(
             nodes[0].kill()
             rotated = await _retry(lambda: app.rotate(pair.refresh_token), seconds=30)
             assert rotated.generation == 1
-            assert str(app.nc.connected_url.port) != str(nodes[0].port)
+            connected = app.nc.connected_url
+            assert connected is not None and connected.port != nodes[0].port
         finally:
             await app.close()
         nc = await connect(ledger_url, "test-probe")
@@ -350,6 +351,7 @@ async def _rotate_on_r3(url: str) -> None:
         pair = await client.start_session("frank")
         assert (await client.rotate(pair.refresh_token)).generation == 1
         info = await client.nc.jetstream().stream_info("LEDGER")
-        assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:
         await client.close()
