@@ -64,6 +64,18 @@ async def publish_synthetic(settings: Settings, n: int) -> int:
         await nc.drain()
 
 
+async def publish_more(settings: Settings, n: int) -> int:
+    """``n`` more events after what the stream holds; returns the new last sequence."""
+    nc = await connect(settings.nats_url, "test-more")
+    try:
+        js = nc.jetstream()
+        for subject, payload in synthetic_events(n, prefix=settings.subject_prefix):
+            await js.publish(subject.replace(".ev.s.", ".ev.s.m"), payload)
+        return int((await js.stream_info(settings.stream)).state.last_seq)
+    finally:
+        await nc.drain()
+
+
 def dump(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
     return {name: conn.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in TABLES + VIEWS}  # noqa: S608
 
@@ -236,6 +248,21 @@ async def test_reports_work_while_the_projection_runs(
         assert dict(tables[0].rows)["events"] == total
         capsys.readouterr()
         assert main(["sql", "DROP TABLE events", "--db", str(db)]) == 2  # read-only, refused
+
+        # rebuild while it runs: the projection rebuilds itself on request and carries on
+        argv = [*RUN, "analytics", "rebuild", "--nats-url", settings.nats_url, "--db", str(db), "--json"]
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rebuilt = json.loads(done.stdout)
+        assert rebuilt["where"] == "running projection" and rebuilt["rows"] == total
+        more = await publish_more(settings, 100)
+        deadline = time.monotonic() + 30
+        while seen < more:
+            assert time.monotonic() < deadline, "ingest did not resume after the rebuild"
+            await asyncio.sleep(0.5)
+            seen = cli_json(capsys, "sql", "SELECT count(DISTINCT seq) AS n FROM events", "--db", str(db))[
+                "result"
+            ][0]["n"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
