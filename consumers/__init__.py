@@ -1,3 +1,7 @@
 """Processes that react to ledger events: edge verifier, revocation broadcast, sidecar."""
 
-__all__: list[str] = []
+from consumers.edge import AccessClaims, EdgeVerifier, RejectReason, TokenRejected
+from consumers.notices import Notice
+from consumers.receipts import Receipt
+
+__all__ = ["AccessClaims", "EdgeVerifier", "Notice", "Receipt", "RejectReason", "TokenRejected"]

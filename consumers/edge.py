@@ -232,11 +232,10 @@ class EdgeVerifier:
         self._lost.clear()
         js = self.nc.jetstream(timeout=self.settings.request_timeout)
         await self._ensure_notices_stream(js)
-        subs = [
-            await self._subscribe(js, self.settings.stream, self.subjects.keys_filter(), "keys"),
-            await self._subscribe(js, NOTICES_STREAM, self._notices_filter, "notices"),
-        ]
+        subs: list[Any] = []
         try:
+            subs.append(await self._subscribe(js, self.settings.stream, self.subjects.keys_filter(), "keys"))
+            subs.append(await self._subscribe(js, NOTICES_STREAM, self._notices_filter, "notices"))
             await self._wait_caught_up()
             self._live = True
             self._fresh_at = time.monotonic()
