@@ -88,7 +88,7 @@ async def test_wrong_password_and_no_password_are_refused(secured: Secured) -> N
         f"nats://127.0.0.1:{secured.server.port}",
     ):
         with pytest.raises(Exception, match="cannot connect"):
-            await connect(url, "intruder", deadline=3, max_reconnect_attempts=0)
+            await connect(url, "intruder", deadline=1.5, max_reconnect_attempts=0)
 
 
 async def test_edge_reads_keys_and_notices_but_cannot_append_or_command(
