@@ -221,6 +221,7 @@ class AnalyticsProjection:
         nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
         try:
             js = nc.jetstream(timeout=self.settings.request_timeout)
+            await self._wait_for_stream(js, stop)
             await self._bind(js, self.events)
             await nc.subscribe(rebuild_subject(self.settings), cb=self._rebuild_requests_append)
             if ready is not None:
@@ -236,6 +237,17 @@ class AnalyticsProjection:
                     await self._rebind(js)
         finally:
             await self._finish(nc)
+
+    async def _wait_for_stream(self, js: Any, stop: asyncio.Event) -> None:
+        """Started before the ledger service (``analytics run`` alone): wait for its stream."""
+        while not stop.is_set():
+            try:
+                await js.stream_info(self.settings.stream)
+                return
+            except NotFoundError:
+                log.info("analytics: waiting for stream %s", self.settings.stream)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _rebuild_requests_append(self, msg: Msg) -> None:
         self._rebuild_requests.append(msg)

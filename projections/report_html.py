@@ -9,7 +9,7 @@ from html import escape
 
 import duckdb
 
-from projections.reports import REPORTS, Table, Window, _cell, build
+from projections.reports import FAR_PAST, REPORTS, Table, Window, _cell, build
 
 COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618")
 W, H, PAD_L, PAD_B, PAD_T = 640, 240, 56, 64, 24
@@ -124,7 +124,8 @@ def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
         for name in REPORTS
     )
     made = datetime.now(UTC).isoformat(timespec="seconds")
-    meta = f"window {_cell(w.since)} .. {_cell(w.until)} UTC · data: {escape(source)} · generated {made}"
+    since = "the first event" if w.since == FAR_PAST else _cell(w.since)
+    meta = f"window {since} .. {_cell(w.until)} UTC · data: {source} · generated {made}"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<title>session-ledger analytics</title>"
