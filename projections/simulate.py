@@ -139,6 +139,7 @@ class Truth:
             "tokens_expired_unused": expired,
             "expiration_rate": expired / issued if issued else None,
             "duration_quantiles_s": km_quantiles([(d / US, died) for d, died in durations]),
+            "session_days": sum(d for d, _ in durations) / (86_400 * US),
             "ledger_events_expected": len(self.sessions)
             + sum(s.rotations for s in self.sessions)
             + self.logouts

@@ -132,6 +132,24 @@ async def test_report_figures_equal_simulator_ground_truth(
     overall = expiration[next(iter(expiration))][0]
     assert overall["client_id"] == "(all)" and overall["tokens_used"] == truth["rotations"]
 
+    usage = cli_json(capsys, "report", "usage", *window_args)
+    total = usage[next(iter(usage))][0]
+    assert total["rotations"] == truth["rotations"] and total["sessions"] == truth["sessions_started"]
+    assert total["session_days"] == pytest.approx(truth["session_days"], rel=1e-9)
+
+    revocation = cli_json(capsys, "report", "revocation", *window_args)
+    counts = {(r["kind"], r["reason"]): r["revocations"] for r in revocation["revocations"]}
+    expected_counts = {
+        ("session", "logout"): truth["logouts"],
+        ("session", "reuse"): truth["replays_injected"],
+        ("user", "password_change"): truth["password_changes"],
+    }
+    assert counts == {k: v for k, v in expected_counts.items() if v}
+
+    sessions = cli_json(capsys, "report", "sessions", *window_args)
+    outcomes = {r["outcome"]: r["sessions"] for r in sessions["how sessions ended"]}
+    assert outcomes == {**ended, "active": truth["sessions_active"]}
+
     out = tmp_path / "report.html"
     assert main(["report", "html", "-o", str(out), *window_args]) == 0
     page = out.read_text()
