@@ -134,7 +134,7 @@ class EdgeVerifier:
             raise TokenRejected(RejectReason.STALE)
         claims = self._cache.get(token)
         if claims is None:
-            claims = check_signature(token, self.keys, self.expect)
+            claims = check_signature(token, self.keys, self.expect, now=self.clock())
             self._remember(token, claims)
         else:
             self.keys.lookup(claims.kid)  # the key may have been retired since

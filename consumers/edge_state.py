@@ -8,18 +8,26 @@ never the one its header asks for.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import jwt
+from jwt.algorithms import Algorithm, get_default_algorithms
 
 from consumers.notices import Notice
 
 MAX_TOKEN_CHARS = 8192  # a real access token is well under 1 kB
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+SEGMENTS_RE = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)", re.ASCII)
+ALGORITHMS: dict[str, Algorithm] = {
+    name: algo for name, algo in get_default_algorithms().items() if name in ("ES256", "EdDSA", "RS256")
+}
 REQUIRED = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "ssq"]
 
 
@@ -70,6 +78,7 @@ class VerifyingKey:
     kid: str
     alg: str
     key: Any  # a cryptography public key object, typed by ``alg``
+    verifier: Algorithm  # PyJWT's implementation of ``alg``, fixed when the key was learnt
 
 
 @dataclass
@@ -82,7 +91,8 @@ class KeyRing:
     def add(self, kid: str, alg: str, jwk: dict[str, str]) -> None:
         if jwk.get("alg", alg) != alg or jwk.get("kid", kid) != kid:
             raise ValueError("JWK does not match its event")
-        self.keys[kid] = VerifyingKey(kid, alg, jwt.PyJWK(dict(jwk), algorithm=alg).key)
+        key = jwt.PyJWK(dict(jwk), algorithm=alg).key
+        self.keys[kid] = VerifyingKey(kid, alg, key, ALGORITHMS[alg])
 
     def retire(self, kid: str) -> None:
         self.retired.add(kid)
@@ -154,64 +164,69 @@ class Expectations:
     leeway: float
 
 
-def check_signature(token: str, keys: KeyRing, expect: Expectations) -> AccessClaims:
-    """Header -> key -> signature and registered claims, each failure with its reason."""
+def check_signature(token: str, keys: KeyRing, expect: Expectations, *, now: float) -> AccessClaims:
+    """Header -> key -> signature -> registered claims, each failure with its reason.
+
+    One strict parse (base64url without padding, JSON objects), then the signature with
+    PyJWT's algorithm object for the key's own algorithm: PyJWT's generic ``decode``
+    spends more time validating the encoding than the P-256 check itself.
+    """
     if len(token) > MAX_TOKEN_CHARS:
         raise TokenRejected(RejectReason.TOO_LARGE)
-    header = _header(token)
+    match = SEGMENTS_RE.fullmatch(token)
+    if match is None:
+        raise TokenRejected(RejectReason.MALFORMED)
+    header = _json_object(match[1])
     key = keys.lookup(header.get("kid"))
     if header.get("alg") != key.alg:
         raise TokenRejected(RejectReason.ALGORITHM_NOT_ALLOWED)
     if str(header.get("typ", "")).lower() not in TOKEN_TYPES:
         raise TokenRejected(RejectReason.WRONG_TYPE)
-    return _claims(_decode(token, key, expect), key.kid)
+    if "crit" in header:
+        raise TokenRejected(RejectReason.MALFORMED)  # no critical extension is understood here
+    signing_input = token[: match.end(2)].encode("ascii")
+    if not key.verifier.verify(signing_input, key.key, _b64(match[3])):
+        raise TokenRejected(RejectReason.BAD_SIGNATURE)
+    payload = _json_object(match[2])
+    check_registered(payload, expect)
+    claims = _claims(payload, key.kid)
+    check_times(claims, now=now, leeway=expect.leeway)
+    return claims
 
 
 def check_times(claims: AccessClaims, *, now: float, leeway: float) -> None:
-    """Re-check validity in time for a token whose signature was verified earlier."""
+    """Validity in time (also re-checked for a token whose signature was verified earlier)."""
     if now >= claims.exp + leeway:
         raise TokenRejected(RejectReason.EXPIRED)
-    if now < claims.nbf - leeway:
+    if now < claims.nbf - leeway or now < claims.iat - leeway:
         raise TokenRejected(RejectReason.NOT_YET_VALID)
 
 
-def _header(token: str) -> dict[str, Any]:
+def check_registered(data: dict[str, Any], expect: Expectations) -> None:
+    """Required claims present; ``iss`` and ``aud`` exactly ours (one string, no list)."""
+    if any(name not in data for name in REQUIRED):
+        raise TokenRejected(RejectReason.MISSING_CLAIM)
+    if data["iss"] != expect.issuer:
+        raise TokenRejected(RejectReason.WRONG_ISSUER)
+    if data["aud"] != expect.audience:
+        raise TokenRejected(RejectReason.WRONG_AUDIENCE)
+
+
+def _b64(segment: str) -> bytes:
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
         raise TokenRejected(RejectReason.MALFORMED) from None
-    if not isinstance(header, dict):
-        raise TokenRejected(RejectReason.MALFORMED)
-    return header
 
 
-_PYJWT_REASONS: tuple[tuple[type[Exception], RejectReason], ...] = (
-    (jwt.ExpiredSignatureError, RejectReason.EXPIRED),
-    (jwt.ImmatureSignatureError, RejectReason.NOT_YET_VALID),
-    (jwt.InvalidAudienceError, RejectReason.WRONG_AUDIENCE),
-    (jwt.InvalidIssuerError, RejectReason.WRONG_ISSUER),
-    (jwt.MissingRequiredClaimError, RejectReason.MISSING_CLAIM),
-    (jwt.InvalidSignatureError, RejectReason.BAD_SIGNATURE),
-    (jwt.DecodeError, RejectReason.MALFORMED),
-)
-
-
-def _decode(token: str, key: VerifyingKey, expect: Expectations) -> dict[str, Any]:
+def _json_object(segment: str) -> dict[str, Any]:
     try:
-        return jwt.decode(
-            token,
-            key.key,
-            algorithms=[key.alg],
-            audience=expect.audience,
-            issuer=expect.issuer,
-            leeway=expect.leeway,
-            options={"require": REQUIRED, "strict_aud": True},
-        )
-    except jwt.InvalidTokenError as err:
-        for cls, reason in _PYJWT_REASONS:
-            if isinstance(err, cls):
-                raise TokenRejected(reason) from None
-        raise TokenRejected(RejectReason.INVALID_CLAIMS) from None
+        data = json.loads(_b64(segment))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenRejected(RejectReason.MALFORMED) from None
+    if not isinstance(data, dict):
+        raise TokenRejected(RejectReason.MALFORMED)
+    return data
 
 
 def _claims(data: dict[str, Any], kid: str) -> AccessClaims:

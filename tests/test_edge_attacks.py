@@ -64,7 +64,7 @@ def attack_tokens(settings: Any, genuine: str) -> list[tuple[str, str, str]]:
         ("unknown kid", sign(attacker, ok), "unknown_kid"),
         ("kid path traversal", sign(attacker, ok, kid="../../../../dev/null"), "unknown_kid"),
         ("kid SQL injection", sign(attacker, ok, kid="x' UNION SELECT 'k' --"), "unknown_kid"),
-        ("kid not a string", raw_jwt({"alg": "ES256", "kid": 7, "typ": "at+jwt"}, ok, pem), "malformed"),
+        ("kid not a string", raw_jwt({"alg": "ES256", "kid": 7, "typ": "at+jwt"}, ok, pem), "unknown_kid"),
         ("jku/x5u elsewhere, attacker kid", sign(attacker, ok, **elsewhere), "unknown_kid"),
         ("jku/x5u elsewhere, our kid", sign(rogue, ok, **elsewhere), "bad_signature"),
         (
@@ -83,6 +83,14 @@ def attack_tokens(settings: Any, genuine: str) -> list[tuple[str, str, str]]:
         ("missing ssq", sign(key, {k: v for k, v in ok.items() if k != "ssq"}), "missing_claim"),
         ("ssq not an int", sign(key, claims_for(settings, ssq="0")), "invalid_claims"),
         ("ID token typ", sign(key, ok, typ="JWT"), "wrong_type"),
+        ("unknown critical header", sign(key, ok, crit=["exp"]), "malformed"),
+        ("padded segments", genuine.replace(".", "=.", 1), "malformed"),
+        ("issued in the future", sign(key, claims_for(settings, iat=now + 600)), "not_yet_valid"),
+        (
+            "EdDSA header on an EC key",
+            raw_jwt({"alg": "EdDSA", "kid": key.kid, "typ": "at+jwt"}, ok, pem),
+            "algorithm_not_allowed",
+        ),
     ]
 
 
