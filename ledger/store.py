@@ -9,6 +9,7 @@ prefix ``<p>.ev.s.<sid>.*``, so "the family's latest event" is one direct get an
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -144,13 +145,15 @@ class EventStore:
         return seq
 
     async def last(self, subject: str) -> RecordedEvent | None:
-        """The last event on ``subject`` (wildcards allowed), by direct get."""
-        try:
-            msg = await self.nc.request(self._direct + subject, b"", timeout=self.timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise Unavailable("event store did not answer") from None
-        except nats.errors.ConnectionClosedError:
-            raise Unavailable("not connected to NATS") from None
+        """The last event on ``subject`` (wildcards allowed).
+
+        With one replica, a direct get (fast). With several, a direct get may be
+        answered by a lagging follower, which could hide a just-committed rotation or
+        revoke-all; decisions must read what the leader has, so ask the leader.
+        """
+        if self.settings.replicas > 1:
+            return await self._leader_last(subject)
+        msg = await self._request(self._direct + subject, b"")
         headers = msg.headers or {}
         status = headers.get("Status")
         if status == "404":
@@ -163,6 +166,30 @@ class EventStore:
             subject=headers["Nats-Subject"],
             time=_parse_time(headers.get("Nats-Time-Stamp")),
         )
+
+    async def _leader_last(self, subject: str) -> RecordedEvent | None:
+        api = f"$JS.API.STREAM.MSG.GET.{self.settings.stream}"
+        msg = await self._request(api, json.dumps({"last_by_subj": subject}).encode())
+        reply: dict[str, Any] = json.loads(msg.data or b"{}")
+        if (error := reply.get("error")) is not None:
+            if error.get("code") == 404:
+                return None
+            raise Unavailable(f"message get failed: {error.get('description')}")
+        found = reply["message"]
+        return RecordedEvent(
+            event=decode_event(base64.b64decode(found["data"])),
+            seq=int(found["seq"]),
+            subject=found["subject"],
+            time=_parse_time(found.get("time")),
+        )
+
+    async def _request(self, subject: str, payload: bytes) -> Msg:
+        try:
+            return await self.nc.request(subject, payload, timeout=self.timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise Unavailable("event store did not answer") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
 
     async def family(self, sid: str) -> Family | None:
         """Facts (cached forever) + latest event: O(1) whatever the family's length."""
