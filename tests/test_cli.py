@@ -97,6 +97,7 @@ async def test_events_tail_follow_streams_new_events(client: LedgerClient, setti
 def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env["LEDGER_EDGE_LISTEN"] = f"127.0.0.1:{free_port()}"  # never collide with a real 8081
     proc = subprocess.Popen(
         [
             sys.executable,
