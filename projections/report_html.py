@@ -3,7 +3,9 @@ no external assets) an analyst can open or mail: three charts and every report's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 
@@ -12,37 +14,74 @@ import duckdb
 from projections.reports import FAR_PAST, REPORTS, Table, Window, _cell, build
 
 COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618")
-W, H, PAD_L, PAD_B, PAD_T = 640, 240, 56, 64, 24
+W, H, PAD_L, PAD_B, PAD_T = 640, 270, 60, 90, 28
+PLOT_H = H - PAD_B - PAD_T
 
 Series = tuple[str, Sequence[float | int | None]]
 
 
+@dataclass(frozen=True)
+class Scale:
+    """Value -> bar height: linear from 0 to a round top, or log10(1 + v) when values span
+    several orders of magnitude (latencies), so small stages stay visible."""
+
+    top: float
+    log: bool
+
+    @classmethod
+    def fit(cls, peak: float, *, log: bool) -> Scale:
+        if log:
+            return cls(10 ** math.ceil(math.log10(max(peak, 1.0))), True)
+        return cls(_nice(max(peak, 1e-9)), False)
+
+    def height(self, v: float) -> float:
+        if self.log:
+            return PLOT_H * math.log10(1 + max(v, 0)) / math.log10(1 + self.top)
+        return PLOT_H * v / self.top
+
+    def ticks(self) -> list[float]:
+        if self.log:
+            return [0.0, *(10.0**k for k in range(1, round(math.log10(self.top)) + 1))]
+        return [self.top * k / 4 for k in range(5)]
+
+
+def _nice(peak: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= peak."""
+    base = 10 ** math.floor(math.log10(peak))
+    return float(next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= peak))
+
+
 def bar_chart(
-    title: str, labels: Sequence[str], series: Sequence[Series], *, stacked: bool, unit: str
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    *,
+    stacked: bool,
+    unit: str,
+    log: bool = False,
 ) -> str:
-    """A plain SVG bar chart: grouped or stacked bars, y axis from 0 with four grid lines."""
+    """A plain SVG bar chart: grouped or stacked bars with a labelled y axis."""
     if not labels:
         return f'<figure><figcaption>{escape(title)}</figcaption><p class="empty">no data</p></figure>'
     values = [[float(v or 0) for v in vals] for _, vals in series]
-    totals = (
-        [sum(col) for col in zip(*values, strict=True)]
-        if stacked
-        else [max(c) for c in zip(*values, strict=True)]
-    )
-    top = max([*totals, 1e-9]) * 1.1
+    columns = list(zip(*values, strict=True))
+    peak = max(sum(c) if stacked else max(c) for c in columns)
+    scale = Scale.fit(peak, log=log and not stacked)
     slot = (W - PAD_L - 8) / len(labels)
-    parts = [_axes(top, unit)]
+    parts = [_axes(scale, unit)]
+    every = max(1, len(labels) // 16)
     for i, label in enumerate(labels):
-        parts.append(_bars(i, slot, [v[i] for v in values], top, stacked))
-        if len(labels) <= 24 or i % max(1, len(labels) // 12) == 0:
-            x = PAD_L + slot * (i + 0.5)
+        parts.append(_bars(i, slot, list(columns[i]), scale, stacked))
+        if i % every == 0:
+            x, y = PAD_L + slot * (i + 0.5), H - PAD_B + 12
             parts.append(
-                f'<text x="{x:.1f}" y="{H - PAD_B + 14}" transform="rotate(30 {x:.1f},{H - PAD_B + 14})" '
-                f'font-size="10">{escape(label)}</text>'
+                f'<text x="{x:.1f}" y="{y}" transform="rotate(35 {x:.1f},{y})" font-size="10">'
+                f"{escape(label[:22])}</text>"
             )
+    left = W - 100 * len(series)
     legend = "".join(
-        f'<rect x="{PAD_L + 110 * k}" y="4" width="10" height="10" fill="{COLORS[k]}"/>'
-        f'<text x="{PAD_L + 110 * k + 14}" y="13" font-size="11">{escape(name)}</text>'
+        f'<rect x="{left + 100 * k}" y="4" width="10" height="10" fill="{COLORS[k]}"/>'
+        f'<text x="{left + 100 * k + 14}" y="13" font-size="11">{escape(name)}</text>'
         for k, (name, _) in enumerate(series)
     )
     svg = (
@@ -51,25 +90,22 @@ def bar_chart(
     return f"<figure><figcaption>{escape(title)}</figcaption>{svg}{legend}{''.join(parts)}</svg></figure>"
 
 
-def _axes(top: float, unit: str) -> str:
+def _axes(scale: Scale, unit: str) -> str:
     out = []
-    for k in range(5):
-        value = top * k / 4
-        y = H - PAD_B - (H - PAD_B - PAD_T) * k / 4
+    for value in scale.ticks():
+        y = H - PAD_B - scale.height(value)
         out.append(f'<line x1="{PAD_L}" x2="{W - 4}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(
-            f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{value:.3g}</text>'
-        )
-    out.append(f'<text x="4" y="{PAD_T - 8}" font-size="10">{escape(unit)}</text>')
+        out.append(f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{value:g}</text>')
+    note = " (log scale)" if scale.log else ""
+    out.append(f'<text x="4" y="{PAD_T - 10}" font-size="10">{escape(unit)}{note}</text>')
     return "".join(out)
 
 
-def _bars(i: int, slot: float, vals: list[float], top: float, stacked: bool) -> str:
-    plot_h = H - PAD_B - PAD_T
+def _bars(i: int, slot: float, vals: list[float], scale: Scale, stacked: bool) -> str:
     out, base = [], float(H - PAD_B)
     width = slot * 0.8 / (1 if stacked else len(vals))
     for k, v in enumerate(vals):
-        h = plot_h * v / top
+        h = scale.height(v)
         x = PAD_L + slot * i + slot * 0.1 + (0 if stacked else width * k)
         y = base - h
         out.append(
@@ -96,7 +132,7 @@ def charts(conn: duckdb.DuckDBPyConnection, w: Window) -> list[str]:
     return [
         bar_chart(
             f"Replay incidents over time ({replay.title})",
-            [_cell(r[0]) for r in replay.rows],
+            _period_labels([r[0] for r in replay.rows]),
             [("incidents", [r[1] for r in replay.rows]), ("users", [r[2] for r in replay.rows])],
             stacked=False,
             unit="count",
@@ -114,8 +150,18 @@ def charts(conn: duckdb.DuckDBPyConnection, w: Window) -> list[str]:
             [(p, [r[k] for r in latency.rows]) for k, p in ((2, "p50"), (3, "p90"), (4, "p99"))],
             stacked=False,
             unit="ms",
+            log=True,
         ),
     ]
+
+
+def _period_labels(periods: list[datetime]) -> list[str]:
+    """``HH:MM`` when every period is on one day, else ``MM-DD HH:MM`` (or the date alone)."""
+    if len({p.date() for p in periods}) <= 1:
+        return [p.strftime("%H:%M") for p in periods]
+    if all(p.hour == 0 and p.minute == 0 for p in periods):
+        return [p.strftime("%Y-%m-%d") for p in periods]
+    return [p.strftime("%m-%d %H:%M") for p in periods]
 
 
 def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
