@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
@@ -53,7 +52,9 @@ async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], 
 
 def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
     # Per-message logging roughly halves request/reply throughput: keep it off.
-    broker = NatsBroker(**broker_options(settings.nats_url), logger=None, graceful_timeout=5.0)
+    broker = NatsBroker(
+        **broker_options(settings.nats_url), logger=None, graceful_timeout=5.0, apply_types=False
+    )
     subjects = Subjects(settings.subject_prefix)
     routes: list[tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = [
         ("start", StartSessionRequest, service.start_session),
@@ -79,8 +80,8 @@ def _route(
     call: Callable[..., Awaitable[BaseModel]],
 ) -> None:
     @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT, decoder=_raw_body)
-    async def _handler(msg: NatsMessage) -> bytes:
-        return await handle(model, call, msg.body)
+    async def _handler(body: bytes) -> bytes:
+        return await handle(model, call, body)
 
 
 async def build_service(settings: Settings, nc: NATS) -> LedgerService:
