@@ -90,3 +90,11 @@ def test_no_event_has_a_field_for_secret_material() -> None:
 def test_discriminator_is_a_stable_string() -> None:
     for model in get_args(get_args(events.Event)[0]):
         assert model.model_fields["type"].default == model.__name__
+
+
+def test_ok_reply_is_a_valid_reply() -> None:
+    from ledger.messages import Reply, Revocation, ok
+
+    rev = Revocation(seq=3, sid="S" * 22, revoked_at=NOW)
+    reply = Reply.model_validate_json(ok(rev))
+    assert reply.ok and reply.result is not None and Revocation.model_validate(reply.result) == rev
