@@ -27,7 +27,7 @@ from ledger.store import EventStore
 from projections.analytics import BATCH, AnalyticsDB, AnalyticsProjection, open_reader
 from projections.pull import Puller
 from projections.reports import build, window
-from projections.simulate import synthetic_events
+from projections.synthetic import synthetic_events
 
 
 async def load(settings: Settings, n: int) -> float:

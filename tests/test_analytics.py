@@ -24,7 +24,8 @@ from ledger.natsconn import connect
 from projections.analytics import AnalyticsDB, AnalyticsProjection, open_reader
 from projections.analytics_rebuild import rebuild
 from projections.reports import build, window
-from projections.simulate import SimConfig, simulate, synthetic_events
+from projections.simulate import SimConfig, simulate
+from projections.synthetic import synthetic_events
 
 SIM = SimConfig(users=15, minutes=40, replay_rate=0.35, seed=11)
 RUN = [sys.executable, "-c", "import sys; from ledger.cli import main; sys.exit(main())"]

@@ -18,7 +18,8 @@ from projections.analytics import AnalyticsDB, AnalyticsProjection, ack_position
 from projections.analytics_schema import create_schema
 from projections.report_html import bar_chart
 from projections.reports import Table, parse_time, render
-from projections.simulate import km_quantiles, synthetic_events
+from projections.sim_truth import km_quantiles
+from projections.synthetic import synthetic_events
 
 T0 = datetime(2026, 1, 1)
 AS_OF = T0 + timedelta(days=30)
