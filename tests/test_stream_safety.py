@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.embedded import NatsServer
+from ledger.errors import LedgerError
 from ledger.store import EventStore
 from tests.helpers import all_events
 
@@ -56,3 +60,25 @@ async def test_stream_bytes_hold_no_raw_tokens_or_keys(
     text = "\n".join(r.event.model_dump_json() for r in await all_events(store))
     for needle in issued:
         assert needle not in text
+
+
+async def test_logs_hold_no_raw_tokens(
+    client: LedgerClient,
+    caplog: pytest.LogCaptureFixture,
+    settings_for,  # type: ignore[no-untyped-def]
+) -> None:
+    """Every log record of a full lifecycle (reuse and forgeries included) is free of tokens."""
+    caplog.set_level(logging.DEBUG)
+    pair = await client.start_session("alice")
+    newer = await client.rotate(pair.refresh_token)
+    forged = pair.refresh_token[:-4] + "AAAA"
+    with pytest.raises(LedgerError):
+        await client.rotate(forged)
+    await client.rotate(newer.refresh_token)
+    with pytest.raises(LedgerError):
+        await client.rotate(pair.refresh_token)  # two generations old: reuse, logged as a warning
+    assert any("reuse" in r.getMessage() for r in caplog.records)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for token in (pair.refresh_token, newer.refresh_token, forged, pair.access_token, newer.access_token):
+        assert token not in text
+        assert token.rsplit(".", 1)[-1] not in text
