@@ -21,6 +21,7 @@ from ledger.embedded import NatsServer
 from ledger.natsconn import parse_url
 from projections.analytics import run_analytics
 from projections.runner import run_sessions
+from projections.simulate import DEMO
 
 Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
     up.add_argument(
         "--only", action="append", choices=[c[0] for c in COMPONENTS], help="run only this component (repeat)"
     )
+    up.add_argument("--demo", action="store_true", help="also run the traffic simulator once (see simulate)")
     up.set_defaults(func=cmd_up)
 
     service = sub.add_parser(
@@ -84,6 +86,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         settings = settings.model_copy(update={"nats_url": server.url})
     try:
         only = [c for c in COMPONENTS if c[0] in args.only] if args.only else None
+        if args.demo:
+            only = [*(only or COMPONENTS), DEMO]
         asyncio.run(run_components(settings, only))
     finally:
         if server is not None:

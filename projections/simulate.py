@@ -11,9 +11,12 @@ so the printed truth is what the simulator did, confirmed by what the ledger sai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
+import json
+import logging
 import random
 import secrets
 import time
@@ -259,3 +262,23 @@ async def simulate(settings: Settings, cfg: SimConfig, *, start: datetime | None
     async with simulated_ledger(sim_settings(settings, cfg), clock) as client:
         truth = await Simulator(cfg, client, clock, settings.grace_window).run()
     return truth.summary(cfg)
+
+
+async def run_demo(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """``session-ledger up --demo``: simulate once in the background, print the ground truth."""
+    if ready is not None:
+        ready.set()
+    try:
+        truth = await simulate(settings, SimConfig())
+    except Exception:
+        logging.getLogger("projections.simulate").exception("demo simulation failed")
+    else:
+        print(json.dumps(truth, indent=2), flush=True)
+        print(
+            f"demo: session-ledger report summary --since {truth['since']} --until {truth['until']}",
+            flush=True,
+        )
+    await stop.wait()
+
+
+DEMO = ("demo", run_demo, "traffic simulator (20 users, 30 simulated minutes); prints its ground truth")
