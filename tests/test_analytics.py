@@ -77,6 +77,19 @@ async def publish_more(settings: Settings, n: int) -> int:
         await nc.drain()
 
 
+async def publish_one_receipt(settings: Settings) -> None:
+    nc = await connect(settings.nats_url, "test-receipt")
+    try:
+        await ensure_receipts_stream(nc)
+        receipt = Receipt(
+            verifier="edge-late", event_id="0" * 32, revoke_seq=1, kind="session",
+            sid=None, sub="u", kid=None, applied_at=datetime.now(UTC),
+        )  # fmt: skip
+        await nc.jetstream().publish(receipt_subject("edge-late"), receipt.encode())
+    finally:
+        await nc.drain()
+
+
 def dump(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
     return {name: conn.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in TABLES + VIEWS}  # noqa: S608
 
@@ -280,6 +293,16 @@ async def test_reports_work_while_the_projection_runs(
             assert time.monotonic() < deadline, "ingest did not resume after the rebuild"
             await asyncio.sleep(0.5)
             seen = cli_json(capsys, "sql", "SELECT count(DISTINCT seq) AS n FROM events", "--db", str(db))[
+                "result"
+            ][0]["n"]
+
+        # an edge verifier creates the receipts stream later: the running projection picks it up
+        await publish_one_receipt(settings)
+        receipts = 0
+        while receipts < 1:
+            assert time.monotonic() < deadline + 30, "receipts stream was not followed"
+            await asyncio.sleep(0.5)
+            receipts = cli_json(capsys, "sql", "SELECT count(*) AS n FROM receipts", "--db", str(db))[
                 "result"
             ][0]["n"]
     finally:
