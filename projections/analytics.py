@@ -156,9 +156,11 @@ class AnalyticsProjection:
             progress = await build_fresh(self.settings, self.db.path, print_progress)
             path, grace, hook = self.db.path, self.db.grace_window_s, self.db.before_commit
             self.db.close()
-            swap_in(path)
-            self.db = AnalyticsDB(path, grace_window_s=grace)
-            self.db.before_commit = hook
+            try:
+                swap_in(path)
+            finally:  # swapped or not, keep a live connection to follow the stream
+                self.db = AnalyticsDB(path, grace_window_s=grace)
+                self.db.before_commit = hook
             for feed in (self.events, self.receipts):
                 if feed.stream in self._subs:
                     await self._bind(js, feed)
