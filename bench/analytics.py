@@ -1,0 +1,86 @@
+"""Analytics: stream -> DuckDB ingest vs the raw pull consumer (same run, same batches),
+and the summary report over 10,000,000 events made fast by replicating ingested rows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+
+from bench.analytics_ingest import load, projection, raw_pull, report_seconds
+from bench.common import Report, Row, Stat
+from ledger.config import Settings
+from ledger.embedded import NatsServer, free_port
+from projections.analytics import BATCH
+from projections.reports import build, window
+
+TEN_MILLION = 10_000_000
+
+
+def _replicate(db_path: Path, total: int) -> int:
+    """Copies of the ingested events with shifted seqs and distinct sids, up to ``total`` rows."""
+    with duckdb.connect(str(db_path)) as conn:
+        row = conn.execute("SELECT count(*), max(seq) FROM events").fetchone()
+        assert row is not None
+        n, top = int(row[0]), int(row[1])
+        copies = max(0, total // n - 1)
+        cols = [r[0] for r in conn.execute("DESCRIBE events").fetchall()]
+        select = ", ".join(
+            f"seq + {top} * k AS seq" if c == "seq" else "sid || '.' || k AS sid" if c == "sid" else c
+            for c in cols
+        )
+        conn.execute(f"INSERT INTO events SELECT {select} FROM events, range(1, {copies + 1}) t(k)")  # noqa: S608
+        result = conn.execute("SELECT count(*) FROM events").fetchone()
+        return int(result[0]) if result else 0
+
+
+def _summary_seconds(db_path: Path, reps: int) -> Stat:
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        w = window(conn, None, None)
+        times = []
+        for _ in range(reps):
+            began = time.perf_counter()
+            build(conn, "summary", w)
+            times.append(time.perf_counter() - began)
+    return Stat.of(times)
+
+
+async def run(report: Report, *, quick: bool, data: Path) -> None:
+    n = 200_000 if quick else 1_000_000
+    server = NatsServer(store_dir=data / "js", port=free_port()).start()
+    try:
+        settings = Settings(nats_url=server.url, data_dir=data / "data")
+        await load(settings, n)
+        raw = Stat.of([await raw_pull(settings, n, BATCH, nats_py_fetch=False)])
+        db_path = data / "data" / "analytics.duckdb"
+        ingest = Stat.of([await projection(settings, db_path, BATCH)])
+    finally:
+        server.stop()
+    report.add(Row("analytics", f"raw pull consumer, {n:,} events", "ev/s", raw))
+    report.add(
+        Row(
+            "analytics",
+            f"stream -> DuckDB ingest, {n:,} events",
+            "ev/s",
+            ingest,
+            "raw pull",
+            raw,
+            ">= 0.70x",
+            ingest.median >= 0.7 * raw.median,
+        )
+    )
+    summary_n = Stat.of([report_seconds(db_path)["summary"]])
+    report.add(Row("analytics", f"summary report over {n:,} events", "s", summary_n))
+    rows = _replicate(db_path, TEN_MILLION)
+    ten = _summary_seconds(db_path, 3)
+    report.add(
+        Row(
+            "analytics",
+            f"summary report over {rows:,} events",
+            "s",
+            ten,
+            target="< 1 s",
+            met=ten.median < 1.0,
+        )
+    )
