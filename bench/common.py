@@ -6,7 +6,6 @@ import asyncio
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ledger.config import Settings
 from ledger.embedded import NatsServer, free_port
+from ledger.up import service_command
 
 
 @dataclass
@@ -114,20 +114,7 @@ def nats_server() -> Iterator[NatsServer]:
 def service_processes(settings: Settings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Ledger service instances as separate processes, as they run in production."""
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ledger.cli",
-                "service",
-                "--nats-url",
-                settings.nats_url,
-                "--data-dir",
-                str(settings.data_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        subprocess.Popen(service_command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(count)
     ]
     try:

@@ -58,6 +58,12 @@ def register(sub: Any) -> None:
     service.set_defaults(func=cmd_service)
 
 
+def service_command(settings: Settings) -> list[str]:
+    """The argv that runs one service instance in its own process (tests, benchmarks)."""
+    return [sys.executable, "-m", "ledger.cli", "service", "--nats-url", settings.nats_url,
+            "--data-dir", str(settings.data_dir)]  # fmt: skip
+
+
 def cmd_service(args: argparse.Namespace) -> None:
     """One stateless instance of the queue group: run as many as you need."""
     asyncio.run(run_components(settings_from(args), COMPONENTS[:1]))

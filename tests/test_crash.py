@@ -7,7 +7,6 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,20 +17,12 @@ from ledger.events import TokenRotated
 from ledger.keys import load_or_create_master
 from ledger.refresh import TokenKeys, parse
 from ledger.store import EventStore
+from ledger.up import service_command
 from tests.helpers import all_events
 
 
 def _start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "ledger.cli",
-        "service",
-        "--nats-url",
-        settings.nats_url,
-        "--data-dir",
-        str(settings.data_dir),
-    ]
+    cmd = service_command(settings)
     with log.open("ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
