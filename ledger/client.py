@@ -133,7 +133,7 @@ class LedgerClient:
         try:
             msg = await self.nc.request(subject, body, timeout=self.timeout)
         except nats.errors.NoRespondersError:
-            raise Unavailable("no ledger service is running") from None
+            raise Unavailable(f"nothing answers on {subject}: is the ledger running?") from None
         except nats.errors.TimeoutError:
             raise Unavailable("the ledger did not answer in time; retrying is safe") from None
         except nats.errors.ConnectionClosedError:
