@@ -57,9 +57,16 @@ def register(sub: Any) -> None:
         dest="action", required=True, metavar="ACTION"
     )
     tail = events.add_parser("tail", parents=[COMMON], help="print events as JSON lines")
-    tail.add_argument("--from-seq", type=int, default=1, help="first stream sequence (default 1)")
+    tail.add_argument("--from-seq", type=_positive, default=1, help="first stream sequence (default 1)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep following new events")
     tail.set_defaults(func=cmd_tail)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _pair_text(pair: TokenPair) -> str:
