@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import nats.errors
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
@@ -84,17 +86,30 @@ def _route(
         return await handle(model, call, body)
 
 
-async def build_service(settings: Settings, nc: NATS) -> LedgerService:
+async def build_service(settings: Settings, nc: NATS, *, deadline: float = 30.0) -> LedgerService:
+    """Keys from disk, the stream ensured and the public key published.
+
+    Retried until ``deadline``: on a fresh cluster the stream may still be electing
+    its leader when the service starts.
+    """
     store = EventStore(nc, settings)
-    await store.ensure_stream()
     keys = TokenKeys(load_or_create_master(settings.keys_path))
     signing = load_or_create_signing_key(settings.keys_path, settings.algorithm, settings.key_passphrase)
     signer = AccessTokenSigner(
         signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
     )
     service = LedgerService(store, keys, signer, settings)
-    await service.publish_signing_key()
-    return service
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            await store.ensure_stream()
+            await service.publish_signing_key()
+            return service
+        except (Unavailable, nats.errors.Error, TimeoutError) as err:
+            if time.monotonic() > give_up:
+                raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
+            log.info("stream not ready (%s); retrying", type(err).__name__)
+            await asyncio.sleep(0.5)
 
 
 async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -109,6 +124,16 @@ async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Ev
         try:
             await stop.wait()
         finally:
-            await broker.stop()
+            await _quietly(broker.stop())
     finally:
-        await nc.drain()
+        await _quietly(nc.drain())
+        if not nc.is_closed:
+            await nc.close()
+
+
+async def _quietly(closing: Awaitable[object]) -> None:
+    """Shut down even while NATS is away: draining needs the server, closing does not."""
+    try:
+        await asyncio.wait_for(closing, 10)
+    except (nats.errors.Error, TimeoutError, OSError) as err:
+        log.info("closed without draining: %s", type(err).__name__)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
+from ledger.embedded import NatsServer
 from ledger.errors import Unavailable
 from ledger.events import TokenRotated
 from ledger.keys import load_or_create_master
@@ -82,3 +83,37 @@ async def test_kill_service_mid_load(settings: Settings, store: EventStore, tmp_
         assert keys.hash(parse(token)) == by_key[(sid, generation)].token_hash
     assert len(acked) > 50, f"too little load to mean anything: {len(acked)}"
     print(f"\n{len(acked)} acknowledged rotations, {len(rotated)} in the stream, all present once")
+
+
+async def test_service_stops_cleanly_while_nats_is_down(settings: Settings, nats_server: NatsServer) -> None:
+    from tests.conftest import ServiceRunner
+
+    runner = ServiceRunner()
+    stop, task = await runner.start(settings)
+    nats_server.stop()
+    stop.set()
+    await asyncio.wait_for(task, 20)  # returns, no exception: shutdown does not need the server
+    assert task.exception() is None
+
+
+async def test_service_started_before_nats_waits_for_it(settings: Settings, tmp_path: Path) -> None:
+    """Start-up order does not matter: the service connects once the server is there."""
+    from ledger.embedded import NatsServer, free_port
+    from tests.conftest import ServiceRunner
+
+    late = NatsServer(store_dir=tmp_path / "late", port=free_port())
+    runner = ServiceRunner()
+
+    async def start_server_later() -> None:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(late.start)
+
+    starter = asyncio.create_task(start_server_later())
+    try:
+        await asyncio.wait_for(runner.start(settings.model_copy(update={"nats_url": late.url})), 30)
+        async with await LedgerClient.connect(late.url) as client:
+            assert (await client.start_session("late")).generation == 0
+    finally:
+        await starter
+        await runner.stop_all()
+        late.stop()
