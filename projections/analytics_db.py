@@ -22,7 +22,7 @@ import duckdb
 
 from ledger.config import Settings
 from ledger.events import UPCASTERS, upcast
-from projections.analytics_schema import STAGE_COLUMNS, create_schema, load_select
+from projections.analytics_schema import STAGE_COLUMNS, create_schema, fold_sessions, load_select
 
 
 def db_path_for(settings: Settings) -> Path:
@@ -106,6 +106,8 @@ class AnalyticsDB:
         try:
             source = f"read_json('{path}', format='newline_delimited', columns={STAGE_COLUMNS})"
             self.conn.execute(f"INSERT INTO {feed.table} {load_select(feed.fields, source)}")
+            if feed.table == "events":
+                fold_sessions(self.conn, self.checkpoint(feed.stream))
             self.before_commit()
             self.conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [feed.stream, last_seq])
             self.conn.execute("COMMIT")

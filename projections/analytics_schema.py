@@ -53,6 +53,31 @@ CREATE TABLE IF NOT EXISTS receipts (
     applied_at TIMESTAMP,             -- the verifier's clock
     data JSON
 );
+CREATE TABLE IF NOT EXISTS session_facts (  -- one row per sid: a fold of events, kept by ingest
+    sid VARCHAR PRIMARY KEY,
+    first_seq UBIGINT NOT NULL,       -- the family's first event of any type
+    starts BIGINT NOT NULL,           -- SessionStarted events (1 in a valid ledger)
+    start_seq UBIGINT,                -- the first SessionStarted and its facts
+    sub VARCHAR,
+    client_id VARCHAR,
+    scopes VARCHAR[],
+    started_at TIMESTAMP,
+    idle_ttl_s BIGINT,
+    absolute_ttl_s BIGINT,
+    rotations BIGINT NOT NULL,        -- TokenRotated events
+    last_generation BIGINT,
+    last_rotation_at TIMESTAMP,
+    end_seq UBIGINT,                  -- the first SessionRevoked / ReuseDetected
+    end_at TIMESTAMP,
+    end_type VARCHAR,
+    end_reason VARCHAR,
+    last_event_at TIMESTAMP NOT NULL, -- newest occurred_at of the family ('infinity' if one lacks it)
+    user_end_seq UBIGINT,             -- the first UserSessionsRevoked of sub after start_seq
+    user_end_at TIMESTAMP,
+    user_end_reason VARCHAR
+);
+-- A fold keeps the row with the smaller seq: is seq a (not NULL) before seq b (NULL = none yet)?
+CREATE OR REPLACE MACRO earlier(a, b) AS coalesce(a < b, a IS NOT NULL AND b IS NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     stream VARCHAR PRIMARY KEY,
     last_seq UBIGINT NOT NULL
@@ -101,12 +126,87 @@ def load_select(fields: tuple[tuple[str, str | None], ...], source: str) -> str:
 
 STAGE_COLUMNS = "{seq: 'UBIGINT', subject: 'VARCHAR', ts_us: 'BIGINT', e: 'JSON'}"
 
+# Folds the events with seq > $1 into session_facts. Every merge is associative (sums,
+# max/min, "the row with the smallest seq wins"), so any batching gives the same table:
+# the live file and a rebuild from sequence 1 hold identical rows (invariant 6).
+FOLD_SESSIONS = """
+INSERT INTO session_facts
+SELECT sid, min(seq), count(*) FILTER (WHERE type = 'SessionStarted'),
+       min(seq) FILTER (WHERE type = 'SessionStarted'),
+       arg_min(sub, seq) FILTER (WHERE type = 'SessionStarted'),
+       arg_min(client_id, seq) FILTER (WHERE type = 'SessionStarted'),
+       arg_min(scopes, seq) FILTER (WHERE type = 'SessionStarted'),
+       arg_min(occurred_at, seq) FILTER (WHERE type = 'SessionStarted'),
+       arg_min(idle_ttl_s, seq) FILTER (WHERE type = 'SessionStarted'),
+       arg_min(absolute_ttl_s, seq) FILTER (WHERE type = 'SessionStarted'),
+       count(*) FILTER (WHERE type = 'TokenRotated'),
+       max(generation) FILTER (WHERE type = 'TokenRotated'),
+       max(occurred_at) FILTER (WHERE type = 'TokenRotated'),
+       min(seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
+       arg_min(occurred_at, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
+       arg_min(type, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
+       arg_min(coalesce(reason, 'reuse'), seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
+       max(coalesce(occurred_at, 'infinity'::TIMESTAMP)), NULL, NULL, NULL
+FROM events WHERE seq > $1 AND sid IS NOT NULL GROUP BY sid
+ON CONFLICT (sid) DO UPDATE SET
+    first_seq = least(first_seq, EXCLUDED.first_seq),
+    starts = starts + EXCLUDED.starts,
+    start_seq = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.start_seq ELSE start_seq END,
+    sub = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.sub ELSE sub END,
+    client_id = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.client_id ELSE client_id END,
+    scopes = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.scopes ELSE scopes END,
+    started_at = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.started_at
+                      ELSE started_at END,
+    idle_ttl_s = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.idle_ttl_s
+                      ELSE idle_ttl_s END,
+    absolute_ttl_s = CASE WHEN earlier(EXCLUDED.start_seq, start_seq) THEN EXCLUDED.absolute_ttl_s
+                          ELSE absolute_ttl_s END,
+    rotations = rotations + EXCLUDED.rotations,
+    last_generation = greatest(last_generation, EXCLUDED.last_generation),
+    last_rotation_at = greatest(last_rotation_at, EXCLUDED.last_rotation_at),
+    end_seq = CASE WHEN earlier(EXCLUDED.end_seq, end_seq) THEN EXCLUDED.end_seq ELSE end_seq END,
+    end_at = CASE WHEN earlier(EXCLUDED.end_seq, end_seq) THEN EXCLUDED.end_at ELSE end_at END,
+    end_type = CASE WHEN earlier(EXCLUDED.end_seq, end_seq) THEN EXCLUDED.end_type ELSE end_type END,
+    end_reason = CASE WHEN earlier(EXCLUDED.end_seq, end_seq) THEN EXCLUDED.end_reason ELSE end_reason END,
+    last_event_at = greatest(last_event_at, EXCLUDED.last_event_at)
+"""
+
+# Then the user revocations with seq > $1 cut the sessions of their sub started before them
+# (all folded by now: a session starts before any revocation that cuts it).
+FOLD_USER_CUTS = """
+UPDATE session_facts f
+SET user_end_seq = c.seq, user_end_at = c.u.occurred_at, user_end_reason = c.u.reason
+FROM (SELECT s.sid, min(u.seq) AS seq, arg_min({'occurred_at': u.occurred_at, 'reason': u.reason}, u.seq) AS u
+      FROM events u JOIN session_facts s ON s.sub = u.sub AND s.start_seq < u.seq
+      WHERE u.seq > $1 AND u.type = 'UserSessionsRevoked'
+      GROUP BY s.sid) c
+WHERE f.sid = c.sid AND earlier(c.seq, f.user_end_seq);
+"""
+
 SESSIONS = """
 CREATE OR REPLACE VIEW horizon AS
 SELECT max(occurred_at) AS as_of, max(seq) AS last_seq, count(*) AS events FROM events;
 
+-- A session whose every event (and the user revocation that cut it, if any) is at or
+-- before t, and that started once, is read from session_facts as it stands; only the
+-- few others (still changing after t, or odd) are folded from events here, exactly as
+-- session_facts would fold them.
+CREATE OR REPLACE MACRO session_settled(t, starts, last_event_at, user_end_seq, user_end_at, user_end_reason)
+AS coalesce(starts = 1 AND last_event_at <= t
+            AND (user_end_seq IS NULL OR (user_end_at <= t AND user_end_reason IS NOT NULL)), false);
+
 CREATE OR REPLACE MACRO sessions_at(t) AS TABLE
-WITH ev AS (SELECT * FROM events WHERE occurred_at <= t),
+WITH fast AS (
+    SELECT sid, start_seq, sub, client_id, scopes, started_at, idle_ttl_s, absolute_ttl_s,
+           rotations, last_generation, last_rotation_at, end_at AS f_at, end_type AS f_type,
+           end_reason AS f_reason, user_end_at AS u_at, user_end_reason AS u_reason
+    FROM session_facts
+    WHERE session_settled(t, starts, last_event_at, user_end_seq, user_end_at, user_end_reason)),
+slow AS (SELECT sid, first_seq FROM session_facts
+         WHERE starts > 0
+           AND NOT session_settled(t, starts, last_event_at, user_end_seq, user_end_at, user_end_reason)),
+ev AS (SELECT * FROM events
+       WHERE occurred_at <= t AND seq >= (SELECT min(first_seq) FROM slow) AND sid IN (SELECT sid FROM slow)),
 started AS (
     SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
            idle_ttl_s, absolute_ttl_s
@@ -119,18 +219,26 @@ fend AS (
     SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
            arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
     FROM ev WHERE type IN ('SessionRevoked', 'ReuseDetected') GROUP BY sid),
+uev AS (SELECT seq, sub, occurred_at, reason FROM events
+        WHERE type = 'UserSessionsRevoked' AND occurred_at <= t),
 uend AS (
     SELECT s.sid, arg_min(u.occurred_at, u.seq) AS u_at, arg_min(u.reason, u.seq) AS u_reason
-    FROM started s JOIN ev u ON u.type = 'UserSessionsRevoked' AND u.sub = s.sub AND u.seq > s.start_seq
+    FROM started s JOIN uev u ON u.sub = s.sub AND u.seq > s.start_seq
     GROUP BY s.sid),
-base AS (
-    SELECT s.*, coalesce(r.rotations, 0) AS rotations, coalesce(r.last_generation, 0) AS last_generation,
-           coalesce(r.last_rotation_at, s.started_at) AS last_activity_at,
-           least(coalesce(r.last_rotation_at, s.started_at) + to_seconds(s.idle_ttl_s),
-                 s.started_at + to_seconds(s.absolute_ttl_s)) AS expires_at,
-           s.started_at + to_seconds(s.absolute_ttl_s) AS absolute_expires_at,
-           f.f_at, f.f_type, f.f_reason, u.u_at, u.u_reason
+folded AS (
+    SELECT * FROM fast
+    UNION ALL
+    SELECT s.*, r.rotations, r.last_generation, r.last_rotation_at, f.f_at, f.f_type, f.f_reason,
+           u.u_at, u.u_reason
     FROM started s LEFT JOIN rot r USING (sid) LEFT JOIN fend f USING (sid) LEFT JOIN uend u USING (sid)),
+base AS (
+    SELECT * EXCLUDE (rotations, last_generation, last_rotation_at),
+           coalesce(rotations, 0) AS rotations, coalesce(last_generation, 0) AS last_generation,
+           coalesce(last_rotation_at, started_at) AS last_activity_at,
+           least(coalesce(last_rotation_at, started_at) + to_seconds(idle_ttl_s),
+                 started_at + to_seconds(absolute_ttl_s)) AS expires_at,
+           started_at + to_seconds(absolute_ttl_s) AS absolute_expires_at
+    FROM folded),
 ended AS (
     SELECT *, least(f_at, u_at, CASE WHEN expires_at <= t THEN expires_at END) AS ended_at FROM base)
 SELECT sid, sub, client_id, scopes, start_seq, started_at, idle_ttl_s, absolute_ttl_s,
@@ -322,9 +430,22 @@ SELECT * FROM session_histogram_at('-infinity'::TIMESTAMP, (SELECT as_of FROM ho
 VIEWS = (SESSIONS, REPLAY, REVOCATIONS, METRICS)
 
 
+def fold_sessions(conn: duckdb.DuckDBPyConnection, after_seq: int = 0) -> None:
+    """Fold the events with seq > ``after_seq`` into ``session_facts`` (ingest calls it in the
+    batch's transaction, so the facts move exactly once, with the rows and the checkpoint)."""
+    conn.execute(FOLD_SESSIONS, [after_seq])
+    conn.execute(FOLD_USER_CUTS, [after_seq])
+
+
 def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30.0) -> None:
-    """Create tables if missing and (re)create every view; idempotent."""
+    """Create tables if missing and (re)create every view; idempotent. A file made before
+    ``session_facts`` existed gets it folded from its events once, here."""
+    had_facts = bool(
+        conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'session_facts'").fetchone()[0]  # type: ignore[index]
+    )
     conn.execute(TABLES)
+    if not had_facts:
+        fold_sessions(conn)
     for ddl in VIEWS:
         conn.execute(ddl)
     conn.execute(

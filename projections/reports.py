@@ -69,40 +69,10 @@ def query(conn: duckdb.DuckDBPyConnection, title: str, sql: str, params: list[An
 
 
 def summary(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
-    p = [w.since, w.until]
-    figures = conn.execute(
-        """
-        WITH s AS (SELECT * FROM sessions_at($2) WHERE started_at >= $1),
-        te AS (SELECT * FROM token_expiration_at($1, $2) WHERE client_id IS NULL),
-        ru AS (SELECT * FROM refresh_usage_at($1, $2) WHERE client_id IS NULL),
-        sd AS (SELECT * FROM session_durations_at($1, $2) WHERE client_id IS NULL),
-        ri AS (SELECT * FROM replay_incidents WHERE detected_at >= $1 AND detected_at <= $2),
-        rv AS (SELECT * FROM revocations WHERE requested_at >= $1 AND requested_at <= $2),
-        lat AS (SELECT * FROM revocation_latency_at($1, $2))
-        SELECT
-          (SELECT count(*) FROM events WHERE occurred_at >= $1 AND occurred_at <= $2),
-          (SELECT count(*) FROM s),
-          (SELECT count(*) FROM s WHERE censored),
-          (SELECT count(*) FILTER (WHERE end_kind = 'revoked') FROM s),
-          (SELECT count(*) FILTER (WHERE end_kind = 'reuse') FROM s),
-          (SELECT count(*) FILTER (WHERE end_kind = 'user_revoked') FROM s),
-          (SELECT count(*) FILTER (WHERE end_kind = 'idle_expired') FROM s),
-          (SELECT count(*) FILTER (WHERE end_kind = 'absolute_expired') FROM s),
-          (SELECT coalesce(sum(rotations), 0) FROM s),
-          (SELECT count(*) FROM ri),
-          (SELECT count(DISTINCT sub) FROM ri),
-          (SELECT count(*) FROM (SELECT sub FROM ri GROUP BY sub HAVING count(*) > 1)),
-          (SELECT count(*) FILTER (WHERE kind = 'session') FROM rv),
-          (SELECT count(*) FILTER (WHERE kind = 'user') FROM rv),
-          (SELECT tokens_issued FROM te), (SELECT tokens_expired_unused FROM te),
-          (SELECT expiration_rate FROM te), (SELECT rotations_per_session_day FROM ru),
-          (SELECT p50_s FROM sd), (SELECT p90_s FROM sd), (SELECT p99_s FROM sd),
-          (SELECT p50_ms FROM lat WHERE stage = 'request_to_committed'),
-          (SELECT p50_ms FROM lat WHERE stage = 'committed_to_applied'),
-          (SELECT count(*) FROM receipts)
-        """,
-        p,
-    ).fetchone()
+    """The headline figures, each defined as in its view or macro, but computed in one pass
+    over ``sessions_at`` (the macros would fold the sessions once per figure) and straight
+    from the typed event columns for incidents and revocations."""
+    figures = conn.execute(_SUMMARY, [w.since, w.until]).fetchone()
     names = [
         "events", "sessions_started", "sessions_active", "sessions_revoked", "sessions_reuse",
         "sessions_user_revoked", "sessions_idle_expired", "sessions_absolute_expired", "rotations",
@@ -114,6 +84,61 @@ def summary(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
     values = list(figures or [None] * len(names))
     rows = [("since", w.since), ("until", w.until), *zip(names, values, strict=True)]
     return [Table("summary", ["figure", "value"], rows)]
+
+
+# Same definitions as sessions_at / token_expiration_at / refresh_usage_at /
+# session_durations_at (the all-clients row) / replay_incidents / revocations /
+# revocation_latency_at, restricted to what the summary shows.
+_SUMMARY = """
+WITH s AS MATERIALIZED (
+    SELECT end_kind, censored, rotations, last_generation, duration_us
+    FROM sessions_at($2) WHERE started_at >= $1),
+agg AS (
+    SELECT count(*) AS started, count(*) FILTER (WHERE censored) AS active,
+           count(*) FILTER (WHERE end_kind = 'revoked') AS revoked,
+           count(*) FILTER (WHERE end_kind = 'reuse') AS reuse,
+           count(*) FILTER (WHERE end_kind = 'user_revoked') AS user_revoked,
+           count(*) FILTER (WHERE end_kind = 'idle_expired') AS idle_expired,
+           count(*) FILTER (WHERE end_kind = 'absolute_expired') AS absolute_expired,
+           coalesce(sum(rotations), 0) AS rotations, sum(last_generation + 1) AS tokens_issued,
+           count(*) FILTER (WHERE end_kind IN ('idle_expired', 'absolute_expired')) AS tokens_expired_unused,
+           tokens_expired_unused / nullif(tokens_issued, 0) AS expiration_rate,
+           sum(rotations) / nullif(sum(duration_us) / 86400e6, 0) AS rotations_per_session_day
+    FROM s),
+t AS (SELECT duration_us / 1e6 AS d, count(*) FILTER (WHERE NOT censored) AS deaths, count(*) AS n
+      FROM s GROUP BY ALL),
+r AS (SELECT *, sum(n) OVER (ORDER BY d DESC) AS at_risk FROM t),
+km AS (SELECT d, product(1 - deaths / at_risk) OVER (ORDER BY d) AS survival FROM r WHERE deaths > 0),
+q AS (SELECT min(d) FILTER (WHERE survival <= 0.5 + 1e-12) AS p50_s,
+             min(d) FILTER (WHERE survival <= 0.1 + 1e-12) AS p90_s,
+             min(d) FILTER (WHERE survival <= 0.01 + 1e-12) AS p99_s FROM km),
+ri AS (SELECT count(*) AS incidents, count(DISTINCT sub) AS users,
+              (SELECT count(*) FROM (SELECT sub FROM events WHERE type = 'ReuseDetected'
+                                     AND occurred_at >= $1 AND occurred_at <= $2
+                                     GROUP BY sub HAVING count(*) > 1)) AS repeat
+       FROM events WHERE type = 'ReuseDetected' AND occurred_at >= $1 AND occurred_at <= $2),
+rv AS (SELECT seq, event_id, type, stream_time,
+              (epoch_us(occurred_at) - epoch_us(coalesce(requested_at, occurred_at))) / 1000 AS decide_ms,
+              (epoch_us(stream_time) - epoch_us(occurred_at)) / 1000 AS commit_ms,
+              abs(epoch_us(stream_time) - epoch_us(occurred_at)) > 60000000 AS clock_skew
+       FROM events
+       WHERE type IN ('SessionRevoked', 'UserSessionsRevoked', 'SigningKeyRetired')
+         AND coalesce(requested_at, occurred_at) >= $1 AND coalesce(requested_at, occurred_at) <= $2),
+rr AS (SELECT (min(epoch_us(r.applied_at)) - epoch_us(rv.stream_time)) / 1000 AS apply_ms
+       FROM rv JOIN receipts r ON r.event_id = rv.event_id
+       GROUP BY rv.seq, rv.event_id, rv.stream_time, r.verifier),
+rva AS (SELECT count(*) FILTER (WHERE type = 'SessionRevoked') AS sessions,
+               count(*) FILTER (WHERE type = 'UserSessionsRevoked') AS users,
+               quantile_cont(decide_ms + commit_ms, 0.5) FILTER (WHERE NOT clock_skew) AS commit_p50
+        FROM rv)
+SELECT (SELECT count(*) FROM events WHERE occurred_at >= $1 AND occurred_at <= $2),
+       agg.started, agg.active, agg.revoked, agg.reuse, agg.user_revoked, agg.idle_expired,
+       agg.absolute_expired, agg.rotations, ri.incidents, ri.users, ri.repeat, rva.sessions, rva.users,
+       agg.tokens_issued, agg.tokens_expired_unused, agg.expiration_rate, agg.rotations_per_session_day,
+       q.p50_s, q.p90_s, q.p99_s, rva.commit_p50, (SELECT quantile_cont(apply_ms, 0.5) FROM rr),
+       (SELECT count(*) FROM receipts)
+FROM agg, q, ri, rva
+"""
 
 
 def replay(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:

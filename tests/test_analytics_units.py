@@ -15,7 +15,7 @@ from ledger.config import Settings
 from ledger.natsconn import connect
 from ledger.store import EventStore
 from projections.analytics import AnalyticsDB, AnalyticsProjection, ack_position, stage_line
-from projections.analytics_schema import create_schema
+from projections.analytics_schema import create_schema, fold_sessions
 from projections.report_html import bar_chart
 from projections.reports import Table, parse_time, render
 from projections.sim_truth import km_quantiles
@@ -69,6 +69,7 @@ def test_kaplan_meier_view_matches_the_simulator_estimator(durations: list[tuple
         "absolute_ttl_s, reason) VALUES (?, 's', ?, ?, ?, ?, ?, ?, ?, ?)",
         _session_rows(durations),
     )
+    fold_sessions(conn)  # what ingest does in each batch's transaction
     row = conn.execute(
         "SELECT sessions, ended, censored, p50_s, p90_s, p99_s FROM session_durations_at(?, ?) "
         "WHERE client_id IS NULL",

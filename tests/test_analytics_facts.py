@@ -1,0 +1,143 @@
+"""session_facts (folded at ingest, batch by batch) against the plain fold from events:
+``sessions_at(t)`` must give the same rows for every ``t`` and every batching, including
+sessions still changing after ``t``, user revocations, missing times and duplicate starts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from projections.analytics_schema import create_schema, fold_sessions
+
+T0 = datetime(2026, 1, 1)
+
+# The definition of sessions_at before session_facts existed: every figure from events alone.
+REFERENCE = """
+CREATE OR REPLACE MACRO reference_sessions_at(t) AS TABLE
+WITH ev AS (SELECT * FROM events WHERE occurred_at <= t),
+started AS (
+    SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
+           idle_ttl_s, absolute_ttl_s
+    FROM ev WHERE type = 'SessionStarted'),
+rot AS (
+    SELECT sid, count(*) AS rotations, max(generation) AS last_generation,
+           max(occurred_at) AS last_rotation_at
+    FROM ev WHERE type = 'TokenRotated' GROUP BY sid),
+fend AS (
+    SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
+           arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
+    FROM ev WHERE type IN ('SessionRevoked', 'ReuseDetected') GROUP BY sid),
+uend AS (
+    SELECT s.sid, arg_min(u.occurred_at, u.seq) AS u_at, arg_min(u.reason, u.seq) AS u_reason
+    FROM started s JOIN ev u ON u.type = 'UserSessionsRevoked' AND u.sub = s.sub AND u.seq > s.start_seq
+    GROUP BY s.sid),
+base AS (
+    SELECT s.*, coalesce(r.rotations, 0) AS rotations, coalesce(r.last_generation, 0) AS last_generation,
+           coalesce(r.last_rotation_at, s.started_at) AS last_activity_at,
+           least(coalesce(r.last_rotation_at, s.started_at) + to_seconds(s.idle_ttl_s),
+                 s.started_at + to_seconds(s.absolute_ttl_s)) AS expires_at,
+           s.started_at + to_seconds(s.absolute_ttl_s) AS absolute_expires_at,
+           f.f_at, f.f_type, f.f_reason, u.u_at, u.u_reason
+    FROM started s LEFT JOIN rot r USING (sid) LEFT JOIN fend f USING (sid) LEFT JOIN uend u USING (sid)),
+ended AS (
+    SELECT *, least(f_at, u_at, CASE WHEN expires_at <= t THEN expires_at END) AS ended_at FROM base)
+SELECT sid, sub, client_id, scopes, start_seq, started_at, idle_ttl_s, absolute_ttl_s,
+       rotations, last_generation, last_activity_at, expires_at, ended_at,
+       CASE WHEN ended_at IS NULL THEN NULL
+            WHEN ended_at = f_at THEN CASE WHEN f_type = 'ReuseDetected' OR f_reason = 'reuse'
+                                           THEN 'reuse' ELSE 'revoked' END
+            WHEN ended_at = u_at THEN 'user_revoked'
+            WHEN expires_at = absolute_expires_at THEN 'absolute_expired'
+            ELSE 'idle_expired' END AS end_kind,
+       CASE WHEN ended_at IS NULL THEN NULL
+            WHEN ended_at = f_at THEN f_reason
+            WHEN ended_at = u_at THEN u_reason
+            WHEN expires_at = absolute_expires_at THEN 'absolute_lifetime'
+            ELSE 'idle_timeout' END AS end_reason,
+       epoch(coalesce(ended_at, t) - started_at) AS duration_s,
+       epoch_us(coalesce(ended_at, t)) - epoch_us(started_at) AS duration_us,
+       ended_at IS NULL AS censored,
+       t AS as_of
+FROM ended;
+"""
+
+KINDS = (
+    "SessionStarted",
+    "TokenRotated",
+    "TokenRotated",
+    "SessionRevoked",
+    "ReuseDetected",
+    "UserSessionsRevoked",
+)
+event = st.tuples(
+    st.sampled_from(KINDS),
+    st.integers(0, 2),  # which session
+    st.integers(0, 1),  # which user
+    st.integers(-1, 700).map(lambda s: None if s < 0 else s),  # seconds after T0; -1: no time
+    st.sampled_from(("logout", "admin", None)),
+)
+
+
+def _rows(events: list[tuple[str, int, int, int | None, str | None]]) -> list[tuple[object, ...]]:
+    rows = []
+    for seq, (kind, s, u, at, reason) in enumerate(events, start=1):
+        sid = None if kind == "UserSessionsRevoked" else f"s{s}"
+        when = None if at is None else T0 + timedelta(seconds=at)
+        ttl = (600, 1800) if kind == "SessionStarted" else (None, None)
+        rows.append((seq, kind, when, sid, f"u{u}", seq % 4, *ttl, reason))
+    return rows
+
+
+def _ingest(conn: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]], cuts: list[int]) -> None:
+    """Insert ``rows`` in batches split at ``cuts`` and fold each one, as ingest does."""
+    last = 0
+    for end in [*sorted(set(cuts)), len(rows)]:
+        batch = rows[last:end]
+        if batch:
+            conn.executemany(
+                "INSERT INTO events (seq, subject, type, occurred_at, sid, sub, generation, idle_ttl_s, "
+                "absolute_ttl_s, reason) VALUES (?, 's', ?, ?, ?, ?, ?, ?, ?, ?)",
+                batch,
+            )
+            fold_sessions(conn, last)
+            last = end
+
+
+@settings(max_examples=60, deadline=None)
+@example(  # a user revocation after t must not end the session as of t
+    [("SessionStarted", 0, 0, 10, None), ("UserSessionsRevoked", 0, 0, 500, "admin")], [1], [100]
+)
+@example(  # the first revocation by seq gives the reason
+    [
+        ("SessionStarted", 0, 0, 10, None),
+        ("SessionRevoked", 0, 0, 20, "logout"),
+        ("SessionRevoked", 0, 0, 9, None),
+    ],
+    [],
+    [100],
+)
+@example(  # a second start of the same sid, in a later batch: folded from events, as before
+    [("SessionStarted", 0, 0, 10, None), ("SessionStarted", 0, 1, 20, None)],
+    [1],
+    [100],
+)
+@given(
+    st.lists(event, min_size=1, max_size=30),
+    st.lists(st.integers(0, 30), max_size=4),
+    st.lists(st.integers(-10, 800), min_size=1, max_size=4),
+)
+def test_session_facts_give_the_same_sessions_as_folding_events(
+    events: list[tuple[str, int, int, int | None, str | None]], cuts: list[int], times: list[int]
+) -> None:
+    conn = duckdb.connect()
+    create_schema(conn)
+    conn.execute(REFERENCE)
+    _ingest(conn, _rows(events), cuts)
+    for at in times:
+        t = T0 + timedelta(seconds=at)
+        got = conn.execute("SELECT * FROM sessions_at(?) ORDER BY ALL", [t]).fetchall()
+        want = conn.execute("SELECT * FROM reference_sessions_at(?) ORDER BY ALL", [t]).fetchall()
+        assert got == want, t
