@@ -29,7 +29,7 @@ from projections.synthetic import synthetic_events
 
 SIM = SimConfig(users=15, minutes=40, replay_rate=0.35, seed=11)
 RUN = [sys.executable, "-c", "import sys; from ledger.cli import main; sys.exit(main())"]
-TABLES = ("events", "receipts", "session_facts")
+TABLES = ("events", "receipts", "session_facts", "user_cuts")
 VIEWS = (
     "sessions", "replay_incidents", "revocations", "revocation_receipts", "token_expiration",
     "refresh_usage", "session_durations", "session_histogram", "revocation_latency",

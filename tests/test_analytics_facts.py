@@ -119,8 +119,12 @@ def _ingest(conn: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]], cut
     [],
     [100],
 )
-@example(  # a second start of the same sid, in a later batch: folded from events, as before
-    [("SessionStarted", 0, 0, 10, None), ("SessionStarted", 0, 1, 20, None)],
+@example(  # a second start of the same sid, in a later batch, a user revocation between them
+    [
+        ("SessionStarted", 0, 0, 10, None),
+        ("UserSessionsRevoked", 0, 0, 15, None),
+        ("SessionStarted", 0, 0, 20, None),
+    ],
     [1],
     [100],
 )
