@@ -13,13 +13,15 @@ from bench.common import Report, Row, Stat
 from ledger.config import Settings
 from ledger.embedded import NatsServer, free_port
 from projections.analytics import BATCH
+from projections.analytics_schema import fold_sessions
 from projections.reports import build, window
 
 TEN_MILLION = 10_000_000
 
 
 def _replicate(db_path: Path, total: int) -> int:
-    """Copies of the ingested events with shifted seqs and distinct sids, up to ``total`` rows."""
+    """Copies of the ingested events with shifted seqs and distinct sids, up to ``total`` rows,
+    folded into ``session_facts`` as ingest folds them (the report reads both tables)."""
     with duckdb.connect(str(db_path)) as conn:
         row = conn.execute("SELECT count(*), max(seq) FROM events").fetchone()
         assert row is not None
@@ -31,6 +33,7 @@ def _replicate(db_path: Path, total: int) -> int:
             for c in cols
         )
         conn.execute(f"INSERT INTO events SELECT {select} FROM events, range(1, {copies + 1}) t(k)")  # noqa: S608
+        fold_sessions(conn, top)  # what ingest would have done: the copies' sessions are real rows too
         result = conn.execute("SELECT count(*) FROM events").fetchone()
         return int(result[0]) if result else 0
 
