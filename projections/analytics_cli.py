@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from ledger.cli import COMMON, settings_from
 from ledger.config import Settings
 from ledger.errors import BadRequest, Unavailable
-from projections.analytics import AnalyticsDB, AnalyticsProjection, db_path_for, open_reader
+from projections.analytics import BATCH, AnalyticsDB, AnalyticsProjection, db_path_for, open_reader
 from projections.analytics_rebuild import rebuild_anywhere
 from projections.report_html import render_html
 from projections.reports import REPORTS, Table, build, query, render, window
@@ -52,6 +52,7 @@ def register(sub: Any) -> None:
     )
     run = analytics.add_parser("run", parents=[COMMON, _db_options(window=False)], help="follow the stream")
     run.add_argument("--crash-after-batches", type=int, help=argparse.SUPPRESS)  # tests: die before COMMIT
+    run.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)  # tests: smaller batches
     run.set_defaults(func=cmd_run)
     rb = analytics.add_parser(
         "rebuild",
@@ -143,10 +144,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     settings = settings_from(args)
-    asyncio.run(_run(settings, db_path(args), args.crash_after_batches))
+    asyncio.run(_run(settings, db_path(args), args.crash_after_batches, args.batch))
 
 
-async def _run(settings: Settings, path: Path, crash_after: int | None) -> None:
+async def _run(settings: Settings, path: Path, crash_after: int | None, batch: int = BATCH) -> None:
     import signal
 
     stop = asyncio.Event()
@@ -157,7 +158,7 @@ async def _run(settings: Settings, path: Path, crash_after: int | None) -> None:
     if crash_after is not None:
         db.before_commit = _crasher(db, crash_after)
     try:
-        await AnalyticsProjection(settings, db).run(stop)
+        await AnalyticsProjection(settings, db, batch=batch).run(stop)
     finally:
         db.close()
 

@@ -24,6 +24,8 @@ from ledger.config import Settings
 from ledger.events import UPCASTERS, upcast
 from projections.analytics_schema import STAGE_COLUMNS, create_schema, fold_sessions, load_select
 
+WAL_LIMIT = "256MB"
+
 
 def db_path_for(settings: Settings) -> Path:
     return settings.data_dir / "analytics.duckdb"
@@ -90,6 +92,10 @@ class AnalyticsDB:
         self.path = path
         self.grace_window_s = grace_window_s
         self.conn = duckdb.connect(str(path))
+        # DuckDB checkpoints by itself whenever the WAL passes 16 MB, inside a batch's COMMIT,
+        # rewriting the indexes each time (4.5 of 8 us per event). The writer checkpoints when
+        # it publishes a snapshot (and on close) instead; this bounds the WAL in between.
+        self.conn.execute(f"SET checkpoint_threshold = '{WAL_LIMIT}'")
         self.stage = path.with_name(path.name + ".stage.ndjson")
         self.before_commit: Callable[[], None] = lambda: None
         create_schema(self.conn, grace_window_s=grace_window_s)

@@ -175,7 +175,7 @@ async def test_crash_mid_batch_then_restart_counts_every_event_once(
 ) -> None:
     total = await publish_synthetic(settings, 20_000)
     db = tmp_path / "crash.duckdb"
-    base = [*RUN, "analytics", "run", "--nats-url", settings.nats_url, "--db", str(db)]
+    base = [*RUN, "analytics", "run", "--nats-url", settings.nats_url, "--db", str(db), "--batch", "5000"]
     crashed = subprocess.run([*base, "--crash-after-batches", "2"], timeout=60, capture_output=True)
     assert crashed.returncode == 137  # died after inserting batch 3, before its COMMIT
     with duckdb.connect(str(db)) as conn:
