@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: session_facts and user_cuts, folded by ingest
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS events (
@@ -436,14 +436,18 @@ def fold_sessions(conn: duckdb.DuckDBPyConnection, after_seq: int = 0) -> None:
 
 
 def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30.0) -> None:
-    """Create tables if missing and (re)create every view; idempotent. A file made before
-    ``session_facts`` existed gets it folded from its events once, here."""
-    had_facts = bool(
-        conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'session_facts'").fetchone()[0]  # type: ignore[index]
-    )
+    """Create tables if missing and (re)create every view; idempotent. A file made before a
+    folded table existed gets that table folded from all its events once, here."""
+    had = {
+        row[0]
+        for row in conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+    }
     conn.execute(TABLES)
-    if not had_facts:
-        fold_sessions(conn)
+    for table, fold in (("session_facts", FOLD_SESSIONS), ("user_cuts", FOLD_USER_CUTS)):
+        if table not in had:
+            conn.execute(fold, [0])
     for ddl in VIEWS:
         conn.execute(ddl)
     conn.execute(

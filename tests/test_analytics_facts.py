@@ -145,3 +145,26 @@ def test_session_facts_give_the_same_sessions_as_folding_events(
         got = conn.execute("SELECT * FROM sessions_at(?) ORDER BY ALL", [t]).fetchall()
         want = conn.execute("SELECT * FROM reference_sessions_at(?) ORDER BY ALL", [t]).fetchall()
         assert got == want, t
+
+
+def _folded(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()  # noqa: S608
+        for t in ("session_facts", "user_cuts")
+    }
+
+
+def test_a_file_from_before_the_folded_tables_gets_them_folded_on_open() -> None:
+    conn = duckdb.connect()
+    create_schema(conn)
+    rows = _rows([("SessionStarted", 0, 0, 10, None), ("TokenRotated", 0, 0, 20, None),
+                  ("SessionStarted", 1, 0, 30, None), ("UserSessionsRevoked", 0, 0, 40, "admin"),
+                  ("SessionRevoked", 1, 0, 50, "logout")])  # fmt: skip
+    _ingest(conn, rows, [2, 4])
+    folded = _folded(conn)
+    assert len(folded["session_facts"]) == 2 and len(folded["user_cuts"]) == 1
+    conn.execute("DROP TABLE session_facts; DROP TABLE user_cuts")
+    create_schema(conn)  # what the writer does when it opens an older file
+    assert _folded(conn) == folded
+    create_schema(conn)  # and it never folds twice
+    assert _folded(conn) == folded
