@@ -23,7 +23,7 @@ from ledger.config import Settings
 from ledger.natsconn import connect
 from projections.analytics import AnalyticsDB, AnalyticsProjection, open_reader
 from projections.analytics_rebuild import rebuild
-from projections.reports import build, window
+from projections.reports import Window, build, window
 from projections.simulate import SimConfig, simulate
 from projections.synthetic import synthetic_events
 
@@ -88,6 +88,50 @@ async def publish_one_receipt(settings: Settings) -> None:
         await nc.jetstream().publish(receipt_subject("edge-late"), receipt.encode())
     finally:
         await nc.drain()
+
+
+# The summary as it was, figure by figure from the views and macros (each fold of the
+# sessions repeated): the one-pass summary must give the same figures.
+REFERENCE_SUMMARY = """
+WITH s AS (SELECT * FROM sessions_at($2) WHERE started_at >= $1),
+te AS (SELECT * FROM token_expiration_at($1, $2) WHERE client_id IS NULL),
+ru AS (SELECT * FROM refresh_usage_at($1, $2) WHERE client_id IS NULL),
+sd AS (SELECT * FROM session_durations_at($1, $2) WHERE client_id IS NULL),
+ri AS (SELECT * FROM replay_incidents WHERE detected_at >= $1 AND detected_at <= $2),
+rv AS (SELECT * FROM revocations WHERE requested_at >= $1 AND requested_at <= $2),
+lat AS (SELECT * FROM revocation_latency_at($1, $2))
+SELECT
+  (SELECT count(*) FROM events WHERE occurred_at >= $1 AND occurred_at <= $2),
+  (SELECT count(*) FROM s),
+  (SELECT count(*) FROM s WHERE censored),
+  (SELECT count(*) FILTER (WHERE end_kind = 'revoked') FROM s),
+  (SELECT count(*) FILTER (WHERE end_kind = 'reuse') FROM s),
+  (SELECT count(*) FILTER (WHERE end_kind = 'user_revoked') FROM s),
+  (SELECT count(*) FILTER (WHERE end_kind = 'idle_expired') FROM s),
+  (SELECT count(*) FILTER (WHERE end_kind = 'absolute_expired') FROM s),
+  (SELECT coalesce(sum(rotations), 0) FROM s),
+  (SELECT count(*) FROM ri),
+  (SELECT count(DISTINCT sub) FROM ri),
+  (SELECT count(*) FROM (SELECT sub FROM ri GROUP BY sub HAVING count(*) > 1)),
+  (SELECT count(*) FILTER (WHERE kind = 'session') FROM rv),
+  (SELECT count(*) FILTER (WHERE kind = 'user') FROM rv),
+  (SELECT tokens_issued FROM te), (SELECT tokens_expired_unused FROM te),
+  (SELECT expiration_rate FROM te), (SELECT rotations_per_session_day FROM ru),
+  (SELECT p50_s FROM sd), (SELECT p90_s FROM sd), (SELECT p99_s FROM sd),
+  (SELECT p50_ms FROM lat WHERE stage = 'request_to_committed'),
+  (SELECT p50_ms FROM lat WHERE stage = 'committed_to_applied'),
+  (SELECT count(*) FROM receipts)
+"""
+
+
+def assert_summary_matches_views(conn: duckdb.DuckDBPyConnection) -> None:
+    full = window(conn, None, None)
+    middle = full.until - (full.until - conn.execute("SELECT min(occurred_at) FROM events").fetchone()[0]) / 2  # type: ignore[index]
+    for w in (full, Window(middle - timedelta(minutes=3), middle), Window(middle, full.until)):
+        got = dict(build(conn, "summary", w)[0].rows)
+        want = conn.execute(REFERENCE_SUMMARY, [w.since, w.until]).fetchone()
+        assert want is not None
+        assert [got[k] for k in list(got)[2:]] == pytest.approx(list(want), nan_ok=True), w
 
 
 def dump(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
@@ -211,6 +255,7 @@ async def test_rebuild_from_sequence_one_gives_identical_tables(settings: Settin
     await catch_up(settings, db)
     with duckdb.connect(str(db), read_only=True) as conn:
         before = dump(conn)
+        assert_summary_matches_views(conn)
         applied = conn.execute(
             "SELECT min(verifiers_applied), count(*) FROM revocations WHERE kind IN ('session', 'user')"
         ).fetchone()
