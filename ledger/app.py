@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -47,8 +48,10 @@ async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], 
         return ok(await call(parse_request(model, body)))
     except LedgerError as err:
         return fail(err)
-    except Exception:
-        log.exception("internal error while handling a command")
+    except Exception as exc:  # the type and place only: an exception's text may quote the input
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error("internal error while handling a command: %s at %s", type(exc).__name__, where)
         return fail(Unavailable("internal error"))
 
 

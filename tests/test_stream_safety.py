@@ -82,3 +82,18 @@ async def test_logs_hold_no_raw_tokens(
     for token in (pair.refresh_token, newer.refresh_token, forged, pair.access_token, newer.access_token):
         assert token not in text
         assert token.rsplit(".", 1)[-1] not in text
+
+
+async def test_internal_errors_log_no_input(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected failure is logged by type and place only: its text could quote a token."""
+    from ledger.app import handle
+    from ledger.messages import RotateRequest
+
+    secret = "rt1.AAAAAAAAAAAAAAAAAAAAAA.0." + "S" * 43
+
+    async def explode(req: RotateRequest) -> RotateRequest:
+        raise RuntimeError(f"boom with {req.refresh_token}")
+
+    reply = await handle(RotateRequest, explode, json.dumps({"refresh_token": secret}).encode())
+    assert b'"code":"unavailable"' in reply and secret.encode() not in reply
+    assert "RuntimeError" in caplog.text and secret not in caplog.text
