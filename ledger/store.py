@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
@@ -136,7 +136,11 @@ class EventStore:
         raise Unavailable(f"append to {subject} refused: {description}")
 
     async def append_chain(
-        self, subject_of: Any, events: Sequence[FamilyEvent], filter_: str, expected: int
+        self,
+        subject_of: Callable[[FamilyEvent], str],
+        events: Sequence[FamilyEvent],
+        filter_: str,
+        expected: int,
     ) -> int:
         """Append several family events, each a CAS on the one before it."""
         seq = expected
