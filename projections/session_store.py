@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import nats.js.errors as jserr
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ledger.config import Settings
 from ledger.events import RecordedEvent
@@ -59,9 +59,10 @@ def bucket_number(name: str) -> int:
 class SessionStore:
     """One bucket. Meant for a single writer; its cache is only trusted by that writer."""
 
-    def __init__(self, kv: KeyValue, bucket: str) -> None:
+    def __init__(self, kv: KeyValue, bucket: str, js: JetStreamContext) -> None:
         self.kv = kv
         self.bucket = bucket
+        self.js = js
         self._cache: OrderedDict[str, tuple[Record | None, int]] = OrderedDict()
 
     @classmethod
@@ -71,7 +72,7 @@ class SessionStore:
         except jserr.BucketNotFoundError:
             config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
             kv = await js.create_key_value(config)
-        return cls(kv, bucket)
+        return cls(kv, bucket, js)
 
     async def get(self, key: str) -> Record | None:
         return (await self._load(key))[0]
@@ -184,28 +185,42 @@ class SessionStore:
 
     async def dump(self) -> dict[str, bytes]:
         """Every key and its bytes (tests compare a rebuild with the live bucket this way)."""
+        return await self._current(">")
+
+    async def _keys(self, pattern: str) -> list[str]:
+        return list(await self._current(pattern, meta_only=True))
+
+    async def _current(
+        self, pattern: str, *, meta_only: bool = False, timeout: float = 10.0
+    ) -> dict[str, bytes]:
+        """The latest value of every live key matching ``pattern``.
+
+        Not ended by nats-py's "no more" marker: it is sent before the first entry
+        when the consumer info (num_pending 0) overtakes the pushed entries, and a
+        bucket of 1600 keys then dumps as {} (2 in 100 dumps). Instead the keys that
+        exist now are listed from the stream first, and the watch runs until each
+        of them has come in (later writes may come too; they are newer, never older).
+        """
+        prefix = f"$KV.{self.bucket}."
+        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=prefix + pattern)
+        waiting = {subject[len(prefix) :] for subject in info.state.subjects or {}}
         out: dict[str, bytes] = {}
-        watcher = await self.kv.watchall(ignore_deletes=True)
+        if not waiting:
+            return out
+        watcher = await self.kv.watch(pattern, meta_only=meta_only)
         try:
-            async for entry in watcher:
+            while waiting:
+                entry = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
                 if entry is None:
-                    break
-                out[entry.key] = entry.value or b""
+                    continue  # the marker: meaningless here (see above)
+                waiting.discard(entry.key)
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    out.pop(entry.key, None)
+                else:
+                    out[entry.key] = entry.value or b""
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return out
-
-    async def _keys(self, pattern: str) -> list[str]:
-        keys: list[str] = []
-        watcher = await self.kv.watch(pattern, ignore_deletes=True, meta_only=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                keys.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return keys
 
 
 class Pointer:

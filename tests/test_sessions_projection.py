@@ -16,6 +16,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import APIError
 
 from ledger.cli import main as cli_main
 from ledger.client import LedgerClient
@@ -207,26 +209,46 @@ async def _run_until(
 
 
 async def _watch_writes(nc: NATS, settings: Settings, writes: dict[str, list[int]]) -> Any:
+    """Every write to the live bucket, in order: a key's seqs must only ever go up.
+
+    The bucket is created here keeping 64 revisions per key (if the runner has not
+    made it yet), so a watcher that lags still sees each write, not only the latest;
+    ``stop()`` waits until the watcher has read up to the bucket's last write.
+    """
     js = nc.jetstream()
-    kv = (await SessionStore.open(js, await live_bucket(js, settings))).kv
+    name = await live_bucket(js, settings)
+    with contextlib.suppress(APIError):  # made already (by a runner): as it is
+        await js.create_key_value(KeyValueConfig(bucket=name, history=64, storage=StorageType.FILE))
+    kv = (await SessionStore.open(js, name)).kv
+    last_seen = 0
 
     async def record(entry: Any) -> None:
-        if entry is not None and entry.value and entry.key != "checkpoint":
+        nonlocal last_seen
+        last_seen = max(last_seen, entry.revision or 0)
+        if entry.value and entry.key != "checkpoint":
             writes.setdefault(entry.key, []).append(json.loads(entry.value)["seq"])
 
     watcher = await kv.watchall(include_history=True)
 
     async def pump() -> None:
         async for entry in watcher:
-            await record(entry)
+            if entry is not None:
+                await record(entry)
 
     task = asyncio.create_task(pump())
 
     class Stopper:
         async def stop(self) -> None:
-            await asyncio.sleep(0.3)
-            task.cancel()
-            await watcher.stop()
+            last = (await js.stream_info(f"KV_{name}")).state.last_seq
+            try:
+                for _ in range(1000):  # 20 s at most
+                    if last_seen >= last or task.done():
+                        break
+                    await asyncio.sleep(0.02)
+                assert last_seen >= last, f"write watcher stopped at {last_seen} of {last}"
+            finally:
+                task.cancel()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     return Stopper()
 
