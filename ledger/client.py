@@ -67,9 +67,15 @@ class LedgerClient:
         *,
         prefix: str = "ledger",
         timeout: float = 5.0,
+        connect_timeout: float = 10.0,
         **options: Any,
     ) -> LedgerClient:
-        nc = await connect(url, options.pop("name", "ledger-client"), deadline=timeout, **options)
+        """``timeout`` bounds each request; ``connect_timeout`` bounds the first connect.
+
+        They are separate so that an impatient request deadline never makes the
+        connect itself fail on a busy machine.
+        """
+        nc = await connect(url, options.pop("name", "ledger-client"), deadline=connect_timeout, **options)
         return cls(nc, prefix=prefix, timeout=timeout, owns=True)
 
     async def close(self) -> None:

@@ -149,16 +149,31 @@ class AnalyticsDB:
         self.stage.unlink(missing_ok=True)
 
 
+# Analysts run arbitrary SQL: no file system (read_text/read_blob/COPY/ATTACH/EXPORT),
+# no extensions, and a configuration nobody can change back (SET/RESET refused).
+READER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+}
+
+
+def _connect_reader(path: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(path), read_only=True, config=READER_CONFIG)
+
+
 def open_reader(db_path: Path) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """A read-only connection: the live file if no writer holds it, else the latest snapshot."""
+    """A locked-down read-only connection: the live file if no writer holds it, else the snapshot."""
     if not db_path.exists():
         raise FileNotFoundError(f"no analytics database at {db_path}: run `session-ledger up` or a rebuild")
     try:
-        return duckdb.connect(str(db_path), read_only=True), "live"
+        return _connect_reader(db_path), "live"
     except duckdb.Error as err:  # another process holds the lock, or this one holds it read-write
         if not any(word in str(err).lower() for word in ("lock", "different configuration")):
             raise
     snap = snapshot_path(db_path)
     if not snap.exists():
         raise FileNotFoundError(f"{db_path} is being written and has no snapshot yet; retry in a few seconds")
-    return duckdb.connect(str(snap), read_only=True), "snapshot"
+    return _connect_reader(snap), "snapshot"
