@@ -11,10 +11,10 @@ import duckdb
 from bench.analytics_ingest import load, projection, raw_pull, report_seconds
 from bench.common import Report, Row, Stat
 from ledger.config import Settings
-from ledger.embedded import NatsServer, free_port
-from projections.analytics import BATCH
-from projections.analytics_schema import fold_sessions
-from projections.reports import build, window
+from ledger.jetstream.embedded import NatsServer, free_port
+from projections.analytics.projection import BATCH
+from projections.analytics.reports import build, window
+from projections.analytics.schema import fold_sessions
 
 TEN_MILLION = 10_000_000
 

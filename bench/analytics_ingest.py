@@ -21,13 +21,13 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from ledger.config import Settings
-from ledger.embedded import NatsServer, free_port
-from ledger.natsconn import connect
-from ledger.store import EventStore
-from projections.analytics import BATCH, AnalyticsDB, AnalyticsProjection, open_reader
-from projections.pull import Puller
-from projections.reports import build, window
-from projections.synthetic import synthetic_events
+from ledger.jetstream.connection import connect
+from ledger.jetstream.embedded import NatsServer, free_port
+from ledger.jetstream.pull import Puller
+from ledger.jetstream.store import EventStore
+from projections.analytics.projection import BATCH, AnalyticsDB, AnalyticsProjection, open_reader
+from projections.analytics.reports import build, window
+from session_ledger.sim.synthetic import synthetic_events
 
 
 async def load(settings: Settings, n: int) -> float:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ledger.config import Settings
-from ledger.embedded import NatsServer, free_port
-from ledger.up import service_command
+from ledger.jetstream.embedded import NatsServer, free_port
+from session_ledger.cli.up import service_command
 
 
 @dataclass
@@ -128,7 +128,7 @@ def service_processes(settings: Settings, count: int) -> Iterator[list[subproces
 
 async def wait_for_service(url: str, deadline_s: float = 30) -> None:
     from ledger.client import LedgerClient
-    from ledger.errors import Unavailable
+    from ledger.domain.errors import Unavailable
 
     deadline = time.monotonic() + deadline_s
     async with await LedgerClient.connect(url) as client:

@@ -21,8 +21,8 @@ from nats.aio.msg import Msg
 from bench.common import Report, Row, Stat, nats_server, service_processes, wait_for_service
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.errors import LedgerError
-from ledger.natsconn import connect
+from ledger.domain.errors import LedgerError
+from ledger.jetstream.connection import connect
 
 SECRET = secrets.token_bytes(32)
 FAMILIES = 64

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from bench.common import Report, Row, Stat, nats_server, percentile, service_processes, wait_for_service
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.natsconn import connect
+from ledger.jetstream.connection import connect
 
 VERIFIERS = 8
 REVOCATIONS = 40
@@ -41,7 +41,7 @@ async def run(report: Report, reps: int, seconds: float, data_dir: Path) -> None
         settings = Settings(nats_url=server.url, data_dir=data_dir)
         with service_processes(settings, 1):
             await wait_for_service(server.url)
-            broadcaster = _spawn(["ledger.cli", "broadcast", "--nats-url", server.url])
+            broadcaster = _spawn(["session_ledger.cli", "broadcast", "--nats-url", server.url])
             host = _spawn(["bench.verifier_host", server.url, str(VERIFIERS)])
             try:
                 assert host.stdout is not None

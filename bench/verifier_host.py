@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from consumers.edge import EdgeVerifier
+from consumers.edge.verifier import EdgeVerifier
 from ledger.config import Settings
 
 

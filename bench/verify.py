@@ -16,14 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from bench.common import Report, Row, nats_server, rate, repeat_sync
-from consumers.edge import EdgeVerifier
-from ledger.access import AccessGrant, AccessTokenSigner
+from consumers.edge.verifier import EdgeVerifier
 from ledger.config import Settings
-from ledger.events import SigningKeyAdded
-from ledger.ids import Subjects, new_event_id
-from ledger.keys import SigningKey, generate, key_id
-from ledger.natsconn import connect
-from ledger.store import EventStore
+from ledger.contracts.subjects import Subjects, new_event_id
+from ledger.domain.events import SigningKeyAdded
+from ledger.jetstream.connection import connect
+from ledger.jetstream.store import EventStore
+from ledger.service.keys import SigningKey, generate, key_id
+from ledger.service.signer import AccessGrant, AccessTokenSigner
 
 ALGS = ("ES256", "EdDSA", "RS256")
 COLD_TOKENS = 2000

@@ -25,7 +25,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from consumers.notices import (
+from ledger.config import Settings
+from ledger.contracts.notices import (
     NOTICES_STREAM,
     Notice,
     notice_for,
@@ -33,10 +34,9 @@ from consumers.notices import (
     notice_ttl,
     notices_stream_config,
 )
-from ledger.config import Settings
-from ledger.events import RecordedEvent, decode_event
-from ledger.natsconn import connect
-from ledger.store import EventStore
+from ledger.domain.events import RecordedEvent, decode_event
+from ledger.jetstream.connection import connect
+from ledger.jetstream.store import EventStore
 
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"

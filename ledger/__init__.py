@@ -2,7 +2,8 @@
 
 from ledger.client import LedgerClient
 from ledger.config import ReusePolicy, Settings
-from ledger.errors import (
+from ledger.contracts.commands import Revocation, TokenPair
+from ledger.domain.errors import (
     BadRequest,
     LedgerError,
     SessionExpired,
@@ -12,7 +13,6 @@ from ledger.errors import (
     TokenReused,
     Unavailable,
 )
-from ledger.messages import Revocation, TokenPair
 
 __all__ = [
     "BadRequest",

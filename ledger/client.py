@@ -9,10 +9,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ValidationError
 
-from ledger.errors import BadRequest, LedgerError, Unavailable, error_from_code
-from ledger.events import RevokeReason
-from ledger.ids import Subjects
-from ledger.messages import (
+from ledger.contracts.commands import (
     LogoutRequest,
     Reply,
     Revocation,
@@ -22,8 +19,7 @@ from ledger.messages import (
     StartSessionRequest,
     TokenPair,
 )
-from ledger.natsconn import connect
-from projections.views import (
+from ledger.contracts.queries import (
     GetSessionRequest,
     Introspection,
     IntrospectRequest,
@@ -32,6 +28,10 @@ from projections.views import (
     SessionView,
     query_subject,
 )
+from ledger.contracts.subjects import Subjects
+from ledger.domain.errors import BadRequest, LedgerError, Unavailable, error_from_code
+from ledger.domain.events import RevokeReason
+from ledger.jetstream.connection import connect
 
 __all__ = ["LedgerClient"]
 
@@ -48,7 +48,7 @@ def _build(model: type[M], **fields: Any) -> M:
 
 
 class LedgerClient:
-    """Commands over NATS request/reply. Errors are ``ledger.errors.LedgerError`` subclasses.
+    """Commands over NATS request/reply. Errors are ``ledger.domain.errors.LedgerError`` subclasses.
 
     ``rotate`` is safe to retry after a timeout: the same presented token yields the
     same successor inside the grace window.

@@ -11,7 +11,7 @@ from typing import Annotated, Self
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ledger.errors import ConfigError
+from ledger.domain.errors import ConfigError
 
 ALLOWED_ALGORITHMS = ("ES256", "EdDSA", "RS256")
 
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=5.0, gt=0, le=60)
     max_generations: int = Field(default=10_000, ge=1)  # bounds the HMAC chain walk
 
-    edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.sidecar)
+    edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.edge.sidecar)
     edge_max_staleness: timedelta = timedelta(seconds=30)  # then fail closed, unless edge_fail_open
     edge_fail_open: bool = False
     edge_verifier_id: str | None = None  # default edge-<host>-<pid>

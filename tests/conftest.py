@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from ledger.app import run_service
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.embedded import NatsServer, free_port
-from ledger.natsconn import connect
-from ledger.store import EventStore
+from ledger.jetstream.connection import connect
+from ledger.jetstream.embedded import NatsServer, free_port
+from ledger.jetstream.store import EventStore
+from ledger.service.app import run_service
 
 
 @pytest.fixture

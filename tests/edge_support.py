@@ -12,9 +12,9 @@ from typing import Any
 import jwt
 
 from consumers.broadcast import run_broadcaster
-from consumers.edge import EdgeVerifier, TokenRejected
+from consumers.edge.verifier import EdgeVerifier, TokenRejected
 from ledger.config import Settings
-from ledger.keys import SigningKey, load_or_create_signing_key
+from ledger.service.keys import SigningKey, load_or_create_signing_key
 
 Runner = Callable[[Settings, asyncio.Event, asyncio.Event | None], Coroutine[Any, Any, None]]
 

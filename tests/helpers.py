@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ledger.events import RecordedEvent
-from ledger.store import EventStore
+from ledger.domain.events import RecordedEvent
+from ledger.jetstream.store import EventStore
 
 
 async def all_events(store: EventStore) -> list[RecordedEvent]:

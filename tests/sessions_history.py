@@ -11,7 +11,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ledger.events import (
+from ledger.contracts.subjects import Subjects
+from ledger.domain.events import (
     Event,
     RecordedEvent,
     ReuseDetected,
@@ -23,8 +24,7 @@ from ledger.events import (
     TokenRotated,
     UserSessionsRevoked,
 )
-from ledger.ids import Subjects
-from ledger.refresh import RefreshToken, TokenKeys
+from ledger.domain.refresh import RefreshToken, TokenKeys
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.cli import main
-from ledger.keys import MASTER_FILE, load_or_create_master, load_or_create_signing_key
-from projections.analytics import AnalyticsDB
+from ledger.service.keys import MASTER_FILE, load_or_create_master, load_or_create_signing_key
+from projections.analytics.projection import AnalyticsDB
+from session_ledger.cli import main
 
 
 @pytest.fixture

@@ -17,18 +17,19 @@ from typing import Any
 import duckdb
 import pytest
 
-from consumers.receipts import Receipt, ensure_receipts_stream, receipt_subject
-from ledger.cli import main
+from consumers.edge.receipts import Receipt, ensure_receipts_stream, receipt_subject
 from ledger.config import Settings
-from ledger.natsconn import connect
-from projections.analytics import AnalyticsDB, AnalyticsProjection, open_reader
-from projections.analytics_rebuild import rebuild
-from projections.reports import Window, build, window
-from projections.simulate import SimConfig, simulate
-from projections.synthetic import synthetic_events
+from ledger.jetstream.connection import connect
+from projections.analytics.projection import AnalyticsDB, AnalyticsProjection, open_reader
+from projections.analytics.rebuild import rebuild
+from projections.analytics.reports import Window, build, window
+from session_ledger.cli import main
+from session_ledger.sim.simulate import SimConfig, simulate
+from session_ledger.sim.synthetic import synthetic_events
 
 SIM = SimConfig(users=15, minutes=40, replay_rate=0.35, seed=11)
-RUN = [sys.executable, "-c", "import sys; from ledger.cli import main; sys.exit(main())"]
+ROOT = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, "-c", "import sys; from session_ledger.cli import main; sys.exit(main())"]
 TABLES = ("events", "receipts", "session_facts", "user_cuts")
 VIEWS = (
     "sessions", "replay_incidents", "revocations", "revocation_receipts", "token_expiration",
@@ -50,7 +51,7 @@ async def publish_synthetic(settings: Settings, n: int) -> int:
     nc = await connect(settings.nats_url, "test-loader")
     try:
         js = nc.jetstream()
-        from ledger.store import EventStore
+        from ledger.jetstream.store import EventStore
 
         await EventStore(nc, settings).ensure_stream()
         for subject, payload in synthetic_events(n):
@@ -135,7 +136,7 @@ def assert_summary_matches_views(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def dump(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
-    return {name: conn.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in TABLES + VIEWS}  # noqa: S608
+    return {name: conn.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in TABLES + VIEWS}
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
@@ -220,7 +221,8 @@ async def test_crash_mid_batch_then_restart_counts_every_event_once(
     total = await publish_synthetic(settings, 20_000)
     db = tmp_path / "crash.duckdb"
     base = [*RUN, "analytics", "run", "--nats-url", settings.nats_url, "--db", str(db), "--batch", "5000"]
-    crashed = subprocess.run([*base, "--crash-after-batches", "2"], timeout=60, capture_output=True)
+    crasher = [sys.executable, "-m", "tests.support.crash_analytics", "2", settings.nats_url, str(db), "5000"]
+    crashed = subprocess.run(crasher, timeout=60, capture_output=True, cwd=ROOT)
     assert crashed.returncode == 137  # died after inserting batch 3, before its COMMIT
     with duckdb.connect(str(db)) as conn:
         rows, last = conn.execute(
@@ -274,7 +276,7 @@ async def publish_receipts(settings: Settings, verifiers: tuple[str, ...]) -> No
     try:
         await ensure_receipts_stream(nc)
         js = nc.jetstream()
-        from ledger.store import EventStore
+        from ledger.jetstream.store import EventStore
 
         async for rec in EventStore(nc, settings).read():
             event = rec.event

@@ -10,7 +10,7 @@ import duckdb
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from projections.analytics_schema import create_schema, fold_sessions
+from projections.analytics.schema import create_schema, fold_sessions
 
 T0 = datetime(2026, 1, 1)
 
@@ -149,8 +149,7 @@ def test_session_facts_give_the_same_sessions_as_folding_events(
 
 def _folded(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
     return {
-        t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()  # noqa: S608
-        for t in ("session_facts", "user_cuts")
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("session_facts", "user_cuts")
     }
 
 

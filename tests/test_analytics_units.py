@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.config import Settings
-from ledger.natsconn import connect
-from ledger.store import EventStore
-from projections.analytics import AnalyticsDB, AnalyticsProjection, ack_position, stage_line
-from projections.analytics_schema import create_schema, fold_sessions
-from projections.report_html import bar_chart
-from projections.reports import Table, parse_time, render
-from projections.sim_truth import km_quantiles
-from projections.synthetic import synthetic_events
+from ledger.jetstream.connection import connect
+from ledger.jetstream.store import EventStore
+from projections.analytics.html import bar_chart
+from projections.analytics.projection import AnalyticsDB, AnalyticsProjection, ack_position, stage_line
+from projections.analytics.reports import Table, parse_time, render
+from projections.analytics.schema import create_schema, fold_sessions
+from session_ledger.sim.synthetic import synthetic_events
+from session_ledger.sim.truth import km_quantiles
 
 T0 = datetime(2026, 1, 1)
 AS_OF = T0 + timedelta(days=30)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.embedded import free_port
+from ledger.jetstream.embedded import free_port
 from tests.conftest import ServiceRunner
 
 
@@ -21,7 +21,7 @@ async def cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "ledger.cli",
+        "session_ledger.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -74,7 +74,7 @@ async def test_events_tail_follow_streams_new_events(client: LedgerClient, setti
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "ledger.cli",
+        "session_ledger.cli",
         "events",
         "tail",
         "--follow",
@@ -102,7 +102,7 @@ def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "session_ledger.cli",
             "up",
             "--data-dir",
             str(tmp_path / "d"),

@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 
 from ledger.client import LedgerClient
-from ledger.cluster import Cluster, ensure_stream_ready, stream_leader, wait_jetstream
 from ledger.config import Settings
-from ledger.embedded import NatsServer
-from ledger.errors import LedgerError, Unavailable
-from ledger.events import SessionStarted, TokenRotated
-from ledger.messages import TokenPair
-from ledger.natsconn import connect
-from ledger.store import EventStore
+from ledger.contracts.commands import TokenPair
+from ledger.domain.errors import LedgerError, Unavailable
+from ledger.domain.events import SessionStarted, TokenRotated
+from ledger.jetstream.cluster import Cluster, ensure_stream_ready, stream_leader, wait_jetstream
+from ledger.jetstream.connection import connect
+from ledger.jetstream.embedded import NatsServer
+from ledger.jetstream.store import EventStore
 from tests.deploy_support import conf_cluster, set_passwords
 
 WORKERS = 6
@@ -319,7 +319,7 @@ def test_up_cluster_3_runs_the_ledger_on_r3(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "session_ledger.cli",
             "up",
             "--cluster",
             "3",

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from ledger.cli import build_parser
-from ledger.embedded import find_binary
+from ledger.jetstream.embedded import find_binary
+from session_ledger.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 SINGLE = {"nats", "ledger", "broadcaster", "projections", "edge"}

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from ledger.config import ReusePolicy, Settings
-from ledger.errors import ConfigError
+from ledger.domain.errors import ConfigError
 
 
 def test_safe_defaults() -> None:

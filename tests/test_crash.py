@@ -12,13 +12,13 @@ from pathlib import Path
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.embedded import NatsServer
-from ledger.errors import Unavailable
-from ledger.events import TokenRotated
-from ledger.keys import load_or_create_master
-from ledger.refresh import TokenKeys, parse
-from ledger.store import EventStore
-from ledger.up import service_command
+from ledger.domain.errors import Unavailable
+from ledger.domain.events import TokenRotated
+from ledger.domain.refresh import TokenKeys, parse
+from ledger.jetstream.embedded import NatsServer
+from ledger.jetstream.store import EventStore
+from ledger.service.keys import load_or_create_master
+from session_ledger.cli.up import service_command
 from tests.helpers import all_events
 
 
@@ -98,7 +98,7 @@ async def test_service_stops_cleanly_while_nats_is_down(settings: Settings, nats
 
 async def test_service_started_before_nats_waits_for_it(settings: Settings, tmp_path: Path) -> None:
     """Start-up order does not matter: the service connects once the server is there."""
-    from ledger.embedded import NatsServer, free_port
+    from ledger.jetstream.embedded import NatsServer, free_port
     from tests.conftest import ServiceRunner
 
     late = NatsServer(store_dir=tmp_path / "late", port=free_port())

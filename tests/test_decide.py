@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import decide
 from ledger.config import ReusePolicy
-from ledger.decide import Family, Ids, Policy
-from ledger.errors import SessionExpired, SessionNotFound, SessionRevoked, TokenInvalid
-from ledger.events import ReuseDetected, RevokeReason, UserSessionsRevoked
-from ledger.events import SessionRevoked as Revoked
-from ledger.refresh import RefreshToken, TokenKeys
+from ledger.domain import decide
+from ledger.domain.decide import Family, Ids, Policy
+from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevoked, TokenInvalid
+from ledger.domain.events import ReuseDetected, RevokeReason, UserSessionsRevoked
+from ledger.domain.events import SessionRevoked as Revoked
+from ledger.domain.refresh import RefreshToken, TokenKeys
 
 KEYS = TokenKeys(b"m" * 32)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

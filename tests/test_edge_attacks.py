@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives import serialization
 
-from consumers.sidecar import run_edge
+from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
-from ledger.embedded import free_port
-from ledger.keys import SigningKey, generate, public_jwk
+from ledger.jetstream.embedded import free_port
+from ledger.service.keys import SigningKey, generate, public_jwk
 from tests.edge_support import claims_for, reason_of, running, service_key, sign, verifier
 
 

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from consumers.broadcast import DURABLE, Broadcaster, recorded_from
-from consumers.notices import NOTICES_STREAM, decode_notice, notice_for, notice_lifetime
 from ledger.client import LedgerClient
-from ledger.natsconn import connect
+from ledger.contracts.notices import NOTICES_STREAM, decode_notice, notice_for, notice_lifetime
+from ledger.jetstream.connection import connect
 from tests.edge_support import reason_of, verifier
 
 

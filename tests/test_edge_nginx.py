@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from consumers.sidecar import run_edge
+from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
-from ledger.embedded import free_port
+from ledger.jetstream.embedded import free_port
 from tests.edge_support import broadcaster, report, running
 
 NGINX = shutil.which("nginx") or next(

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from consumers.receipts import RECEIPTS_STREAM
+from consumers.edge.receipts import RECEIPTS_STREAM
 from ledger.client import LedgerClient
-from ledger.errors import TokenReused
-from ledger.events import SigningKeyAdded, SigningKeyRetired
-from ledger.ids import new_event_id
-from ledger.keys import SigningKey, generate, key_id
-from ledger.store import EventStore
+from ledger.contracts.subjects import new_event_id
+from ledger.domain.errors import TokenReused
+from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
+from ledger.jetstream.store import EventStore
+from ledger.service.keys import SigningKey, generate, key_id
 from tests.edge_support import (
     broadcaster,
     claims_for,

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from consumers.sidecar import run_edge
+from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
-from ledger.embedded import free_port
+from ledger.jetstream.embedded import free_port
 from tests.edge_support import broadcaster, report, running
 
 
@@ -85,7 +85,7 @@ async def test_oversized_requests_are_refused_and_the_sidecar_lives(
 async def test_edge_command_serves_and_stops_on_sigterm(client: LedgerClient, settings: Any) -> None:
     pair = await client.start_session("iris")
     port = free_port()
-    cmd = [sys.executable, "-m", "ledger.cli", "edge", "--listen", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, "-m", "session_ledger.cli", "edge", "--listen", f"127.0.0.1:{port}"]
     env = {**os.environ, "LEDGER_NATS_URL": settings.nats_url, "LEDGER_DATA_DIR": str(settings.data_dir)}
     proc = subprocess.Popen([*cmd, "--max-staleness", "5"], env=env, stdout=subprocess.PIPE)
     try:

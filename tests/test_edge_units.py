@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from consumers.edge_state import (
+from consumers.edge.receipts import Receipt, receipt_subject
+from consumers.edge.state import (
     AccessClaims,
     KeyRing,
     RejectReason,
@@ -17,9 +18,15 @@ from consumers.edge_state import (
     TokenRejected,
     check_times,
 )
-from consumers.notices import CLOCK_LEEWAY, Notice, decode_notice, notice_for, notice_subject, notice_ttl
-from consumers.receipts import Receipt, receipt_subject
-from ledger.events import (
+from ledger.contracts.notices import (
+    CLOCK_LEEWAY,
+    Notice,
+    decode_notice,
+    notice_for,
+    notice_subject,
+    notice_ttl,
+)
+from ledger.domain.events import (
     RecordedEvent,
     ReuseDetected,
     RevokeReason,

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from ledger import events
-from ledger.events import (
+from ledger.domain.events import (
     EVENT_ADAPTER,
     UPCASTERS,
     SessionStarted,
@@ -93,7 +93,7 @@ def test_discriminator_is_a_stable_string() -> None:
 
 
 def test_ok_reply_is_a_valid_reply() -> None:
-    from ledger.messages import Reply, Revocation, ok
+    from ledger.contracts.commands import Reply, Revocation, ok
 
     rev = Revocation(seq=3, sid="S" * 22, revoked_at=NOW)
     reply = Reply.model_validate_json(ok(rev))

@@ -9,8 +9,8 @@ import secrets
 import pytest
 
 from ledger.client import LedgerClient
-from ledger.errors import BadRequest, LedgerError, SessionNotFound, TokenInvalid
-from ledger.store import EventStore
+from ledger.domain.errors import BadRequest, LedgerError, SessionNotFound, TokenInvalid
+from ledger.jetstream.store import EventStore
 
 
 def _forged(sid: str, generation: int = 0) -> str:

@@ -19,11 +19,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.embedded import free_port
-from ledger.errors import Unavailable
-from ledger.events import SigningKeyAdded, decode_event
-from ledger.natsconn import connect
-from ledger.store import EventStore
+from ledger.domain.errors import Unavailable
+from ledger.domain.events import SigningKeyAdded, decode_event
+from ledger.jetstream.connection import connect
+from ledger.jetstream.embedded import free_port
+from ledger.jetstream.store import EventStore
 from tests.deploy_support import (
     ConfServer,
     Secured,

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.errors import TokenInvalid
-from ledger.ids import new_sid
-from ledger.refresh import MAX_TOKEN_LEN, RefreshToken, TokenKeys, parse
+from ledger.contracts.subjects import new_sid
+from ledger.domain.errors import TokenInvalid
+from ledger.domain.refresh import MAX_TOKEN_LEN, RefreshToken, TokenKeys, parse
 
 KEYS = TokenKeys(b"k" * 32)
 sids = st.from_regex(r"[A-Za-z0-9_-]{22}", fullmatch=True)

@@ -10,11 +10,11 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import ReusePolicy, Settings
-from ledger.errors import SessionRevoked, TokenReused
-from ledger.events import ReuseDetected, RevokeReason, TokenRotated, UserSessionsRevoked
-from ledger.events import SessionRevoked as Revoked
-from ledger.messages import TokenPair
-from ledger.store import EventStore
+from ledger.contracts.commands import TokenPair
+from ledger.domain.errors import SessionRevoked, TokenReused
+from ledger.domain.events import ReuseDetected, RevokeReason, TokenRotated, UserSessionsRevoked
+from ledger.domain.events import SessionRevoked as Revoked
+from ledger.jetstream.store import EventStore
 from tests.conftest import ServiceRunner
 from tests.helpers import all_events, family_events
 

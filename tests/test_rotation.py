@@ -13,14 +13,14 @@ from datetime import timedelta
 
 import pytest
 
-from ledger.app import build_broker, build_service
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.errors import LedgerError
-from ledger.events import ReuseDetected, TokenRotated
-from ledger.messages import RotateRequest, TokenPair
-from ledger.natsconn import connect
-from ledger.store import EventStore
+from ledger.contracts.commands import RotateRequest, TokenPair
+from ledger.domain.errors import LedgerError
+from ledger.domain.events import ReuseDetected, TokenRotated
+from ledger.jetstream.connection import connect
+from ledger.jetstream.store import EventStore
+from ledger.service.app import build_broker, build_service
 from tests.helpers import all_events, family_events
 
 

@@ -9,10 +9,10 @@ from functools import reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.decide import Family
-from ledger.events import SessionStarted, UserSessionsRevoked
-from ledger.refresh import TokenKeys
-from projections.sessions import (
+from ledger.domain.decide import Family
+from ledger.domain.events import SessionStarted, UserSessionsRevoked
+from ledger.domain.refresh import TokenKeys
+from projections.sessions.fold import (
     EMPTY,
     SessionRecord,
     apply,

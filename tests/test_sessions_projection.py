@@ -19,20 +19,19 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError
 
-from ledger.cli import main as cli_main
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.errors import LedgerError, SessionExpired, Unavailable
-from ledger.events import Event
-from ledger.natsconn import connect
-from ledger.refresh import TokenKeys
-from ledger.store import EventStore
-from ledger.up import COMPONENTS
-from projections.cli import sessions_checkpoint
-from projections.rebuild import rebuild_sessions
-from projections.runner import RunnerOptions, SessionsRunner, run_sessions
-from projections.session_store import SessionStore, live_bucket
-from projections.sessions import SessionRecord, decode, fold, snapshot
+from ledger.domain.errors import LedgerError, SessionExpired, Unavailable
+from ledger.domain.events import Event
+from ledger.domain.refresh import TokenKeys
+from ledger.jetstream.connection import connect
+from ledger.jetstream.store import EventStore
+from projections.sessions.fold import SessionRecord, decode, fold, snapshot
+from projections.sessions.rebuild import rebuild_sessions
+from projections.sessions.runner import RunnerOptions, SessionsRunner, run_sessions
+from projections.sessions.store import SessionStore, live_bucket, sessions_checkpoint
+from session_ledger.cli import main as cli_main
+from session_ledger.cli.up import COMPONENTS
 from tests.sessions_history import generate, recorded
 
 FAST = RunnerOptions(batch=64, ack_wait=1.0, fetch_timeout=0.2, pointer_check=0.2, restart_delay=0.2)
@@ -462,7 +461,7 @@ async def _spawn_projection(settings: Settings) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "ledger.cli",
+        "session_ledger.cli",
         "projections",
         "run",
         "sessions",

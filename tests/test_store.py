@@ -6,7 +6,7 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.store import EventStore
+from ledger.jetstream.store import EventStore
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.embedded import NatsServer
-from ledger.errors import LedgerError
-from ledger.store import EventStore
+from ledger.domain.errors import LedgerError
+from ledger.jetstream.embedded import NatsServer
+from ledger.jetstream.store import EventStore
 from tests.helpers import all_events
 
 DELETE_DENIED, PURGE_DENIED = 10057, 10110
@@ -86,8 +86,8 @@ async def test_logs_hold_no_raw_tokens(
 
 async def test_internal_errors_log_no_input(caplog: pytest.LogCaptureFixture) -> None:
     """An unexpected failure is logged by type and place only: its text could quote a token."""
-    from ledger.app import handle
-    from ledger.messages import RotateRequest
+    from ledger.contracts.commands import RotateRequest
+    from ledger.service.app import handle
 
     secret = "rt1.AAAAAAAAAAAAAAAAAAAAAA.0." + "S" * 43
 

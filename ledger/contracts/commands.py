@@ -1,0 +1,106 @@
+"""Wire models of the command service: typed requests, typed replies, bounded sizes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from ledger.domain.errors import BadRequest, LedgerError
+from ledger.domain.events import RevokeReason
+
+MAX_REQUEST_BYTES = 16 * 1024
+
+# Printable, no whitespace or control characters: safe in logs, headers and subjects (encoded).
+Sub = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\s\x00-\x1f\x7f]+$")]
+ClientId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
+Scope = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
+SidField = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{22}$")]
+# Raw tokens are checked by the token parser, which never echoes them; this only bounds size.
+RawToken = Annotated[str, Field(max_length=4096)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StartSessionRequest(_Model):
+    sub: Sub
+    client_id: ClientId | None = None
+    scopes: Annotated[tuple[Scope, ...], Field(max_length=32)] = ()
+
+
+class RotateRequest(_Model):
+    refresh_token: RawToken = Field(repr=False)
+
+
+class RevokeSessionRequest(_Model):
+    sid: SidField
+    reason: RevokeReason = RevokeReason.LOGOUT
+
+
+class LogoutRequest(_Model):
+    refresh_token: RawToken = Field(repr=False)
+
+
+class RevokeUserRequest(_Model):
+    sub: Sub
+    reason: RevokeReason = RevokeReason.ADMIN
+
+
+class TokenPair(_Model):
+    access_token: str = Field(repr=False)
+    refresh_token: str = Field(repr=False)
+    token_type: Literal["Bearer"] = "Bearer"
+    sid: str
+    sub: str
+    generation: int
+    access_expires_at: AwareDatetime
+    refresh_expires_at: AwareDatetime
+    session_expires_at: AwareDatetime
+
+
+class Revocation(_Model):
+    """Acknowledgement of a revocation: the stream sequence is its place in the global order."""
+
+    seq: int | None
+    already_revoked: bool = False
+    sid: str | None = None
+    sub: str | None = None
+    revoked_at: datetime
+
+
+class ErrorBody(_Model):
+    code: str
+    message: str
+
+
+class Reply(_Model):
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_request(model: type[M], body: bytes) -> M:
+    """Validate a request body; every failure is ``BadRequest`` naming fields, never values."""
+    if len(body) > MAX_REQUEST_BYTES:
+        raise BadRequest(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
+        raise BadRequest(f"invalid field(s): {', '.join(fields)}") from None
+
+
+def ok(result: BaseModel) -> bytes:
+    """``Reply(ok=True, result=...)`` on the wire, serialised once (this is the hot path)."""
+    return b'{"ok":true,"result":' + result.model_dump_json().encode() + b"}"
+
+
+def fail(error: LedgerError) -> bytes:
+    body = ErrorBody(code=error.code, message=error.message)
+    return Reply(ok=False, error=body).model_dump_json(exclude_none=True).encode()

@@ -1,0 +1,98 @@
+"""One way to connect to NATS: bounded first connect, endless reconnects afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import nats
+from faststream.nats.security import NatsUserPassword
+from nats.aio.client import Client as NATS
+
+from ledger.domain.errors import Unavailable
+
+log = logging.getLogger("ledger.nats")
+_USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """``nats_url`` split into servers and credentials.
+
+    Accepts a comma-separated list (a cluster) with ``user:password@`` in any URL.
+    Credentials are passed as options, not kept in the URLs, so that servers the
+    client discovers from the cluster get them too (nats-py only reuses URL
+    credentials for the URL they came with). Each user reads replies on its own
+    inbox prefix ``_INBOX.<user>``, the only inbox ``nats.conf`` lets it subscribe to.
+    """
+
+    servers: tuple[str, ...]
+    user: str | None = None
+    password: str | None = None
+
+    @property
+    def inbox_prefix(self) -> str:
+        return f"_INBOX.{self.user}" if self.user and _USER_RE.fullmatch(self.user) else "_INBOX"
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        opts: dict[str, Any] = {"servers": list(self.servers), "inbox_prefix": self.inbox_prefix}
+        if self.user is not None:
+            opts.update(user=self.user, password=self.password or "")
+        return opts
+
+
+def parse_url(url: str) -> Endpoint:
+    servers, user, password = [], None, None
+    for raw in (part.strip() for part in url.split(",")):
+        if not raw:
+            continue
+        parts = urlsplit(raw if "://" in raw else f"nats://{raw}")
+        if parts.username is not None and user is None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        host = parts.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        servers.append(f"{parts.scheme}://{host}:{parts.port or 4222}")
+    return Endpoint(tuple(servers), user, password)
+
+
+def broker_options(url: str) -> dict[str, Any]:
+    """The same servers, credentials and inbox for a FastStream ``NatsBroker``."""
+    endpoint = parse_url(url)
+    opts: dict[str, Any] = {
+        "servers": list(endpoint.servers),
+        "inbox_prefix": endpoint.inbox_prefix,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+    }
+    if endpoint.user is not None:
+        opts["security"] = NatsUserPassword(endpoint.user, endpoint.password or "")
+    return opts
+
+
+async def _quiet_error(exc: Exception) -> None:
+    log.debug("nats: %s: %s", type(exc).__name__, exc)
+
+
+async def connect(url: str, name: str, *, deadline: float = 10.0, **options: Any) -> NATS:
+    """Connect within ``deadline`` seconds or raise ``Unavailable``; then reconnect forever.
+
+    nats-py treats ``max_reconnect_attempts=-1`` as "retry the first connect forever"
+    too, so the deadline bounds it here.
+    """
+    options.setdefault("max_reconnect_attempts", -1)
+    options.setdefault("reconnect_time_wait", 0.25)
+    options.setdefault("connect_timeout", 2)
+    options.setdefault("error_cb", _quiet_error)
+    endpoint = parse_url(url)
+    for key, value in endpoint.options().items():
+        options.setdefault(key, value)
+    try:
+        return await asyncio.wait_for(nats.connect(name=name, **options), deadline)
+    except (TimeoutError, OSError, nats.errors.Error):
+        where = ", ".join(endpoint.servers)  # never the URL: it may hold a password
+        raise Unavailable(f"cannot connect to NATS at {where}") from None

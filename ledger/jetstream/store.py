@@ -1,0 +1,270 @@
+"""The event store on JetStream: append with optimistic concurrency, O(1) current state.
+
+One stream holds every ledger event. A session family's events share the subject
+prefix ``<p>.ev.s.<sid>.*``, so "the family's latest event" is one direct get and
+"nobody extended the family since I read it" is one publish header
+(``Nats-Expected-Last-Subject-Sequence`` with its ``-Subject`` filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import fields as dataclass_fields
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from ledger.config import Settings
+from ledger.contracts.subjects import Subjects
+from ledger.domain.decide import Family
+from ledger.domain.errors import ConcurrencyConflict, LedgerError, Unavailable
+from ledger.domain.events import (
+    Event,
+    FamilyEvent,
+    RecordedEvent,
+    SessionStarted,
+    decode_event,
+    encode_event,
+)
+
+WRONG_LAST_SEQUENCE = 10071
+EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+MSG_ID = "Nats-Msg-Id"
+FACTS_CACHE_SIZE = 100_000
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.stream,
+        subjects=[Subjects(settings.subject_prefix).events],
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window.total_seconds(),
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+    )
+
+
+def config_differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """True if any field ``wanted`` sets has another value on the server."""
+    return any(
+        getattr(current, f.name) != value
+        for f in dataclass_fields(wanted)
+        if (value := getattr(wanted, f.name)) is not None
+    )
+
+
+class EventStore:
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=settings.request_timeout)
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.timeout = settings.request_timeout
+        self._direct = f"$JS.API.DIRECT.GET.{settings.stream}."
+        self._facts: OrderedDict[str, tuple[SessionStarted, int]] = OrderedDict()
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or bring an existing one to our config (idempotent).
+
+        Updates only when the config differs, so read-only users (projections, whose
+        nats.conf permissions allow stream info but not update) can call it too.
+        """
+        config = stream_config(self.settings)
+        try:
+            info = await self.js.stream_info(self.settings.stream)
+        except NotFoundError:
+            await self.js.add_stream(config)
+        else:
+            if config_differs(info.config, config):
+                await self.js.update_stream(config)
+
+    async def append(self, subject: str, event: Event, *, expect: tuple[str, int] | None = None) -> int:
+        """Append one event; ``expect=(filter, seq)`` makes it a compare-and-set.
+
+        ``Nats-Msg-Id`` is the event id, so a retry after a lost ack is deduplicated
+        by the server and reported as success with the original sequence.
+        """
+        headers = {MSG_ID: event.event_id}
+        if expect is not None:
+            headers[EXPECTED_SEQ_SUBJECT], seq = expect[0], expect[1]
+            headers[EXPECTED_SEQ] = str(seq)
+        payload = encode_event(event)
+        for attempt in range(3):
+            try:
+                reply = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable("not connected to NATS") from None
+            try:
+                return self._ack_seq(reply, subject, expect)
+            except ConcurrencyConflict:
+                if attempt == 0 or expect is None:
+                    raise
+                return await self._landed_seq(event, expect[0])
+        raise Unavailable("event store did not acknowledge the append")
+
+    async def _landed_seq(self, event: Event, filter_: str) -> int:
+        """After a lost ack, the CAS check answers before dedup does: did our event land?"""
+        rec = await self.last(filter_)
+        if rec is not None and rec.event.event_id == event.event_id:
+            return rec.seq
+        raise ConcurrencyConflict(filter_, -1)
+
+    @staticmethod
+    def _ack_seq(reply: Msg, subject: str, expect: tuple[str, int] | None) -> int:
+        ack: dict[str, Any] = json.loads(reply.data or b"{}")
+        error = ack.get("error")
+        if error is None and "seq" in ack:
+            return int(ack["seq"])
+        if error and error.get("err_code") == WRONG_LAST_SEQUENCE and expect is not None:
+            raise ConcurrencyConflict(expect[0], expect[1])
+        description = (error or {}).get("description", "no ack")
+        raise Unavailable(f"append to {subject} refused: {description}")
+
+    async def append_chain(
+        self,
+        subject_of: Callable[[FamilyEvent], str],
+        events: Sequence[FamilyEvent],
+        filter_: str,
+        expected: int,
+    ) -> int:
+        """Append several family events, each a CAS on the one before it."""
+        seq = expected
+        for event in events:
+            seq = await self.append(subject_of(event), event, expect=(filter_, seq))
+        return seq
+
+    async def last(self, subject: str) -> RecordedEvent | None:
+        """The last event on ``subject`` (wildcards allowed).
+
+        With one replica, a direct get (fast). With several, a direct get may be
+        answered by a lagging follower, which could hide a just-committed rotation or
+        revoke-all; decisions must read what the leader has, so ask the leader.
+        """
+        if self.settings.replicas > 1:
+            return await self._leader_last(subject)
+        msg = await self._request(self._direct + subject, b"")
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status is not None or not msg.data:
+            raise Unavailable(f"direct get failed: {headers.get('Description', status)}")
+        return RecordedEvent(
+            event=decode_event(msg.data),
+            seq=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            time=_parse_time(headers.get("Nats-Time-Stamp")),
+        )
+
+    async def _leader_last(self, subject: str) -> RecordedEvent | None:
+        api = f"$JS.API.STREAM.MSG.GET.{self.settings.stream}"
+        msg = await self._request(api, json.dumps({"last_by_subj": subject}).encode())
+        reply: dict[str, Any] = json.loads(msg.data or b"{}")
+        if (error := reply.get("error")) is not None:
+            if error.get("code") == 404:
+                return None
+            raise Unavailable(f"message get failed: {error.get('description')}")
+        found = reply["message"]
+        return RecordedEvent(
+            event=decode_event(base64.b64decode(found["data"])),
+            seq=int(found["seq"]),
+            subject=found["subject"],
+            time=_parse_time(found.get("time")),
+        )
+
+    async def _request(self, subject: str, payload: bytes) -> Msg:
+        try:
+            return await self.nc.request(subject, payload, timeout=self.timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise Unavailable("event store did not answer") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
+
+    async def family(self, sid: str) -> Family | None:
+        """Facts (cached forever) + latest event: O(1) whatever the family's length."""
+        head = await self.last(self.subjects.family_filter(sid))
+        if head is None:
+            return None
+        facts = await self._facts_for(sid, head)
+        event = head.event
+        assert isinstance(event, FamilyEvent)
+        return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=head.seq)
+
+    def cached_sub(self, sid: str) -> str | None:
+        cached = self._facts.get(sid)
+        return None if cached is None else cached[0].sub
+
+    async def _facts_for(self, sid: str, head: RecordedEvent) -> tuple[SessionStarted, int]:
+        if isinstance(head.event, SessionStarted):
+            facts = (head.event, head.seq)
+        elif (cached := self._facts.get(sid)) is not None:
+            return cached
+        else:
+            rec = await self.last(self.subjects.family(sid, "started"))
+            if rec is None or not isinstance(rec.event, SessionStarted):
+                raise LedgerError(f"family {sid} has no SessionStarted")
+            facts = (rec.event, rec.seq)
+        self._facts[sid] = facts
+        if len(self._facts) > FACTS_CACHE_SIZE:
+            self._facts.popitem(last=False)
+        return facts
+
+    async def user_cut(self, sub: str) -> int | None:
+        """Stream sequence of the user's latest revoke-all: sessions started before it are dead."""
+        rec = await self.last(self.subjects.user(sub))
+        return None if rec is None else rec.seq
+
+    async def last_seq(self) -> int:
+        info = await self.js.stream_info(self.settings.stream)
+        return int(info.state.last_seq)
+
+    async def read(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[RecordedEvent]:
+        """Events in stream order from ``from_seq``; stops at the current end unless ``follow``."""
+        end = await self.last_seq()
+        if not follow and end < from_seq:
+            return
+        sub = await self.js.subscribe(
+            self.subjects.events,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq),
+            stream=self.settings.stream,
+        )
+        try:
+            async for msg in sub.messages:
+                meta = msg.metadata
+                yield RecordedEvent(
+                    event=decode_event(msg.data),
+                    seq=meta.sequence.stream,
+                    subject=msg.subject,
+                    time=meta.timestamp,
+                )
+                if not follow and meta.sequence.stream >= end:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """Parse JetStream's RFC 3339 timestamps (nanoseconds, ``Z``) to an aware datetime."""
+    if not value:
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+    except ValueError:
+        return None

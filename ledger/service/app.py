@@ -1,0 +1,142 @@
+"""Wiring: the command service as a FastStream NATS app (queue group, request/reply)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from faststream.message import StreamMessage
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel
+
+from ledger.config import Settings
+from ledger.contracts.commands import (
+    LogoutRequest,
+    RevokeSessionRequest,
+    RevokeUserRequest,
+    RotateRequest,
+    StartSessionRequest,
+    fail,
+    ok,
+    parse_request,
+)
+from ledger.contracts.subjects import Subjects
+from ledger.domain.errors import LedgerError, Unavailable
+from ledger.domain.refresh import TokenKeys
+from ledger.jetstream.connection import broker_options, connect
+from ledger.jetstream.store import EventStore
+from ledger.service.handlers import LedgerService
+from ledger.service.keys import load_or_create_master, load_or_create_signing_key
+from ledger.service.signer import AccessTokenSigner
+
+log = logging.getLogger("ledger.service.app")
+QUEUE_GROUP = "ledger-service"
+MAX_IN_FLIGHT = 256
+
+Req = TypeVar("Req", bound=BaseModel)
+
+
+async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], body: bytes) -> bytes:
+    """Decode, run, encode: every outcome is a typed reply, never a silent drop."""
+    try:
+        return ok(await call(parse_request(model, body)))
+    except LedgerError as err:
+        return fail(err)
+    except Exception as exc:  # the type and place only: an exception's text may quote the input
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error("internal error while handling a command: %s at %s", type(exc).__name__, where)
+        return fail(Unavailable("internal error"))
+
+
+def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
+    # Per-message logging roughly halves request/reply throughput: keep it off.
+    broker = NatsBroker(
+        **broker_options(settings.nats_url), logger=None, graceful_timeout=5.0, apply_types=False
+    )
+    subjects = Subjects(settings.subject_prefix)
+    routes: list[tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = [
+        ("start", StartSessionRequest, service.start_session),
+        ("rotate", RotateRequest, service.rotate),
+        ("revoke", RevokeSessionRequest, service.revoke_session),
+        ("logout", LogoutRequest, service.logout),
+        ("revoke_user", RevokeUserRequest, service.revoke_user),
+    ]
+    for name, model, call in routes:
+        _route(broker, subjects.command(name), model, call)
+    return broker
+
+
+async def _raw_body(msg: StreamMessage[Any]) -> bytes:
+    """Hand the body over undecoded: our own size-bounded validation answers every input."""
+    return msg.body
+
+
+def _route(
+    broker: NatsBroker,
+    subject: str,
+    model: type[BaseModel],
+    call: Callable[..., Awaitable[BaseModel]],
+) -> None:
+    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT, decoder=_raw_body)
+    async def _handler(body: bytes) -> bytes:
+        return await handle(model, call, body)
+
+
+async def build_service(settings: Settings, nc: NATS, *, deadline: float = 30.0) -> LedgerService:
+    """Keys from disk, the stream ensured and the public key published.
+
+    Retried until ``deadline``: on a fresh cluster the stream may still be electing
+    its leader when the service starts.
+    """
+    store = EventStore(nc, settings)
+    keys = TokenKeys(load_or_create_master(settings.keys_path))
+    signing = load_or_create_signing_key(settings.keys_path, settings.algorithm, settings.key_passphrase)
+    signer = AccessTokenSigner(
+        signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
+    )
+    service = LedgerService(store, keys, signer, settings)
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            await store.ensure_stream()
+            await service.publish_signing_key()
+            return service
+        except (Unavailable, nats.errors.Error, TimeoutError) as err:
+            if time.monotonic() > give_up:
+                raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
+            log.info("stream not ready (%s); retrying", type(err).__name__)
+            await asyncio.sleep(0.5)
+
+
+async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Run one ledger service instance until ``stop`` is set."""
+    nc = await connect(settings.nats_url, "ledger-service")
+    try:
+        service = await build_service(settings, nc)
+        broker = build_broker(service, settings)
+        await broker.start()
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await _quietly(broker.stop())
+    finally:
+        await _quietly(nc.drain())
+        if not nc.is_closed:
+            await nc.close()
+
+
+async def _quietly(closing: Awaitable[object]) -> None:
+    """Shut down even while NATS is away: draining needs the server, closing does not."""
+    try:
+        await asyncio.wait_for(closing, 10)
+    except (nats.errors.Error, TimeoutError, OSError) as err:
+        log.info("closed without draining: %s", type(err).__name__)

@@ -1,0 +1,227 @@
+"""The command service: read state, decide, append, answer. I/O lives here, rules in ``decide``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ledger.config import Settings
+from ledger.contracts.commands import (
+    LogoutRequest,
+    Revocation,
+    RevokeSessionRequest,
+    RevokeUserRequest,
+    RotateRequest,
+    StartSessionRequest,
+    TokenPair,
+)
+from ledger.contracts.subjects import Subjects, new_event_id, new_sid
+from ledger.domain import decide, refresh
+from ledger.domain.decide import Family, Ids, Policy
+from ledger.domain.errors import ConcurrencyConflict, SessionRevoked, TokenReused, Unavailable
+from ledger.domain.events import FamilyEvent, SigningKeyAdded
+from ledger.domain.refresh import RefreshToken, TokenKeys
+from ledger.jetstream.store import EventStore
+from ledger.service.signer import AccessGrant, AccessTokenSigner
+
+log = logging.getLogger("ledger.service.handlers")
+MAX_CAS_ATTEMPTS = 8
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerService:
+    def __init__(
+        self,
+        store: EventStore,
+        keys: TokenKeys,
+        signer: AccessTokenSigner,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.signer = signer
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.policy = Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
+
+    async def publish_signing_key(self) -> None:
+        """Publish the active key's public JWK once, so verifiers learn it from the stream."""
+        key = self.signer.key
+        subject = self.subjects.key(key.kid, "added")
+        if await self.store.last(subject) is not None:
+            return
+        event = SigningKeyAdded(
+            event_id=hashlib.sha256(key.kid.encode()).hexdigest()[:32],  # same id on every instance
+            occurred_at=self.clock(),
+            kid=key.kid,
+            alg=key.alg,
+            public_jwk=key.public_jwk(),
+        )
+        with contextlib.suppress(ConcurrencyConflict):  # another instance published it first
+            await self.store.append(subject, event, expect=(subject, 0))
+
+    async def start_session(self, req: StartSessionRequest) -> TokenPair:
+        now = self.clock()
+        sid = new_sid()
+        first = self.keys.first(sid, self.random_bytes(refresh.SECRET_BYTES))
+        event = decide.start_session(
+            sid=sid,
+            sub=req.sub,
+            client_id=req.client_id,
+            scopes=req.scopes,
+            first=first,
+            keys=self.keys,
+            idle_ttl=self.settings.refresh_idle_ttl,
+            absolute_ttl=self.settings.session_absolute_ttl,
+            now=now,
+            event_id=new_event_id(),
+        )
+        seq = await self.store.append(
+            self.subjects.family(sid, "started"),
+            event,
+            expect=(self.subjects.family_filter(sid), 0),
+        )
+        return self._pair(decide.evolve(None, event, seq), first, now)
+
+    async def rotate(self, req: RotateRequest) -> TokenPair:
+        token = refresh.parse(req.refresh_token)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            family, cut = await self._read(token.sid)
+            now = self.clock()
+            outcome = decide.rotate(
+                family,
+                token,
+                user_cut_seq=cut,
+                keys=self.keys,
+                policy=self.policy,
+                now=now,
+                ids=Ids((new_event_id(), new_event_id())),
+            )
+            assert family is not None
+            try:
+                if isinstance(outcome, decide.Retried):
+                    return self._pair(family, outcome.successor, now)
+                if isinstance(outcome, decide.Rotated):
+                    seq = await self._append_family(family, outcome.events)
+                    await self._check_user_cut_after(family, seq)
+                    rotated = decide.evolve(family, outcome.events[0], seq)
+                    return self._pair(rotated, outcome.successor, now)
+                for event in outcome.user_events:  # widest revocation first: a crash can't narrow it
+                    await self.store.append(self.subjects.user(event.sub), event)
+                await self._append_family(family, outcome.family_events)
+                log.warning(
+                    "refresh token reuse: sid=%s presented_generation=%d head=%d",
+                    family.started.sid,
+                    token.generation,
+                    family.head.generation,
+                )
+                raise TokenReused("refresh token reuse detected; session revoked")
+            except ConcurrencyConflict:
+                continue  # another writer extended the family first: re-read, decide again
+        raise Unavailable("too much contention on this session; retry")
+
+    async def logout(self, req: LogoutRequest) -> Revocation:
+        """Revoke the session of a presented refresh token (proof of possession, not just a sid)."""
+        token = refresh.parse(req.refresh_token)
+        family, _ = await self._read(token.sid)
+        decide.check_genuine(family, token, self.keys, self.settings.max_generations)
+        return await self.revoke_session(RevokeSessionRequest(sid=token.sid))
+
+    async def revoke_session(self, req: RevokeSessionRequest) -> Revocation:
+        requested_at = self.clock()
+        for _ in range(MAX_CAS_ATTEMPTS):
+            family = await self.store.family(req.sid)
+            now = self.clock()
+            event = decide.revoke_session(
+                family,
+                reason=req.reason,
+                requested_at=requested_at,
+                now=now,
+                event_id=new_event_id(),
+            )
+            assert family is not None
+            if event is None:
+                return Revocation(seq=None, already_revoked=True, sid=req.sid, revoked_at=now)
+            try:
+                seq = await self._append_family(family, (event,))
+            except ConcurrencyConflict:
+                continue
+            return Revocation(seq=seq, sid=req.sid, sub=event.sub, revoked_at=now)
+        raise Unavailable("too much contention on this session; retry")
+
+    async def revoke_user(self, req: RevokeUserRequest) -> Revocation:
+        now = self.clock()
+        event = decide.revoke_user(
+            req.sub, reason=req.reason, requested_at=now, now=now, event_id=new_event_id()
+        )
+        seq = await self.store.append(self.subjects.user(req.sub), event)
+        return Revocation(seq=seq, sub=req.sub, revoked_at=now)
+
+    async def _read(self, sid: str) -> tuple[Family | None, int | None]:
+        """The family and its user's cut; both reads at once when the facts are cached."""
+        sub = self.store.cached_sub(sid)
+        if sub is not None:
+            family, cut = await asyncio.gather(self.store.family(sid), self.store.user_cut(sub))
+            return family, cut
+        family = await self.store.family(sid)
+        if family is None:
+            return None, None
+        return family, await self.store.user_cut(family.started.sub)
+
+    async def _append_family(self, family: Family, events: tuple[FamilyEvent, ...]) -> int:
+        sid = family.started.sid
+        return await self.store.append_chain(
+            lambda e: self.subjects.family(sid, _KIND[type(e).__name__]),
+            events,
+            self.subjects.family_filter(sid),
+            family.head_seq,
+        )
+
+    async def _check_user_cut_after(self, family: Family, seq: int) -> None:
+        """A revoke-all committed before our rotation wins, even if we read before it (inv. 8)."""
+        cut = await self.store.user_cut(family.started.sub)
+        if cut is not None and family.start_seq < cut < seq:
+            raise SessionRevoked("session was revoked")
+
+    def _pair(self, family: Family, token: RefreshToken, now: datetime) -> TokenPair:
+        started = family.started
+        grant = AccessGrant(
+            sub=started.sub,
+            sid=started.sid,
+            scopes=started.scopes,
+            session_started_at=started.occurred_at,
+            session_start_seq=family.start_seq,
+            client_id=started.client_id,
+        )
+        access, access_exp = self.signer.sign(grant, now=now, cap=family.expires_at)
+        return TokenPair(
+            access_token=access,
+            refresh_token=str(token),
+            sid=started.sid,
+            sub=started.sub,
+            generation=token.generation,
+            access_expires_at=access_exp,
+            refresh_expires_at=family.refresh_expires_at,
+            session_expires_at=family.expires_at,
+        )
+
+
+_KIND = {
+    "SessionStarted": "started",
+    "TokenRotated": "rotated",
+    "ReuseDetected": "reuse",
+    "SessionRevoked": "revoked",
+}

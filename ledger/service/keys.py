@@ -1,0 +1,113 @@
+"""Server-held key material: the token master secret and the access-token signing key.
+
+Private keys stay on disk under the key directory (0600, encrypted with
+``LEDGER_KEY_PASSPHRASE`` when set) and never enter the stream: only the public
+JWK is published, as a ``SigningKeyAdded`` event.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from ledger.domain.errors import ConfigError
+
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+MASTER_FILE = "ledger.secret"
+ACTIVE_FILE = "active"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    private: PrivateKey = field(repr=False)
+
+    @property
+    def public(self) -> PublicKey:
+        return self.private.public_key()
+
+    def public_jwk(self) -> dict[str, str]:
+        return public_jwk(self.public, self.kid, self.alg)
+
+
+def public_jwk(key: PublicKey, kid: str, alg: str) -> dict[str, str]:
+    jwk: dict[str, Any]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(key, as_dict=True)
+    elif isinstance(key, ed25519.Ed25519PublicKey):
+        jwk = OKPAlgorithm.to_jwk(key, as_dict=True)
+    else:
+        jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+    jwk.update(kid=kid, alg=alg, use="sig")
+    return {k: str(v) for k, v in jwk.items()}
+
+
+def generate(alg: str) -> PrivateKey:
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    if alg == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ConfigError(f"unsupported algorithm {alg!r}")
+
+
+def key_id(key: PublicKey) -> str:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()[:12]).decode().rstrip("=")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def load_or_create_master(key_dir: Path) -> bytes:
+    """The 32-byte secret all service instances share (rotation HMAC and token hashes)."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = key_dir / MASTER_FILE
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another instance created it first
+            _write_private(path, secrets.token_bytes(32))
+    data = path.read_bytes()
+    if len(data) < 32:
+        raise ConfigError(f"{path} holds fewer than 32 bytes")
+    return data
+
+
+def load_or_create_signing_key(key_dir: Path, alg: str, passphrase: str | None) -> SigningKey:
+    """Load the active signing key for ``alg``, creating one on first start."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    active = key_dir / f"{ACTIVE_FILE}.{alg}"
+    password = passphrase.encode() if passphrase else None
+    if active.exists():
+        kid = active.read_text().strip()
+        pem = (key_dir / f"{kid}.pem").read_bytes()
+        try:
+            private = serialization.load_pem_private_key(pem, password=password)
+        except (TypeError, ValueError):
+            raise ConfigError(f"cannot load signing key {kid}: wrong or missing passphrase") from None
+        return SigningKey(kid, alg, private)  # type: ignore[arg-type]
+    private = generate(alg)
+    kid = key_id(private.public_key())
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    _write_private(key_dir / f"{kid}.pem", pem)
+    active.write_text(kid)
+    return SigningKey(kid, alg, private)

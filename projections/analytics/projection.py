@@ -1,0 +1,341 @@
+"""The analytics projection: every ledger event (and edge receipt) into one DuckDB file.
+
+One process writes the file (DuckDB allows one writer per file). It pulls batches
+from a durable JetStream consumer, stages each batch as NDJSON and loads it with one
+``INSERT ... SELECT FROM read_json(...)``, and stores the batch's last stream
+sequence in ``checkpoints`` in the same transaction (invariant 7): a crash before
+COMMIT loses the whole batch and the restart resumes from checkpoint + 1. After a
+commit, at most every ``snapshot_every`` seconds, it publishes the snapshot readers
+use (``projections.analytics.db``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from ledger.config import Settings
+from ledger.domain.errors import Unavailable
+from ledger.jetstream.connection import connect
+from ledger.jetstream.pull import Puller
+from projections.analytics.db import (
+    AnalyticsDB,
+    Feed,
+    ack_position,
+    db_path_for,
+    open_reader,
+    snapshot_path,
+    stage_line,
+)
+from projections.analytics.schema import EVENT_FIELDS, RECEIPT_FIELDS
+
+log = logging.getLogger("projections.analytics.projection")
+
+RECEIPTS_STREAM = "LEDGER_RECEIPTS"
+DURABLE = "analytics"
+BATCH = 20_000  # measured: 5,000 -> 0.27x raw pull, 20,000 -> 0.52x, 50,000 -> 0.48x (200k events)
+SNAPSHOT_EVERY = 5.0
+FETCH_WAIT = 0.5
+RECEIPTS_PROBE_EVERY = 5.0
+
+__all__ = [
+    "AnalyticsDB",
+    "AnalyticsProjection",
+    "Feed",
+    "ack_position",
+    "db_path_for",
+    "open_reader",
+    "rebuild_subject",
+    "run_analytics",
+    "snapshot_path",
+    "stage_line",
+]
+
+
+def feeds(settings: Settings, durable: str = DURABLE) -> tuple[Feed, Feed]:
+    events = Feed(settings.stream, "events", EVENT_FIELDS, durable, f"{settings.subject_prefix}.ev.>")
+    receipts = Feed(RECEIPTS_STREAM, "receipts", RECEIPT_FIELDS, f"{durable}_receipts")
+    return events, receipts
+
+
+@dataclass
+class Progress:
+    """Counts for the progress line on stderr (rebuild) and for the tests."""
+
+    applied: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        return self.applied / max(time.monotonic() - self.started, 1e-9)
+
+
+class AnalyticsProjection:
+    """Pulls both feeds into ``AnalyticsDB`` until ``stop`` (or until caught up, for a rebuild)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: AnalyticsDB,
+        *,
+        durable: str = DURABLE,
+        batch: int = BATCH,
+        snapshot_every: float | None = SNAPSHOT_EVERY,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.batch = batch
+        self.snapshot_every = snapshot_every
+        self.events, self.receipts = feeds(settings, durable)
+        self.progress = Progress()
+        self._subs: dict[str, Puller] = {}
+        self._nc: Any = None
+        self._last_seq: dict[str, int] = {}
+        self._last_snapshot = 0.0
+        self._dirty = False
+        self._last_probe = 0.0
+        self._rebuild_requests: list[Msg] = []
+        self._prefetched: dict[str, list[Msg]] = {}
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
+        try:
+            js = nc.jetstream(timeout=self.settings.request_timeout)
+            await self._wait_for_stream(js, stop)
+            await self._bind(js, self.events)
+            await nc.subscribe(rebuild_subject(self.settings), cb=self._rebuild_requests_append)
+            if ready is not None:
+                ready.set()
+            while not stop.is_set():
+                if self._rebuild_requests:
+                    await self._rebuild_in_place(js)
+                try:
+                    await self._step(js, follow=True)
+                except (nats.errors.Error, TimeoutError, Unavailable) as err:  # NATS away: retry, never die
+                    log.warning("analytics: %s; retrying", type(err).__name__)
+                    await asyncio.sleep(1.0)
+                    await self._rebind(js)
+        finally:
+            await self._finish(nc)
+
+    async def _wait_for_stream(self, js: Any, stop: asyncio.Event) -> None:
+        """Started before the ledger service (``analytics run`` alone): wait for its stream."""
+        while not stop.is_set():
+            try:
+                await js.stream_info(self.settings.stream)
+                return
+            except NotFoundError:
+                log.info("analytics: waiting for stream %s", self.settings.stream)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _rebuild_requests_append(self, msg: Msg) -> None:
+        self._rebuild_requests.append(msg)
+
+    async def _rebuild_in_place(self, js: Any) -> None:
+        """``session-ledger analytics rebuild`` while this process holds the file: build a
+        fresh file from sequence 1 (ingest pauses meanwhile), swap it in, resume from its
+        checkpoint + 1, answer the requester."""
+        from projections.analytics.rebuild import build_fresh, swap_in
+
+        requests, self._rebuild_requests = self._rebuild_requests, []
+        began = time.monotonic()
+        try:
+            progress = await build_fresh(self.settings, self.db.path, print_progress)
+            path, grace, hook = self.db.path, self.db.grace_window_s, self.db.before_commit
+            self.db.close()
+            try:
+                swap_in(path)
+            finally:  # swapped or not, keep a live connection to follow the stream
+                self.db = AnalyticsDB(path, grace_window_s=grace)
+                self.db.before_commit = hook
+            for feed in (self.events, self.receipts):
+                if feed.stream in self._subs:
+                    await self._bind(js, feed)
+            self._dirty = True
+            await self._maybe_snapshot(force=True)
+            answer: dict[str, Any] = {
+                "ok": True,
+                "rows": progress.applied,
+                "seconds": time.monotonic() - began,
+            }
+        except Exception as err:
+            log.exception("analytics: rebuild failed")
+            answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        for msg in requests:
+            with contextlib.suppress(Exception):
+                await msg.respond(json.dumps(answer).encode())
+
+    async def catch_up(self, on_batch: Callable[[Progress], None] | None = None) -> Progress:
+        """Apply everything in the streams now, then return (used by rebuild and tests)."""
+        nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics-rebuild")
+        try:
+            js = nc.jetstream(timeout=self.settings.request_timeout)
+            await self._bind(js, self.events)
+            await self._probe_receipts(js, force=True)
+            pending = True
+            while pending:
+                pending = await self._step(js, follow=False)
+                if on_batch is not None:
+                    on_batch(self.progress)
+        finally:
+            await self._finish(nc)
+        return self.progress
+
+    async def _finish(self, nc: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self._maybe_snapshot(force=True)
+        for puller in self._subs.values():
+            with contextlib.suppress(Exception):
+                await puller.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+    async def _step(self, js: Any, *, follow: bool) -> bool:
+        """One round over the feeds; True while any feed still had messages."""
+        got = await self._pump(self.events, FETCH_WAIT if follow else None)
+        await self._probe_receipts(js)
+        if self.receipts.stream in self._subs:
+            got = await self._pump(self.receipts, None) or got
+        await self._maybe_snapshot()
+        if not got and not follow:
+            return await self._has_pending(js)
+        return got
+
+    async def _bind(self, js: Any, feed: Feed) -> None:
+        """(Re)create the durable at checkpoint + 1: DuckDB, not the server, owns the position,
+        and a fresh consumer redelivers a crashed batch at once instead of after ack_wait."""
+        if (old := self._subs.pop(feed.stream, None)) is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        start = self.db.checkpoint(feed.stream) + 1
+        self._last_seq[feed.stream] = start - 1
+        self._prefetched.pop(feed.stream, None)  # the new consumer delivers them again
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(feed.stream, feed.durable)
+        config = ConsumerConfig(
+            durable_name=feed.durable,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=60.0,
+            max_ack_pending=self.batch * 4,
+            filter_subject=feed.filter_subject,
+        )
+        await js.add_consumer(feed.stream, config)
+        self._subs[feed.stream] = await Puller(self._nc, feed.stream, feed.durable).start()
+
+    async def _rebind(self, js: Any) -> None:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            for feed in (self.events, self.receipts):
+                if feed.stream in self._subs:
+                    await self._bind(js, feed)
+
+    async def _probe_receipts(self, js: Any, *, force: bool = False) -> None:
+        """Receipts are optional: follow the stream once an edge verifier has created it."""
+        now = time.monotonic()
+        if self.receipts.stream in self._subs or (
+            not force and now - self._last_probe < RECEIPTS_PROBE_EVERY
+        ):
+            return
+        self._last_probe = now
+        try:
+            await js.stream_info(self.receipts.stream)
+        except NotFoundError:
+            return
+        await self._bind(js, self.receipts)
+
+    async def _pump(self, feed: Feed, wait: float | None) -> bool:
+        """Apply one batch in a worker thread (DuckDB releases the GIL) while the next one is
+        fetched: ingest then costs about max(fetch, load) per batch, not their sum. The
+        prefetched batch is only held in memory; the checkpoint still moves with its rows."""
+        puller = self._subs[feed.stream]
+        msgs = self._prefetched.pop(feed.stream, None) or await puller.fetch(self.batch, wait=wait)
+        if not msgs:
+            return False
+        applied, fetched = await asyncio.gather(
+            asyncio.to_thread(self._apply, feed, msgs), puller.fetch(self.batch), return_exceptions=True
+        )
+        for outcome in (applied, fetched):  # both finished: nobody else touches the connection now
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(fetched, list)
+        self._prefetched[feed.stream] = fetched
+        await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the batch
+        return True
+
+    def _apply(self, feed: Feed, msgs: list[Msg]) -> None:
+        lines, last = self._stage(feed, msgs, strict=False)
+        if not lines:
+            return
+        try:
+            self.db.apply(feed, lines, last)
+        except (duckdb.InvalidInputException, duckdb.ConversionException):
+            log.warning("analytics: malformed payload in batch ending at seq %d; staging it strictly", last)
+            self.db.apply(feed, self._stage(feed, msgs, strict=True)[0], last)
+        self._last_seq[feed.stream] = last
+        self.progress.applied += len(lines)
+        self.progress.batches += 1
+        self._dirty = True
+
+    def _stage(self, feed: Feed, msgs: list[Msg], *, strict: bool) -> tuple[list[bytes], int]:
+        last = self._last_seq[feed.stream]
+        lines: list[bytes] = []
+        for msg in msgs:
+            seq, ts_ns = ack_position(msg.reply)
+            if seq > last:  # a redelivery of something already applied is skipped
+                lines.append(stage_line(msg.data, seq, msg.subject, ts_ns, strict=strict))
+                last = seq
+        return lines, last
+
+    async def _has_pending(self, js: Any) -> bool:
+        for feed in (self.events, self.receipts):
+            if feed.stream not in self._subs:
+                continue
+            info = await js.consumer_info(feed.stream, feed.durable)
+            if info.num_pending or info.num_ack_pending:
+                return True
+        return False
+
+    async def _maybe_snapshot(self, *, force: bool = False) -> None:
+        if self.snapshot_every is None or not self._dirty:
+            return
+        if not force and time.monotonic() - self._last_snapshot < self.snapshot_every:
+            return
+        started = time.monotonic()
+        await self.db.publish_snapshot()
+        self._dirty = False
+        # A big file copies slowly: never spend more than ~10% of the time copying.
+        self._last_snapshot = time.monotonic() + 9 * (time.monotonic() - started)
+
+
+async def run_analytics(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """The ``session-ledger up`` component: follow the streams until ``stop``."""
+    db = AnalyticsDB(db_path_for(settings), grace_window_s=settings.grace_window.total_seconds())
+    try:
+        await AnalyticsProjection(settings, db).run(stop, ready)
+    finally:
+        db.close()
+
+
+def rebuild_subject(settings: Settings) -> str:
+    """Where a running projection takes rebuild requests (it holds the file, nobody else can)."""
+    return f"{settings.subject_prefix}.analytics.rebuild"
+
+
+def print_progress(p: Progress) -> None:
+    if p.batches % 20 == 1:
+        print(f"analytics rebuild: {p.applied} rows, {p.rate():,.0f}/s", file=sys.stderr, flush=True)

@@ -1,0 +1,119 @@
+"""Rebuild the analytics file from sequence 1 (invariant 6), offline or inside the runner.
+
+A rebuild never edits the live file: it loads every event into ``<file>.rebuild`` with
+its own durable consumer, then swaps it in with one rename. When no process holds the
+file, the CLI does that itself; when ``session-ledger up`` holds it, the CLI asks the
+running projection over NATS (``<prefix>.analytics.rebuild``), which pauses ingest,
+builds, swaps and resumes from the new file's checkpoint + 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import nats.errors
+from nats.js.errors import NotFoundError
+
+from ledger.config import Settings
+from ledger.domain.errors import Unavailable
+from ledger.jetstream.connection import connect
+from projections.analytics.projection import (
+    DURABLE,
+    AnalyticsDB,
+    AnalyticsProjection,
+    Progress,
+    print_progress,
+    rebuild_subject,
+    snapshot_path,
+)
+
+REBUILD_TIMEOUT = 3600.0
+
+
+def staging_path(target: Path) -> Path:
+    return target.with_name(target.name + ".rebuild")
+
+
+async def build_fresh(
+    settings: Settings, target: Path, on_batch: Callable[[Progress], None] | None
+) -> Progress:
+    """Load every event so far into ``<target>.rebuild``; the live file is not touched."""
+    tmp = staging_path(target)
+    for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    db = AnalyticsDB(tmp, grace_window_s=settings.grace_window.total_seconds())
+    projection = AnalyticsProjection(settings, db, durable=f"{DURABLE}_rebuild", snapshot_every=None)
+    try:
+        progress = await projection.catch_up(on_batch)
+        db.conn.execute("CHECKPOINT")
+    finally:
+        db.close()
+    await _drop_consumers(settings, projection)
+    return progress
+
+
+def swap_in(target: Path) -> None:
+    """Replace ``target`` by the rebuilt file (the caller holds no connection to it)."""
+    target.with_name(target.name + ".wal").unlink(missing_ok=True)
+    os.replace(staging_path(target), target)
+
+
+async def _drop_consumers(settings: Settings, projection: AnalyticsProjection) -> None:
+    nc = await connect(settings.nats_url, "ledger-analytics-rebuild")
+    try:
+        js = nc.jetstream(timeout=settings.request_timeout)
+        for feed in (projection.events, projection.receipts):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(feed.stream, feed.durable)
+    finally:
+        await nc.drain()
+
+
+async def rebuild(settings: Settings, db_path: Path, *, quiet: bool = False) -> Progress:
+    """Offline rebuild; ``duckdb.IOException`` if another process holds the file."""
+    if db_path.exists():
+        duckdb.connect(str(db_path)).close()  # raises IOException while a writer holds it
+    progress = await build_fresh(settings, db_path, None if quiet else print_progress)
+    swap_in(db_path)
+    snap = snapshot_path(db_path)
+    shutil.copyfile(db_path, snap.with_name(snap.name + ".tmp"))  # this process holds no lock on it
+    os.replace(snap.with_name(snap.name + ".tmp"), snap)
+    return progress
+
+
+async def request_rebuild(settings: Settings, timeout: float = REBUILD_TIMEOUT) -> dict[str, Any]:
+    """Ask the running projection to rebuild itself; its answer, or ``Unavailable``."""
+    nc = await connect(settings.nats_url, "ledger-analytics-cli")
+    try:
+        msg = await nc.request(rebuild_subject(settings), b"{}", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise Unavailable(
+            "the analytics file is held by a process that is not a running projection"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise Unavailable(f"the running projection did not finish the rebuild in {timeout:.0f}s") from None
+    finally:
+        await nc.drain()
+    answer: dict[str, Any] = json.loads(msg.data)
+    if not answer.get("ok"):
+        raise Unavailable(f"rebuild failed in the running projection: {answer.get('error')}")
+    return answer
+
+
+async def rebuild_anywhere(settings: Settings, db_path: Path, *, quiet: bool = False) -> dict[str, Any]:
+    """Offline if the file is free, else through the running projection."""
+    began = time.monotonic()
+    try:
+        progress = await rebuild(settings, db_path, quiet=quiet)
+    except duckdb.IOException:
+        answer = await request_rebuild(settings)
+        return {"rows": answer["rows"], "seconds": answer["seconds"], "where": "running projection"}
+    return {"rows": progress.applied, "seconds": time.monotonic() - began, "where": "offline"}

@@ -1,0 +1,158 @@
+"""Pure answers of the query side: session views and RFC 7662 introspection.
+
+Refresh tokens are judged by the ledger's own decision functions on the projected
+family, so the projection cannot disagree with the ledger about a token it has
+caught up on, and a forgery gets the same ``{"active": false}`` as an unknown
+token (no oracle). Access tokens are verified with the public key published in
+``SigningKeyAdded`` (algorithm from the key record, never from the token header).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import jwt
+
+from ledger.contracts.queries import INACTIVE, Introspection, SessionView
+from ledger.domain import decide
+from ledger.domain.errors import LedgerError
+from ledger.domain.refresh import RefreshToken, TokenKeys
+from projections.sessions.fold import KeyRecord, SessionRecord, end_reason, is_active, status
+
+log = logging.getLogger("projections.sessions.answers")
+DUMMY_IDS = decide.Ids(("0" * 32, "0" * 32))
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "ssq"]
+
+
+def session_view(session: SessionRecord, now: datetime, user_cut: int | None) -> SessionView:
+    family, started = session.family(), session.started
+    terminal = family.is_terminal
+    return SessionView(
+        sid=started.sid,
+        sub=started.sub,
+        client_id=started.client_id,
+        scopes=started.scopes,
+        status=status(session, now, user_cut),
+        active=is_active(session, now, user_cut),
+        generation=session.head.generation,
+        rotations=session.rotations,
+        started_at=started.occurred_at,
+        last_rotated_at=session.last_rotated_at,
+        idle_expires_at=family.refresh_expires_at,
+        expires_at=family.expires_at,
+        ended_at=session.head.occurred_at if terminal else None,
+        end_reason=end_reason(session, user_cut),
+        start_seq=session.start_seq,
+        head_seq=session.seq,
+        as_of=now,
+    )
+
+
+def ledger_accepts(
+    session: SessionRecord | None,
+    token: RefreshToken,
+    *,
+    user_cut: int | None,
+    keys: TokenKeys,
+    policy: decide.Policy,
+    now: datetime,
+) -> bool:
+    """Would the ledger hand out a successor for ``token`` now? (``decide.rotate``, nothing kept.)"""
+    family = session.family() if session is not None else None
+    try:  # rotate() itself refuses anything not genuinely issued
+        outcome = decide.rotate(
+            family, token, user_cut_seq=user_cut, keys=keys, policy=policy, now=now, ids=DUMMY_IDS
+        )
+    except LedgerError:
+        return False
+    return isinstance(outcome, decide.Rotated | decide.Retried)
+
+
+def refresh_answer(
+    session: SessionRecord | None,
+    token: RefreshToken,
+    *,
+    user_cut: int | None,
+    keys: TokenKeys,
+    policy: decide.Policy,
+    now: datetime,
+    issuer: str,
+) -> Introspection:
+    if session is None or not ledger_accepts(
+        session, token, user_cut=user_cut, keys=keys, policy=policy, now=now
+    ):
+        return INACTIVE
+    started, family = session.started, session.family()
+    return Introspection(
+        active=True,
+        token_type="refresh_token",  # noqa: S106 (a token type, not a secret)
+        scope=" ".join(started.scopes),
+        client_id=started.client_id,
+        sub=started.sub,
+        sid=started.sid,
+        iss=issuer,
+        exp=int(family.refresh_expires_at.timestamp()),
+        iat=int(session.head.occurred_at.timestamp()),
+        generation=token.generation,
+    )
+
+
+def access_kid(token: str) -> str | None:
+    """The ``kid`` of a JWT whose header says it is an access token, else None."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return None
+    kid = header.get("kid")
+    if header.get("typ") != "at+jwt" or not isinstance(kid, str) or len(kid) > 64:
+        return None
+    return kid
+
+
+def verify_access(token: str, key: KeyRecord | None, *, issuer: str, audience: str) -> dict[str, Any] | None:
+    """Signature and claims (exp/nbf on PyJWT's clock), or None with the reason in the log only."""
+    if key is None or key.retired_seq is not None:
+        return None
+    try:
+        public = jwt.PyJWK(key.public_jwk, algorithm=key.alg).key
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            public,
+            algorithms=[key.alg],
+            audience=audience,
+            issuer=issuer,
+            options={"require": REQUIRED_CLAIMS},
+        )
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        log.debug("access token refused: %s", type(exc).__name__)
+        return None
+    if not isinstance(claims.get("ssq"), int) or not isinstance(claims.get("sid"), str):
+        return None
+    return claims
+
+
+def access_answer(
+    claims: dict[str, Any], session: SessionRecord | None, *, user_cut: int | None, now: datetime
+) -> Introspection:
+    """Active iff the session is known, matches, and is neither revoked nor past its absolute end."""
+    if session is None or session.started.sub != claims["sub"] or session.start_seq != claims["ssq"]:
+        return INACTIVE  # unknown to the projection (or lagging): fail closed
+    family = session.family()
+    if family.is_terminal or (user_cut is not None and user_cut > claims["ssq"]) or now >= family.expires_at:
+        return INACTIVE
+    return Introspection(
+        active=True,
+        token_type="access_token",  # noqa: S106
+        scope=str(claims.get("scope", "")),
+        client_id=claims.get("client_id"),
+        sub=claims["sub"],
+        sid=claims["sid"],
+        iss=claims["iss"],
+        aud=claims["aud"] if isinstance(claims["aud"], str) else None,
+        exp=claims["exp"],
+        iat=claims["iat"],
+        nbf=claims["nbf"],
+        jti=claims["jti"],
+    )

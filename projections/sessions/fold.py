@@ -1,0 +1,271 @@
+"""The sessions read model as a pure fold of the ledger stream.
+
+State is a mapping ``key -> record``, the same keys the KV store uses:
+
+``s.<sid>``             one session: its ``SessionStarted`` and its latest family event
+``u.<sub>.s.<sid>``     index entry: ``sid`` is one of ``sub``'s sessions
+``u.<sub>.cut``         the user's latest revoke-all (stream seq = the not-before cut-off)
+``k.<kid>``             a signing key's public JWK and lifecycle
+``checkpoint``          the last stream sequence folded
+
+Every record carries ``seq``, the last stream sequence applied to its key: an event
+whose sequence is not greater is a redelivery and changes nothing (exactly-once).
+Expiry is never written: ``is_active`` answers it from ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from ledger.contracts.subjects import encode_token
+from ledger.domain.decide import Family, check_alive
+from ledger.domain.errors import SessionExpired, SessionRevoked
+from ledger.domain.events import (
+    Event,
+    RecordedEvent,
+    ReuseDetected,
+    RevokeReason,
+    SessionStarted,
+    SigningKeyAdded,
+    SigningKeyRetired,
+    TokenRotated,
+    UserSessionsRevoked,
+)
+from ledger.domain.events import SessionRevoked as SessionRevokedEvent
+
+CHECKPOINT_KEY = "checkpoint"
+HeadEvent = Annotated[
+    SessionStarted | TokenRotated | ReuseDetected | SessionRevokedEvent, Field(discriminator="type")
+]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int  # last stream sequence applied to this key
+
+
+class SessionRecord(_Record):
+    kind: Literal["session"] = "session"
+    started: SessionStarted
+    start_seq: int
+    head: HeadEvent
+    rotations: int = 0
+    last_rotated_at: AwareDatetime | None = None
+
+    def family(self) -> Family:
+        """The ledger's own view of this session (head = latest family event, at ``seq``)."""
+        return Family(started=self.started, start_seq=self.start_seq, head=self.head, head_seq=self.seq)
+
+
+class UserSessionRecord(_Record):
+    kind: Literal["user_session"] = "user_session"
+    sid: str
+    start_seq: int
+
+
+class UserCutRecord(_Record):
+    """``seq`` is the cut: sessions whose ``start_seq`` is lower are dead."""
+
+    kind: Literal["user_cut"] = "user_cut"
+    sub: str
+    not_before: AwareDatetime
+    reason: RevokeReason
+    revocations: int = 1
+
+
+class KeyRecord(_Record):
+    kind: Literal["signing_key"] = "signing_key"
+    kid: str
+    alg: str
+    public_jwk: dict[str, str]
+    added_seq: int
+    retired_seq: int | None = None
+
+
+Record = Annotated[SessionRecord | UserSessionRecord | UserCutRecord | KeyRecord, Field(discriminator="kind")]
+RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
+
+
+def session_key(sid: str) -> str:
+    return f"s.{sid}"
+
+
+def user_prefix(sub: str) -> str:
+    return f"u.{encode_token(sub)}"
+
+
+def user_session_key(sub: str, sid: str) -> str:
+    return f"{user_prefix(sub)}.s.{sid}"
+
+
+def user_cut_key(sub: str) -> str:
+    return f"{user_prefix(sub)}.cut"
+
+
+def signing_key_key(kid: str) -> str:
+    return f"k.{kid}"
+
+
+def touched(event: Event) -> tuple[str, ...]:
+    """The keys an event may change."""
+    if isinstance(event, SessionStarted):
+        return (session_key(event.sid), user_session_key(event.sub, event.sid))
+    if isinstance(event, TokenRotated | ReuseDetected | SessionRevokedEvent):
+        return (session_key(event.sid),)
+    if isinstance(event, UserSessionsRevoked):
+        return (user_cut_key(event.sub),)
+    return (signing_key_key(event.kid),)
+
+
+def evolve(key: str, current: Record | None, rec: RecordedEvent) -> Record | None:
+    """The record at ``key`` after ``rec``, or None when ``rec`` changes nothing there."""
+    if current is not None and current.seq >= rec.seq:
+        return None  # already applied: a redelivery is a no-op
+    event = rec.event
+    if isinstance(event, SessionStarted):
+        return _started(key, current, event, rec.seq)
+    if isinstance(event, TokenRotated | ReuseDetected | SessionRevokedEvent):
+        return _family_step(current, event, rec.seq)
+    if isinstance(event, UserSessionsRevoked):
+        return _user_cut(current, event, rec.seq)
+    return _signing_key(current, event, rec.seq)
+
+
+def _started(key: str, current: Record | None, event: SessionStarted, seq: int) -> Record | None:
+    if current is not None:
+        return None  # a family starts once (the ledger's CAS guarantees it)
+    if key.startswith("s."):
+        return SessionRecord(seq=seq, started=event, start_seq=seq, head=event)
+    return UserSessionRecord(seq=seq, sid=event.sid, start_seq=seq)
+
+
+def _family_step(
+    current: Record | None, event: TokenRotated | ReuseDetected | SessionRevokedEvent, seq: int
+) -> Record | None:
+    if not isinstance(current, SessionRecord):
+        return None  # no SessionStarted before it: nothing to extend
+    update: dict[str, Any] = {"seq": seq, "head": event}
+    if isinstance(event, TokenRotated):
+        update.update(rotations=current.rotations + 1, last_rotated_at=event.occurred_at)
+    return current.model_copy(update=update)
+
+
+def _user_cut(current: Record | None, event: UserSessionsRevoked, seq: int) -> UserCutRecord:
+    count = current.revocations + 1 if isinstance(current, UserCutRecord) else 1
+    return UserCutRecord(
+        seq=seq, sub=event.sub, not_before=event.not_before, reason=event.reason, revocations=count
+    )
+
+
+def _signing_key(
+    current: Record | None, event: SigningKeyAdded | SigningKeyRetired, seq: int
+) -> Record | None:
+    if isinstance(event, SigningKeyAdded):
+        retired = current.retired_seq if isinstance(current, KeyRecord) else None
+        return KeyRecord(
+            seq=seq,
+            kid=event.kid,
+            alg=event.alg,
+            public_jwk=event.public_jwk,
+            added_seq=seq,
+            retired_seq=retired,
+        )
+    if not isinstance(current, KeyRecord):
+        return None
+    return current.model_copy(update={"seq": seq, "retired_seq": seq})
+
+
+@dataclass(frozen=True)
+class SessionsState:
+    records: Mapping[str, Record] = field(default_factory=dict)
+    checkpoint: int = 0
+
+
+EMPTY = SessionsState()
+
+
+def changes(lookup: Mapping[str, Record], rec: RecordedEvent) -> dict[str, Record]:
+    """The records ``rec`` writes, given the current ones (the store applies exactly these)."""
+    out: dict[str, Record] = {}
+    for key in touched(rec.event):
+        new = evolve(key, lookup.get(key), rec)
+        if new is not None:
+            out[key] = new
+    return out
+
+
+def apply(state: SessionsState, rec: RecordedEvent) -> SessionsState:
+    """One fold step; pure (returns a new state)."""
+    return SessionsState({**state.records, **changes(state.records, rec)}, max(state.checkpoint, rec.seq))
+
+
+def fold(events: Iterable[RecordedEvent], state: SessionsState = EMPTY) -> SessionsState:
+    """``apply`` over many events, without copying the mapping at every step."""
+    records, checkpoint = dict(state.records), state.checkpoint
+    for rec in events:
+        records.update(changes(records, rec))
+        checkpoint = max(checkpoint, rec.seq)
+    return SessionsState(records, checkpoint)
+
+
+def encode(record: Record) -> bytes:
+    """Canonical bytes: sorted keys, no whitespace, so rebuild == live byte for byte."""
+    return canonical(record.model_dump(mode="json"))
+
+
+def decode(raw: bytes) -> Record:
+    return RECORD_ADAPTER.validate_json(raw)
+
+
+def canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_checkpoint(seq: int) -> bytes:
+    return canonical({"seq": seq})
+
+
+def decode_checkpoint(raw: bytes) -> int:
+    return int(json.loads(raw)["seq"])
+
+
+def snapshot(state: SessionsState) -> dict[str, bytes]:
+    """The state exactly as the KV bucket should hold it."""
+    out = {key: encode(record) for key, record in state.records.items()}
+    if state.checkpoint:
+        out[CHECKPOINT_KEY] = encode_checkpoint(state.checkpoint)
+    return out
+
+
+def is_active(session: SessionRecord, now: datetime, user_cut: int | None) -> bool:
+    """The ledger's own liveness rule (``decide.check_alive``) on the projected family."""
+    try:
+        check_alive(session.family(), user_cut, now)
+    except (SessionRevoked, SessionExpired):
+        return False
+    return True
+
+
+def status(
+    session: SessionRecord, now: datetime, user_cut: int | None
+) -> Literal["active", "expired", "revoked"]:
+    family = session.family()
+    if family.is_terminal or family.revoked_by_user_cut(user_cut):
+        return "revoked"
+    return "active" if now < family.refresh_expires_at else "expired"
+
+
+def end_reason(session: SessionRecord, user_cut: int | None) -> str | None:
+    head = session.head
+    if isinstance(head, SessionRevokedEvent):
+        return head.reason.value
+    if isinstance(head, ReuseDetected):
+        return "reuse"
+    return "user_revoked" if session.family().revoked_by_user_cut(user_cut) else None

@@ -1,0 +1,174 @@
+"""Request/reply queries on ``<prefix>.q.<name>``, served by the projection process.
+
+``sessions``    a user's sessions (active ones unless ``include_inactive``)
+``session``     one session's state
+``introspect``  RFC 7662 introspection of a refresh token or an access token
+
+Replies use the command service's envelope (``ledger.contracts.commands.Reply``). Time is read
+once per request and passed down: expiry is decided here, never written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel
+
+from ledger.config import Settings
+from ledger.contracts.commands import Reply, fail, ok, parse_request
+from ledger.contracts.queries import (
+    INACTIVE,
+    GetSessionRequest,
+    Introspection,
+    IntrospectRequest,
+    ListSessionsRequest,
+    SessionList,
+    SessionView,
+    query_subject,
+)
+from ledger.contracts.subjects import KID_RE, is_sid
+from ledger.domain import decide, refresh
+from ledger.domain.errors import LedgerError, SessionNotFound, TokenInvalid, Unavailable
+from ledger.domain.refresh import TokenKeys
+from projections.sessions.answers import (
+    access_answer,
+    access_kid,
+    refresh_answer,
+    session_view,
+    verify_access,
+)
+from projections.sessions.fold import KeyRecord, signing_key_key
+from projections.sessions.store import SessionStore
+
+log = logging.getLogger("projections.sessions.queries")
+QUEUE_GROUP = "ledger-queries"
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionQueries:
+    """The answers, over whichever bucket is live (``source`` follows rebuilds)."""
+
+    def __init__(
+        self, source: Callable[[], SessionStore], keys: TokenKeys, settings: Settings, clock: Clock = utcnow
+    ) -> None:
+        self.source = source
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
+        self.policy = decide.Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
+
+    async def list_sessions(self, req: ListSessionsRequest) -> SessionList:
+        store, now = self.source(), self.clock()
+        cut = await store.user_cut(req.sub)
+        views = [session_view(s, now, cut) for s in await store.user_sessions(req.sub)]
+        chosen = tuple(v for v in views if v.active or req.include_inactive)
+        return SessionList(sub=req.sub, sessions=chosen, as_of=now)
+
+    async def get_session(self, req: GetSessionRequest) -> SessionView:
+        store, now = self.source(), self.clock()
+        session = await store.session(req.sid)
+        if session is None:
+            raise SessionNotFound("no such session")
+        return session_view(session, now, await store.user_cut(session.started.sub))
+
+    async def introspect(self, req: IntrospectRequest) -> Introspection:
+        if req.token.startswith(refresh.PREFIX + "."):
+            return await self._refresh(req.token)
+        return await self._access(req.token)
+
+    async def _refresh(self, raw: str) -> Introspection:
+        try:
+            token = refresh.parse(raw)
+        except TokenInvalid:
+            return INACTIVE
+        store, now = self.source(), self.clock()
+        session = await store.session(token.sid)
+        cut = await store.user_cut(session.started.sub) if session is not None else None
+        return refresh_answer(
+            session,
+            token,
+            user_cut=cut,
+            keys=self.keys,
+            policy=self.policy,
+            now=now,
+            issuer=self.settings.issuer,
+        )
+
+    async def _access(self, raw: str) -> Introspection:
+        kid = access_kid(raw)
+        if kid is None or not KID_RE.fullmatch(kid):
+            return INACTIVE
+        store, now = self.source(), self.clock()
+        key = await store.get(signing_key_key(kid))
+        claims = verify_access(
+            raw,
+            key if isinstance(key, KeyRecord) else None,
+            issuer=self.settings.issuer,
+            audience=self.settings.audience,
+        )
+        if claims is None or not is_sid(claims["sid"]) or not isinstance(claims["sub"], str):
+            return INACTIVE
+        session = await store.session(claims["sid"])
+        cut = await store.user_cut(claims["sub"])
+        return access_answer(claims, session, user_cut=cut, now=now)
+
+
+class QueryServer:
+    """Subscribes the query subjects (queue group, so several projection processes share them)."""
+
+    def __init__(self, nc: NATS, queries: SessionQueries, prefix: str) -> None:
+        self.nc = nc
+        self.queries = queries
+        self.prefix = prefix
+        self.subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        q = self.queries
+        routes: list[tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = [
+            ("sessions", ListSessionsRequest, q.list_sessions),
+            ("session", GetSessionRequest, q.get_session),
+            ("introspect", IntrospectRequest, q.introspect),
+        ]
+        for name, model, call in routes:
+            self.subs.append(
+                await self.nc.subscribe(
+                    query_subject(self.prefix, name), queue=QUEUE_GROUP, cb=_handler(model, call)
+                )
+            )
+        await self.nc.flush()  # the server has our subscriptions before anyone is told we are ready
+
+    async def stop(self) -> None:
+        for sub in self.subs:
+            await sub.unsubscribe()
+        self.subs.clear()
+
+
+def _handler(
+    model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]]
+) -> Callable[[Msg], Awaitable[None]]:
+    async def handle(msg: Msg) -> None:
+        await msg.respond(await answer(model, call, msg.data))
+
+    return handle
+
+
+async def answer(model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]], body: bytes) -> bytes:
+    try:
+        result = await call(parse_request(model, body))
+    except LedgerError as err:
+        return fail(err)
+    except Exception:
+        log.exception("internal error while answering a query")
+        return fail(Unavailable("internal error"))
+    if isinstance(result, Introspection):  # RFC 7662: absent claims are omitted, not null
+        return Reply(ok=True, result=result.wire()).model_dump_json().encode()
+    return ok(result)

@@ -1,0 +1,53 @@
+"""``session-ledger``: the command line for people. One module per command group.
+
+Exit codes: 0 success; 1 the ledger refused (invalid, reused, revoked, expired,
+not found); 2 bad input or usage; 3 unavailable (NATS or the service not reachable);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pydantic import ValidationError
+
+from ledger.domain.errors import LedgerError
+from session_ledger.cli import analytics, edge, projections, session, sessions, up
+from session_ledger.cli.common import EXIT_INTERRUPTED, EXIT_OK, exit_code, validation_summary
+
+# The command groups, in the order ``--help`` lists them. Each has ``register(subparsers)``.
+GROUPS = (session, up, analytics, sessions, projections, edge)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="session-ledger",
+        description="Event-sourced JWT refresh-token rotation on NATS JetStream.",
+        epilog="Exit codes: 0 ok, 1 refused by the ledger, 2 bad input, 3 unavailable, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (LedgerError, ValidationError) as err:
+        code = getattr(err, "code", "bad_request")
+        message = getattr(err, "message", None) or validation_summary(err)
+        if args.json:
+            print(json.dumps({"ok": False, "error": {"code": code, "message": message}}), file=sys.stderr)
+        else:
+            print(f"error: {code}: {message}", file=sys.stderr)
+        return exit_code(err)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,103 @@
+"""CLI for the sessions read side: ``sessions list|show`` and ``introspect``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ledger.client import LedgerClient
+from ledger.contracts.queries import SessionView
+from ledger.domain.errors import BadRequest, TokenInvalid
+from session_ledger.cli.common import COMMON, emit, run_client
+
+
+def register(sub: Any) -> None:
+    sessions = sub.add_parser("sessions", help="query the sessions projection").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    listing = sessions.add_parser("list", parents=[COMMON], help="a user's active sessions")
+    listing.add_argument("--sub", required=True, help="user id")
+    listing.add_argument("--all", action="store_true", help="include expired and revoked sessions")
+    listing.set_defaults(func=cmd_list)
+    show = sessions.add_parser("show", parents=[COMMON], help="one session's state")
+    show.add_argument("sid")
+    show.set_defaults(func=cmd_show)
+
+    intro = sub.add_parser(
+        "introspect", parents=[COMMON], help="RFC 7662 introspection of a refresh or access token"
+    )
+    intro.add_argument("token", help="the token, or - to read it from stdin (keeps it out of shell history)")
+    intro.set_defaults(func=cmd_introspect)
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else value.isoformat(timespec="seconds")
+
+
+def session_text(v: SessionView) -> str:
+    lines = [
+        f"session        {v.sid} ({v.status})",
+        f"user           {v.sub}",
+        f"client         {v.client_id or '-'}",
+        f"scopes         {' '.join(v.scopes) or '-'}",
+        f"generation     {v.generation} ({v.rotations} rotations)",
+        f"started        {_when(v.started_at)} (stream seq {v.start_seq})",
+        f"last rotation  {_when(v.last_rotated_at)}",
+        f"idle expiry    {_when(v.idle_expires_at)}",
+        f"expires        {_when(v.expires_at)}",
+    ]
+    if v.ended_at is not None or v.end_reason is not None:
+        lines.append(f"ended          {_when(v.ended_at)} ({v.end_reason})")
+    return "\n".join(lines)
+
+
+def sessions_table(views: tuple[SessionView, ...]) -> str:
+    rows = [("SID", "CLIENT", "GEN", "STATUS", "STARTED", "LAST ROTATION", "IDLE EXPIRY", "SCOPES")]
+    for v in views:
+        rows.append(
+            (
+                v.sid,
+                v.client_id or "-",
+                str(v.generation),
+                v.status,
+                _when(v.started_at),
+                _when(v.last_rotated_at),
+                _when(v.idle_expires_at),
+                " ".join(v.scopes) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    async def go(c: LedgerClient) -> None:
+        result = await c.list_sessions(args.sub, include_inactive=args.all)
+        emit(args, result, sessions_table(result.sessions) if result.sessions else "no sessions")
+
+    run_client(args, go)
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    async def go(c: LedgerClient) -> None:
+        view = await c.get_session(args.sid)
+        emit(args, view, session_text(view))
+
+    run_client(args, go)
+
+
+def cmd_introspect(args: argparse.Namespace) -> None:
+    """Prints the RFC 7662 answer; exits 1 when the token is not active."""
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    if not token:
+        raise BadRequest("no token given")
+
+    async def go(c: LedgerClient) -> None:
+        result = await c.introspect(token)
+        data = result.wire()
+        emit(args, data, "\n".join(f"{k:<11} {v}" for k, v in data.items()))
+        if not result.active:
+            raise TokenInvalid("token is not active")
+
+    run_client(args, go)

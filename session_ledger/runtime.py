@@ -1,0 +1,97 @@
+"""Run components until a signal: the one place that starts them and waits until ready.
+
+A component is an async runner ``(settings, stop, ready) -> None``: it sets ``ready``
+once it serves and returns after ``stop`` is set. ``session-ledger up`` runs several,
+every single-component command (``service``, ``edge``, ``broadcast``, ``projections
+run``, ``analytics run``) runs one, and tests use the same helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.config import Settings
+from ledger.domain.errors import Unavailable
+from ledger.jetstream.connection import parse_url
+
+Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+READY_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    runner: Runner
+    what: str  # a template: ``{s}`` is the Settings, so the banner prints real addresses
+
+    def describe(self, settings: Settings) -> str:
+        return self.what.format(s=settings)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop`` (the runners then shut down in order)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def start(
+    name: str, runner: Runner, settings: Settings, stop: asyncio.Event, *, timeout: float = READY_TIMEOUT
+) -> asyncio.Task[None]:
+    """Start ``runner`` as a task and return once it is ready; its start-up error is raised."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(runner(settings, stop, ready), name=name)
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()  # raises the start-up error; a runner that returns early is an error too
+        raise Unavailable(f"{name} stopped during start-up")
+    if not ready.is_set():
+        stop.set()
+        task.cancel()
+        raise Unavailable(f"{name} did not become ready in {timeout:.0f}s")
+    return task
+
+
+async def finish(tasks: Sequence[asyncio.Task[None]], timeout: float = 15.0) -> None:
+    """Wait for stopped components, newest first (the edge before the service it follows)."""
+    for task in reversed(tasks):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout)
+
+
+def announce(line: str) -> None:
+    print(line, flush=True)
+
+
+async def run_components(
+    settings: Settings, components: Sequence[Component], *, ready_line: str, each: bool = True
+) -> None:
+    """Start each component in order, announce it, serve until a signal, stop them all."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for c in components:
+            tasks.append(await start(c.name, c.runner, settings, stop))
+            if each:
+                announce(f"{c.name:<16} {c.describe(settings)}")
+        announce(f"ready: {ready_line} (Ctrl-C to stop)")
+        await stop.wait()
+        announce("stopping...")
+    finally:
+        stop.set()
+        await finish(tasks)
+
+
+def run_one(component: Component, settings: Settings) -> None:
+    """``asyncio.run`` one component until SIGINT/SIGTERM (the single-component commands)."""
+    where = ", ".join(parse_url(settings.nats_url).servers)  # never the URL: it may hold a password
+    line = f"{component.name}: {component.describe(settings)}; NATS {where}"
+    asyncio.run(run_components(settings, [component], ready_line=line, each=False))
