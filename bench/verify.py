@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from bench.common import Report, Row, nats_server, rate, repeat_sync
 from consumers.edge.verifier import EdgeVerifier
 from ledger.config import Settings
-from ledger.contracts.subjects import Subjects, new_event_id
+from ledger.contracts.subjects import Subjects
 from ledger.domain.events import SigningKeyAdded
+from ledger.domain.ids import new_event_id
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
 from ledger.service.keys import SigningKey, generate, key_id

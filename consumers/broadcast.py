@@ -27,13 +27,13 @@ from pydantic import ValidationError
 
 from ledger.config import Settings
 from ledger.contracts.notices import (
-    NOTICES_STREAM,
     Notice,
     notice_for,
     notice_subject,
     notice_ttl,
     notices_stream_config,
 )
+from ledger.contracts.subjects import NOTICES_STREAM, Subjects
 from ledger.domain.events import RecordedEvent, decode_event
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
@@ -41,16 +41,6 @@ from ledger.jetstream.store import EventStore
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"
 BATCH = 64
-
-
-def source_filters(prefix: str) -> list[str]:
-    """The LEDGER subjects whose events revoke something."""
-    return [
-        f"{prefix}.ev.s.*.revoked",
-        f"{prefix}.ev.s.*.reuse",
-        f"{prefix}.ev.u.*.revoked",
-        f"{prefix}.ev.k.*.retired",
-    ]
 
 
 def utcnow() -> datetime:
@@ -91,7 +81,7 @@ class Broadcaster:
         return ConsumerConfig(
             durable_name=DURABLE,
             name=DURABLE,
-            filter_subjects=source_filters(self.settings.subject_prefix),
+            filter_subjects=Subjects(self.settings.subject_prefix).revoking(),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,

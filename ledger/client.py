@@ -26,7 +26,6 @@ from ledger.contracts.queries import (
     ListSessionsRequest,
     SessionList,
     SessionView,
-    query_subject,
 )
 from ledger.contracts.subjects import Subjects
 from ledger.domain.errors import BadRequest, LedgerError, Unavailable, error_from_code
@@ -123,7 +122,7 @@ class LedgerClient:
         return Introspection.model_validate(await self._query("introspect", IntrospectRequest(token=token)))
 
     async def _query(self, name: str, req: BaseModel) -> dict[str, Any]:
-        return await self._send_to(query_subject(self.subjects.prefix, name), req.model_dump_json().encode())
+        return await self._send_to(self.subjects.query(name), req.model_dump_json().encode())
 
     async def request_raw(self, command: str, body: bytes) -> dict[str, Any]:
         """Send raw bytes to a command (tests and tools use it to probe input validation)."""

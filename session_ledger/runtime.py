@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
@@ -23,8 +22,7 @@ Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, 
 READY_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class Component:
+class Component(NamedTuple):
     name: str
     runner: Runner
     what: str  # a template: ``{s}`` is the Settings, so the banner prints real addresses

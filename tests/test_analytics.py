@@ -17,8 +17,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from consumers.edge.receipts import Receipt, ensure_receipts_stream, receipt_subject
+from consumers.edge.receipts import ensure_receipts_stream
 from ledger.config import Settings
+from ledger.contracts.receipts import Receipt, receipt_subject
 from ledger.jetstream.connection import connect
 from projections.analytics.projection import AnalyticsDB, AnalyticsProjection, open_reader
 from projections.analytics.rebuild import rebuild

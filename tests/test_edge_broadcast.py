@@ -10,7 +10,8 @@ from typing import Any
 
 from consumers.broadcast import DURABLE, Broadcaster, recorded_from
 from ledger.client import LedgerClient
-from ledger.contracts.notices import NOTICES_STREAM, decode_notice, notice_for, notice_lifetime
+from ledger.contracts.notices import decode_notice, notice_for, notice_lifetime
+from ledger.contracts.subjects import NOTICES_STREAM
 from ledger.jetstream.connection import connect
 from tests.edge_support import reason_of, verifier
 

@@ -9,15 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumers.edge.receipts import Receipt, receipt_subject
-from consumers.edge.state import (
-    AccessClaims,
-    KeyRing,
-    RejectReason,
-    Revocations,
-    TokenRejected,
-    check_times,
-)
+from consumers.edge.state import Revocations
 from ledger.contracts.notices import (
     CLOCK_LEEWAY,
     Notice,
@@ -26,6 +18,8 @@ from ledger.contracts.notices import (
     notice_subject,
     notice_ttl,
 )
+from ledger.contracts.receipts import Receipt, receipt_subject
+from ledger.domain.access import AccessClaims, KeyRing, RejectReason, TokenRejected, check_times
 from ledger.domain.events import (
     RecordedEvent,
     ReuseDetected,

@@ -8,7 +8,7 @@ from typing import Any, get_args
 import pytest
 from pydantic import ValidationError
 
-from ledger import events
+from ledger.domain import events
 from ledger.domain.events import (
     EVENT_ADAPTER,
     UPCASTERS,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.contracts.subjects import new_sid
 from ledger.domain.errors import TokenInvalid
+from ledger.domain.ids import new_sid
 from ledger.domain.refresh import MAX_TOKEN_LEN, RefreshToken, TokenKeys, parse
 
 KEYS = TokenKeys(b"k" * 32)

@@ -32,27 +32,28 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from consumers.edge.receipts import Receipt, ReceiptPublisher, ensure_receipts_stream
-from consumers.edge.state import (
-    AccessClaims,
-    Expectations,
-    KeyRing,
-    RejectReason,
-    Revocations,
-    TokenRejected,
-    check_signature,
-    check_times,
-)
+from consumers.edge.receipts import ReceiptPublisher, ensure_receipts_stream
+from consumers.edge.state import Revocations
 from ledger.config import Settings
 from ledger.contracts.notices import (
     CLOCK_LEEWAY,
-    NOTICES_STREAM,
     Notice,
     decode_notice,
     notice_lifetime,
     notices_stream_config,
 )
-from ledger.contracts.subjects import Subjects
+from ledger.contracts.receipts import Receipt
+from ledger.contracts.subjects import NOTICES_STREAM, Subjects
+from ledger.domain.access import (
+    DEFAULT_LEEWAY,
+    AccessClaims,
+    Expectations,
+    KeyRing,
+    RejectReason,
+    TokenRejected,
+    check_signature,
+    check_times,
+)
 from ledger.domain.errors import ConfigError, Unavailable
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
 from ledger.jetstream.connection import connect
@@ -61,7 +62,6 @@ __all__ = ["AccessClaims", "EdgeVerifier", "RejectReason", "TokenRejected", "def
 
 log = logging.getLogger("consumers.edge.verifier")
 CACHE_SIZE = 10_000
-DEFAULT_LEEWAY = timedelta(seconds=10)
 
 
 def default_verifier_id() -> str:
@@ -235,7 +235,7 @@ class EdgeVerifier:
         subs: list[Any] = []
         try:
             subs.append(await self._subscribe(js, self.settings.stream, self.subjects.keys_filter(), "keys"))
-            subs.append(await self._subscribe(js, NOTICES_STREAM, self._notices_filter, "notices"))
+            subs.append(await self._subscribe(js, NOTICES_STREAM, self.subjects.notices, "notices"))
             await self._wait_caught_up()
             self._live = True
             self._fresh_at = time.monotonic()
@@ -246,10 +246,6 @@ class EdgeVerifier:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-
-    @property
-    def _notices_filter(self) -> str:
-        return f"{self.settings.subject_prefix}.revoked.>"
 
     async def _ensure_notices_stream(self, js: Any) -> None:
         """A verifier may start before the broadcaster: then it creates the (empty) stream."""
@@ -272,7 +268,7 @@ class EdgeVerifier:
         deadline = time.monotonic() + limit
         sources = [
             ("keys", self.settings.stream, self.subjects.keys_filter()),
-            ("notices", NOTICES_STREAM, self._notices_filter),
+            ("notices", NOTICES_STREAM, self.subjects.notices),
         ]
         while time.monotonic() < deadline:
             targets = [await self._last_seq(stream, subject) for _, stream, subject in sources]

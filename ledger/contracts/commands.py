@@ -5,18 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from ledger.domain.errors import BadRequest, LedgerError
 from ledger.domain.events import RevokeReason
+from ledger.domain.ids import SID_PATTERN, SUB_MAX, check_sub
 
 MAX_REQUEST_BYTES = 16 * 1024
 
-# Printable, no whitespace or control characters: safe in logs, headers and subjects (encoded).
-Sub = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\s\x00-\x1f\x7f]+$")]
+# Printable, no whitespace, controls or invisible formatting: safe in logs, headers and subjects (encoded).
+Sub = Annotated[str, Field(min_length=1, max_length=SUB_MAX), AfterValidator(check_sub)]
 ClientId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
 Scope = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
-SidField = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{22}$")]
+SidField = Annotated[str, Field(pattern=SID_PATTERN)]
 # Raw tokens are checked by the token parser, which never echoes them; this only bounds size.
 RawToken = Annotated[str, Field(max_length=4096)]
 

@@ -1,4 +1,4 @@
-"""Compact revocation notices, derived purely from recorded ledger events.
+"""Compact revocation notices (the broadcast's wire model), derived purely from recorded ledger events.
 
 A notice is what an edge verifier needs to reject tokens, nothing more: the session
 (``sid``), the user cut-off (``sub`` + the LEDGER sequence of the revoke-all, compared
@@ -15,7 +15,7 @@ from typing import Literal
 from nats.js.api import StorageType, StreamConfig
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from ledger.contracts.subjects import encode_token
+from ledger.contracts.subjects import NOTICES_STREAM, Subjects, encode_token
 from ledger.domain.events import (
     RecordedEvent,
     ReuseDetected,
@@ -24,7 +24,6 @@ from ledger.domain.events import (
     UserSessionsRevoked,
 )
 
-NOTICES_STREAM = "LEDGER_REVOCATIONS"
 CLOCK_LEEWAY = timedelta(seconds=60)  # covers verifier exp leeway and clock skew
 MIN_TTL = timedelta(seconds=1)  # the server refuses a TTL under one second
 
@@ -68,11 +67,8 @@ def notice_for(recorded: RecordedEvent) -> Notice | None:
 
 def notice_subject(notice: Notice, prefix: str = "ledger") -> str:
     """``<p>.revoked.<kind>.<id>``: sid and kid are subject-safe by pattern, sub is encoded."""
-    if notice.kind == "session":
-        return f"{prefix}.revoked.session.{notice.sid}"
-    if notice.kind == "user":
-        return f"{prefix}.revoked.user.{encode_token(notice.sub or '')}"
-    return f"{prefix}.revoked.key.{notice.kid}"
+    ident = {"session": notice.sid, "user": encode_token(notice.sub or ""), "key": notice.kid}[notice.kind]
+    return Subjects(prefix).notice(notice.kind, ident or "")
 
 
 def notice_lifetime(access_ttl: timedelta) -> timedelta:
@@ -91,7 +87,7 @@ def notices_stream_config(access_ttl: timedelta, prefix: str = "ledger", replica
     lifetime = notice_lifetime(access_ttl).total_seconds()
     return StreamConfig(
         name=NOTICES_STREAM,
-        subjects=[f"{prefix}.revoked.>"],
+        subjects=[Subjects(prefix).notices],
         storage=StorageType.FILE,
         num_replicas=replicas,
         max_age=lifetime,

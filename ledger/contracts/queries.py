@@ -10,12 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SidField = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{22}$")]
-SubField = Annotated[str, Field(min_length=1, max_length=255)]
-
-
-def query_subject(prefix: str, name: str) -> str:
-    return f"{prefix}.q.{name}"
+from ledger.contracts.commands import SidField, Sub
 
 
 class _Model(BaseModel):
@@ -23,7 +18,7 @@ class _Model(BaseModel):
 
 
 class ListSessionsRequest(_Model):
-    sub: SubField
+    sub: Sub
     include_inactive: bool = False
 
 

@@ -1,27 +1,29 @@
-"""Identifiers and the subject space. Nothing user-supplied reaches a subject unencoded."""
+"""The subject space and stream names: the one home of every subject session-ledger uses.
+
+Nothing user-supplied reaches a subject unencoded: a ``sub`` is base64url-encoded into
+one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whitespace.
+
+``<p>.ev.s.<sid>.<kind>``        a session family's events (one family = one prefix)
+``<p>.ev.u.<sub>.revoked``       user-wide revocations (sub encoded)
+``<p>.ev.k.<kid>.<kind>``        signing-key lifecycle
+``<p>.cmd.<name>``               commands (request/reply, queue group ``ledger-service``)
+``<p>.q.<name>``                 queries (request/reply, the sessions projection)
+``<p>.revoked.<kind>.<id>``      revocation notices (stream LEDGER_REVOCATIONS)
+``<p>.receipt.<verifier>``       propagation receipts (stream LEDGER_RECEIPTS)
+``<p>.analytics.rebuild``        rebuild requests to the running analytics projection
+"""
 
 from __future__ import annotations
 
 import base64
-import re
-import secrets
-import uuid
 
-SID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")  # 128 random bits, base64url
-KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SUB_MAX = 255
+from ledger.domain.ids import NAME_RE
 
-
-def new_sid() -> str:
-    return secrets.token_urlsafe(16)
-
-
-def new_event_id() -> str:
-    return uuid.uuid4().hex
-
-
-def is_sid(value: str) -> bool:
-    return bool(SID_RE.fullmatch(value))
+EVENTS_STREAM = "LEDGER"  # default; ``Settings.stream`` may rename it
+NOTICES_STREAM = "LEDGER_REVOCATIONS"
+RECEIPTS_STREAM = "LEDGER_RECEIPTS"
+COMMANDS = ("start", "rotate", "revoke", "logout", "revoke_user")
+QUERIES = ("sessions", "session", "introspect")
 
 
 def encode_token(value: str) -> str:
@@ -36,17 +38,14 @@ def decode_token(token: str) -> str:
 
 
 class Subjects:
-    """The ledger's subjects under one prefix (default ``ledger``).
-
-    ``<p>.ev.s.<sid>.<kind>``   a session family's events (one family = one prefix)
-    ``<p>.ev.u.<sub>.revoked``  user-wide revocations (sub encoded)
-    ``<p>.ev.k.<kid>.<kind>``   signing-key lifecycle
-    ``<p>.cmd.<name>``          commands (request/reply, queue group)
-    """
+    """Every subject under one prefix (default ``ledger``)."""
 
     def __init__(self, prefix: str = "ledger") -> None:
         self.prefix = prefix
         self.events = f"{prefix}.ev.>"
+        self.notices = f"{prefix}.revoked.>"
+        self.receipts = f"{prefix}.receipt.>"
+        self.analytics_rebuild = f"{prefix}.analytics.rebuild"
 
     def family(self, sid: str, kind: str) -> str:
         return f"{self.prefix}.ev.s.{sid}.{kind}"
@@ -63,5 +62,26 @@ class Subjects:
     def keys_filter(self) -> str:
         return f"{self.prefix}.ev.k.>"
 
+    def revoking(self) -> list[str]:
+        """The event subjects whose events revoke something (the broadcaster's filters)."""
+        p = self.prefix
+        return [f"{p}.ev.s.*.revoked", f"{p}.ev.s.*.reuse", f"{p}.ev.u.*.revoked", f"{p}.ev.k.*.retired"]
+
     def command(self, name: str) -> str:
         return f"{self.prefix}.cmd.{name}"
+
+    def query(self, name: str) -> str:
+        return f"{self.prefix}.q.{name}"
+
+    def notice(self, kind: str, ident: str) -> str:
+        """``ident`` is a sid or kid (subject-safe by pattern) or an already encoded sub."""
+        return f"{self.prefix}.revoked.{kind}.{ident}"
+
+    def receipt(self, verifier_id: str) -> str:
+        if not NAME_RE.fullmatch(verifier_id):
+            raise ValueError("verifier id must be 1-64 characters of [A-Za-z0-9_-]")
+        return f"{self.prefix}.receipt.{verifier_id}"
+
+
+def query_subject(prefix: str, name: str) -> str:
+    return Subjects(prefix).query(name)

@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-Sid = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{22}$")]
-Sub = Annotated[str, Field(min_length=1, max_length=255)]
+from ledger.domain.ids import EVENT_ID_PATTERN, KID_PATTERN, SID_PATTERN, SUB_MAX
+
+Sid = Annotated[str, Field(pattern=SID_PATTERN)]
+Sub = Annotated[str, Field(min_length=1, max_length=SUB_MAX)]  # stored events stay readable
 TokenHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Generation = Annotated[int, Field(ge=0)]
 
@@ -35,7 +37,7 @@ class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = 1
-    event_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    event_id: Annotated[str, Field(pattern=EVENT_ID_PATTERN)]
     occurred_at: AwareDatetime
 
 
@@ -90,14 +92,14 @@ class UserSessionsRevoked(_Event):
 
 class SigningKeyAdded(_Event):
     type: Literal["SigningKeyAdded"] = "SigningKeyAdded"
-    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    kid: Annotated[str, Field(pattern=KID_PATTERN)]
     alg: Literal["ES256", "EdDSA", "RS256"]
     public_jwk: dict[str, str]
 
 
 class SigningKeyRetired(_Event):
     type: Literal["SigningKeyRetired"] = "SigningKeyRetired"
-    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    kid: Annotated[str, Field(pattern=KID_PATTERN)]
     reason: str = "rotation"
 
 

@@ -19,12 +19,13 @@ import re
 from dataclasses import dataclass
 
 from ledger.domain.errors import TokenInvalid
+from ledger.domain.ids import SID_PATTERN
 
 PREFIX = "rt1"
 MAX_TOKEN_LEN = 128
 SECRET_BYTES = 32
 _TOKEN_RE = re.compile(
-    r"^rt1\.(?P<sid>[A-Za-z0-9_-]{22})\.(?P<gen>0|[1-9][0-9]{0,8})\.(?P<secret>[A-Za-z0-9_-]{43})$"
+    rf"^rt1\.(?P<sid>{SID_PATTERN[1:-1]})\.(?P<gen>0|[1-9][0-9]{{0,8}})\.(?P<secret>[A-Za-z0-9_-]{{43}})$"
 )
 
 

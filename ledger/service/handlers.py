@@ -20,11 +20,12 @@ from ledger.contracts.commands import (
     StartSessionRequest,
     TokenPair,
 )
-from ledger.contracts.subjects import Subjects, new_event_id, new_sid
+from ledger.contracts.subjects import Subjects
 from ledger.domain import decide, refresh
 from ledger.domain.decide import Family, Ids, Policy
 from ledger.domain.errors import ConcurrencyConflict, SessionRevoked, TokenReused, Unavailable
 from ledger.domain.events import FamilyEvent, SigningKeyAdded
+from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.refresh import RefreshToken, TokenKeys
 from ledger.jetstream.store import EventStore
 from ledger.service.signer import AccessGrant, AccessTokenSigner

@@ -3,27 +3,25 @@
 Refresh tokens are judged by the ledger's own decision functions on the projected
 family, so the projection cannot disagree with the ledger about a token it has
 caught up on, and a forgery gets the same ``{"active": false}`` as an unknown
-token (no oracle). Access tokens are verified with the public key published in
-``SigningKeyAdded`` (algorithm from the key record, never from the token header).
+token (no oracle). Access tokens are judged by ``ledger.domain.access`` (the verifier the
+edge uses too) with the key published in ``SigningKeyAdded``; this module adds what
+only the projection knows: the session's state.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
-
-import jwt
 
 from ledger.contracts.queries import INACTIVE, Introspection, SessionView
 from ledger.domain import decide
+from ledger.domain.access import AccessClaims, Expectations
 from ledger.domain.errors import LedgerError
 from ledger.domain.refresh import RefreshToken, TokenKeys
-from projections.sessions.fold import KeyRecord, SessionRecord, end_reason, is_active, status
+from projections.sessions.fold import SessionRecord, end_reason, is_active, status
 
 log = logging.getLogger("projections.sessions.answers")
 DUMMY_IDS = decide.Ids(("0" * 32, "0" * 32))
-REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "ssq"]
 
 
 def session_view(session: SessionRecord, now: datetime, user_cut: int | None) -> SessionView:
@@ -99,60 +97,32 @@ def refresh_answer(
     )
 
 
-def access_kid(token: str) -> str | None:
-    """The ``kid`` of a JWT whose header says it is an access token, else None."""
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        return None
-    kid = header.get("kid")
-    if header.get("typ") != "at+jwt" or not isinstance(kid, str) or len(kid) > 64:
-        return None
-    return kid
-
-
-def verify_access(token: str, key: KeyRecord | None, *, issuer: str, audience: str) -> dict[str, Any] | None:
-    """Signature and claims (exp/nbf on PyJWT's clock), or None with the reason in the log only."""
-    if key is None or key.retired_seq is not None:
-        return None
-    try:
-        public = jwt.PyJWK(key.public_jwk, algorithm=key.alg).key
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            public,
-            algorithms=[key.alg],
-            audience=audience,
-            issuer=issuer,
-            options={"require": REQUIRED_CLAIMS},
-        )
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
-        log.debug("access token refused: %s", type(exc).__name__)
-        return None
-    if not isinstance(claims.get("ssq"), int) or not isinstance(claims.get("sid"), str):
-        return None
-    return claims
-
-
 def access_answer(
-    claims: dict[str, Any], session: SessionRecord | None, *, user_cut: int | None, now: datetime
+    claims: AccessClaims,
+    session: SessionRecord | None,
+    *,
+    user_cut: int | None,
+    now: datetime,
+    expect: Expectations,
 ) -> Introspection:
-    """Active iff the session is known, matches, and is neither revoked nor past its absolute end."""
-    if session is None or session.started.sub != claims["sub"] or session.start_seq != claims["ssq"]:
+    """For a token ``ledger.domain.access`` accepted: active iff the session is known, matches,
+    and is neither revoked nor past its absolute end."""
+    if session is None or session.started.sub != claims.sub or session.start_seq != claims.ssq:
         return INACTIVE  # unknown to the projection (or lagging): fail closed
     family = session.family()
-    if family.is_terminal or (user_cut is not None and user_cut > claims["ssq"]) or now >= family.expires_at:
+    if family.is_terminal or (user_cut is not None and user_cut > claims.ssq) or now >= family.expires_at:
         return INACTIVE
     return Introspection(
         active=True,
         token_type="access_token",  # noqa: S106
-        scope=str(claims.get("scope", "")),
-        client_id=claims.get("client_id"),
-        sub=claims["sub"],
-        sid=claims["sid"],
-        iss=claims["iss"],
-        aud=claims["aud"] if isinstance(claims["aud"], str) else None,
-        exp=claims["exp"],
-        iat=claims["iat"],
-        nbf=claims["nbf"],
-        jti=claims["jti"],
+        scope=" ".join(claims.scopes),
+        client_id=claims.client_id,
+        sub=claims.sub,
+        sid=claims.sid,
+        iss=expect.issuer,
+        aud=expect.audience,
+        exp=claims.exp,
+        iat=claims.iat,
+        nbf=claims.nbf,
+        jti=claims.jti,
     )

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import jwt
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -29,18 +30,17 @@ from ledger.contracts.queries import (
     ListSessionsRequest,
     SessionList,
     SessionView,
-    query_subject,
 )
-from ledger.contracts.subjects import KID_RE, is_sid
+from ledger.contracts.subjects import Subjects
 from ledger.domain import decide, refresh
+from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_signature, header_kid
 from ledger.domain.errors import LedgerError, SessionNotFound, TokenInvalid, Unavailable
+from ledger.domain.ids import is_sid
 from ledger.domain.refresh import TokenKeys
 from projections.sessions.answers import (
     access_answer,
-    access_kid,
     refresh_answer,
     session_view,
-    verify_access,
 )
 from projections.sessions.fold import KeyRecord, signing_key_key
 from projections.sessions.store import SessionStore
@@ -65,6 +65,7 @@ class SessionQueries:
         self.settings = settings
         self.clock = clock
         self.policy = decide.Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
+        self.expect = Expectations(settings.issuer, settings.audience)
 
     async def list_sessions(self, req: ListSessionsRequest) -> SessionList:
         store, now = self.source(), self.clock()
@@ -104,22 +105,34 @@ class SessionQueries:
         )
 
     async def _access(self, raw: str) -> Introspection:
-        kid = access_kid(raw)
-        if kid is None or not KID_RE.fullmatch(kid):
+        kid = header_kid(raw)
+        if kid is None:
             return INACTIVE
         store, now = self.source(), self.clock()
-        key = await store.get(signing_key_key(kid))
-        claims = verify_access(
-            raw,
-            key if isinstance(key, KeyRecord) else None,
-            issuer=self.settings.issuer,
-            audience=self.settings.audience,
-        )
-        if claims is None or not is_sid(claims["sid"]) or not isinstance(claims["sub"], str):
+        record = await store.get(signing_key_key(kid))
+        try:
+            ring = self._ring(record if isinstance(record, KeyRecord) else None)
+            claims = check_signature(raw, ring, self.expect, now=now.timestamp())
+        except TokenRejected as err:
+            log.debug("access token inactive: %s", err.reason.value)
             return INACTIVE
-        session = await store.session(claims["sid"])
-        cut = await store.user_cut(claims["sub"])
-        return access_answer(claims, session, user_cut=cut, now=now)
+        session = await store.session(claims.sid) if is_sid(claims.sid) else None
+        cut = await store.user_cut(claims.sub)
+        return access_answer(claims, session, user_cut=cut, now=now, expect=self.expect)
+
+    def _ring(self, record: KeyRecord | None) -> KeyRing:
+        """A key ring holding just the token's key as the projection knows it now."""
+        ring = KeyRing()
+        if record is None:
+            return ring
+        try:
+            ring.add(record.kid, record.alg, record.public_jwk)
+        except (ValueError, KeyError, TypeError, jwt.PyJWTError):
+            log.error("unusable public key %s in the sessions projection", record.kid)
+            return KeyRing()
+        if record.retired_seq is not None:
+            ring.retire(record.kid)
+        return ring
 
 
 class QueryServer:
@@ -141,7 +154,7 @@ class QueryServer:
         for name, model, call in routes:
             self.subs.append(
                 await self.nc.subscribe(
-                    query_subject(self.prefix, name), queue=QUEUE_GROUP, cb=_handler(model, call)
+                    Subjects(self.prefix).query(name), queue=QUEUE_GROUP, cb=_handler(model, call)
                 )
             )
         await self.nc.flush()  # the server has our subscriptions before anyone is told we are ready

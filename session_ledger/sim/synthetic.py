@@ -6,6 +6,8 @@ import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from ledger.contracts.subjects import Subjects
+
 CLIENTS = ("web", "ios", "android", "cli")
 
 
@@ -16,6 +18,7 @@ def synthetic_events(
     templated bytes, so generating a million costs seconds, not minutes."""
     t0 = (start or datetime(2026, 1, 1, tzinfo=UTC)).timestamp()
     rng = random.Random(7)
+    subjects = Subjects(prefix)
     i = 0
     while i < n:
         sid = f"{i:022d}"
@@ -31,7 +34,7 @@ def synthetic_events(
                 kind, body = "revoked", _REVOKED % (sub, ts)
             g = min(gen, rotations)
             yield (
-                f"{prefix}.ev.s.{sid}.{kind}",
+                subjects.family(sid, kind),
                 (_HEAD % (i, ts, sid, g, i) + body + "}").encode(),
             )
             i += 1
