@@ -20,6 +20,8 @@ from ledger.contracts.commands import (
     TokenPair,
 )
 from ledger.contracts.queries import (
+    INACTIVE,
+    MAX_INTROSPECT_CHARS,
     GetSessionRequest,
     Introspection,
     IntrospectRequest,
@@ -118,7 +120,12 @@ class LedgerClient:
         return SessionView.model_validate(await self._query("session", GetSessionRequest(sid=sid)))
 
     async def introspect(self, token: str) -> Introspection:
-        """RFC 7662: ``active`` plus claims, for a refresh token or an access token."""
+        """RFC 7662: ``active`` plus claims, for a refresh token or an access token.
+
+        A token longer than any the ledger issues is inactive without asking anyone.
+        """
+        if len(token) > MAX_INTROSPECT_CHARS:
+            return INACTIVE
         return Introspection.model_validate(await self._query("introspect", IntrospectRequest(token=token)))
 
     async def _query(self, name: str, req: BaseModel) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ledger.client import LedgerClient
-from ledger.contracts.subjects import RECEIPTS_STREAM, new_event_id
+from ledger.contracts.subjects import RECEIPTS_STREAM
+from ledger.domain.ids import new_event_id
 from ledger.domain.errors import TokenReused
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
 from ledger.jetstream.store import EventStore

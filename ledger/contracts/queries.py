@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.contracts.commands import SidField, Sub
 
+MAX_INTROSPECT_CHARS = 8192  # larger than any token the ledger issues
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -27,7 +29,7 @@ class GetSessionRequest(_Model):
 
 
 class IntrospectRequest(_Model):
-    token: Annotated[str, Field(max_length=8192)] = Field(repr=False)
+    token: Annotated[str, Field(max_length=MAX_INTROSPECT_CHARS)] = Field(repr=False)
     token_type_hint: Literal["refresh_token", "access_token"] | None = None
 
 
