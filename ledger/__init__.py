@@ -1,8 +1,9 @@
 """session-ledger: event-sourced JWT refresh-token rotation on NATS JetStream."""
 
 from ledger.client import LedgerClient
-from ledger.config import ReusePolicy, Settings
+from ledger.config import Settings
 from ledger.contracts.commands import Revocation, TokenPair
+from ledger.domain.decide import ReusePolicy
 from ledger.domain.errors import (
     BadRequest,
     LedgerError,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.domain.decide import ReusePolicy
 from ledger.domain.errors import ConfigError
 
 ALLOWED_ALGORITHMS = ("ES256", "EdDSA", "RS256")
@@ -28,11 +28,6 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-
-
-class ReusePolicy(StrEnum):
-    FAMILY = "family"  # revoke the session whose token was replayed
-    USER = "user"  # revoke every session of that user
 
 
 class Settings(BaseSettings):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +14,7 @@ from ledger.config import Settings
 from ledger.jetstream.connection import connect
 from ledger.jetstream.embedded import NatsServer, free_port
 from ledger.jetstream.store import EventStore
-from ledger.service.app import run_service
+from tests.support.services import ServiceRunner
 
 
 @pytest.fixture
@@ -45,31 +43,6 @@ def settings_for(nats_server: NatsServer, tmp_path: Path) -> Any:
 @pytest.fixture
 def settings(settings_for: Any) -> Settings:
     return settings_for()  # type: ignore[no-any-return]
-
-
-class ServiceRunner:
-    """Starts ledger service instances in this event loop; stops them all at teardown."""
-
-    def __init__(self) -> None:
-        self.tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-
-    async def start(self, settings: Settings) -> tuple[asyncio.Event, asyncio.Task[None]]:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_service(settings, stop, ready))
-        waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # raise the start-up error
-        waiter.cancel()
-        self.tasks.append((stop, task))
-        return stop, task
-
-    async def stop_all(self) -> None:
-        for stop, _ in self.tasks:
-            stop.set()
-        for _, task in self.tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from ledger.config import ReusePolicy
 from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevoked, TokenInvalid
 from ledger.domain.events import (
     FamilyEvent,
@@ -25,6 +25,11 @@ from ledger.domain.events import (
 from ledger.domain.refresh import RefreshToken, TokenKeys
 
 TERMINAL = (SessionRevokedEvent, ReuseDetected)
+
+
+class ReusePolicy(StrEnum):
+    FAMILY = "family"  # revoke the session whose token was replayed
+    USER = "user"  # revoke every session of that user
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
@@ -25,22 +24,19 @@ from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
-from ledger.domain.decide import Family
-from ledger.domain.errors import ConcurrencyConflict, LedgerError, Unavailable
+from ledger.domain.errors import ConcurrencyConflict, Unavailable
 from ledger.domain.events import (
     Event,
-    FamilyEvent,
     RecordedEvent,
-    SessionStarted,
     decode_event,
     encode_event,
 )
+from ledger.eventstore.base import BaseEventStore
 
 WRONG_LAST_SEQUENCE = 10071
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
-FACTS_CACHE_SIZE = 100_000
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -65,15 +61,16 @@ def config_differs(current: StreamConfig, wanted: StreamConfig) -> bool:
     )
 
 
-class EventStore:
+class EventStore(BaseEventStore):
+    """The JetStream adapter: one stream, CAS by publish headers, direct gets for reads."""
+
     def __init__(self, nc: NATS, settings: Settings) -> None:
+        super().__init__(Subjects(settings.subject_prefix))
         self.nc = nc
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.settings = settings
-        self.subjects = Subjects(settings.subject_prefix)
         self.timeout = settings.request_timeout
         self._direct = f"$JS.API.DIRECT.GET.{settings.stream}."
-        self._facts: OrderedDict[str, tuple[SessionStarted, int]] = OrderedDict()
 
     async def ensure_stream(self) -> None:
         """Create the stream, or bring an existing one to our config (idempotent).
@@ -135,19 +132,6 @@ class EventStore:
         description = (error or {}).get("description", "no ack")
         raise Unavailable(f"append to {subject} refused: {description}")
 
-    async def append_chain(
-        self,
-        subject_of: Callable[[FamilyEvent], str],
-        events: Sequence[FamilyEvent],
-        filter_: str,
-        expected: int,
-    ) -> int:
-        """Append several family events, each a CAS on the one before it."""
-        seq = expected
-        for event in events:
-            seq = await self.append(subject_of(event), event, expect=(filter_, seq))
-        return seq
-
     async def last(self, subject: str) -> RecordedEvent | None:
         """The last event on ``subject`` (wildcards allowed).
 
@@ -194,40 +178,6 @@ class EventStore:
             raise Unavailable("event store did not answer") from None
         except nats.errors.ConnectionClosedError:
             raise Unavailable("not connected to NATS") from None
-
-    async def family(self, sid: str) -> Family | None:
-        """Facts (cached forever) + latest event: O(1) whatever the family's length."""
-        head = await self.last(self.subjects.family_filter(sid))
-        if head is None:
-            return None
-        facts = await self._facts_for(sid, head)
-        event = head.event
-        assert isinstance(event, FamilyEvent)
-        return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=head.seq)
-
-    def cached_sub(self, sid: str) -> str | None:
-        cached = self._facts.get(sid)
-        return None if cached is None else cached[0].sub
-
-    async def _facts_for(self, sid: str, head: RecordedEvent) -> tuple[SessionStarted, int]:
-        if isinstance(head.event, SessionStarted):
-            facts = (head.event, head.seq)
-        elif (cached := self._facts.get(sid)) is not None:
-            return cached
-        else:
-            rec = await self.last(self.subjects.family(sid, "started"))
-            if rec is None or not isinstance(rec.event, SessionStarted):
-                raise LedgerError(f"family {sid} has no SessionStarted")
-            facts = (rec.event, rec.seq)
-        self._facts[sid] = facts
-        if len(self._facts) > FACTS_CACHE_SIZE:
-            self._facts.popitem(last=False)
-        return facts
-
-    async def user_cut(self, sub: str) -> int | None:
-        """Stream sequence of the user's latest revoke-all: sessions started before it are dead."""
-        rec = await self.last(self.subjects.user(sub))
-        return None if rec is None else rec.seq
 
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.settings.stream)

@@ -27,7 +27,7 @@ from ledger.domain.errors import ConcurrencyConflict, SessionRevoked, TokenReuse
 from ledger.domain.events import FamilyEvent, SigningKeyAdded
 from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.refresh import RefreshToken, TokenKeys
-from ledger.jetstream.store import EventStore
+from ledger.eventstore.base import BaseEventStore
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
 log = logging.getLogger("ledger.service.handlers")
@@ -41,7 +41,7 @@ def utcnow() -> datetime:
 class LedgerService:
     def __init__(
         self,
-        store: EventStore,
+        store: BaseEventStore,
         keys: TokenKeys,
         signer: AccessTokenSigner,
         settings: Settings,

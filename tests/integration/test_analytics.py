@@ -29,7 +29,7 @@ from session_ledger.sim.simulate import SimConfig, simulate
 from session_ledger.sim.synthetic import synthetic_events
 
 SIM = SimConfig(users=15, minutes=40, replay_rate=0.35, seed=11)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = [sys.executable, "-c", "import sys; from session_ledger.cli import main; sys.exit(main())"]
 TABLES = ("events", "receipts", "session_facts", "user_cuts")
 VIEWS = (

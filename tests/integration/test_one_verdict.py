@@ -24,7 +24,7 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.service.keys import SigningKey
 from projections.sessions.runner import run_sessions
-from tests.edge_support import running, service_key, verifier
+from tests.support.edge import running, service_key, verifier
 
 Make = Callable[[dict[str, Any]], str]
 

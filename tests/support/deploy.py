@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from ledger.jetstream.connection import connect
 from ledger.jetstream.embedded import NatsServer, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 USERS = {
     "ledger": "LEDGER_SERVICE_PASSWORD",
     "app": "LEDGER_APP_PASSWORD",

@@ -21,7 +21,7 @@ from ledger.domain.events import ReuseDetected, TokenRotated
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
 from ledger.service.app import build_broker, build_service
-from tests.helpers import all_events, family_events
+from tests.support.helpers import all_events, family_events
 
 
 @pytest.fixture

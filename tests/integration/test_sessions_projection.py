@@ -32,7 +32,7 @@ from projections.sessions.runner import RunnerOptions, SessionsRunner, run_sessi
 from projections.sessions.store import SessionStore, live_bucket, sessions_checkpoint
 from session_ledger.cli import main as cli_main
 from session_ledger.cli.up import COMPONENTS
-from tests.sessions_history import generate, recorded
+from tests.support.sessions_history import generate, recorded
 
 FAST = RunnerOptions(batch=64, ack_wait=1.0, fetch_timeout=0.2, pointer_check=0.2, restart_delay=0.2)
 

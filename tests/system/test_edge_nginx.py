@@ -19,7 +19,7 @@ from aiohttp import web
 from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
 from ledger.jetstream.embedded import free_port
-from tests.edge_support import broadcaster, report, running
+from tests.support.edge import broadcaster, report, running
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None

@@ -19,7 +19,7 @@ from ledger.jetstream.embedded import NatsServer
 from ledger.jetstream.store import EventStore
 from ledger.service.keys import load_or_create_master
 from session_ledger.cli.up import service_command
-from tests.helpers import all_events
+from tests.support.helpers import all_events
 
 
 def _start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -86,7 +86,7 @@ async def test_kill_service_mid_load(settings: Settings, store: EventStore, tmp_
 
 
 async def test_service_stops_cleanly_while_nats_is_down(settings: Settings, nats_server: NatsServer) -> None:
-    from tests.conftest import ServiceRunner
+    from tests.support.services import ServiceRunner
 
     runner = ServiceRunner()
     stop, task = await runner.start(settings)
@@ -99,7 +99,7 @@ async def test_service_stops_cleanly_while_nats_is_down(settings: Settings, nats
 async def test_service_started_before_nats_waits_for_it(settings: Settings, tmp_path: Path) -> None:
     """Start-up order does not matter: the service connects once the server is there."""
     from ledger.jetstream.embedded import NatsServer, free_port
-    from tests.conftest import ServiceRunner
+    from tests.support.services import ServiceRunner
 
     late = NatsServer(store_dir=tmp_path / "late", port=free_port())
     runner = ServiceRunner()

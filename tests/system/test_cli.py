@@ -14,7 +14,7 @@ from pathlib import Path
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.jetstream.embedded import free_port
-from tests.conftest import ServiceRunner
+from tests.support.services import ServiceRunner
 
 
 async def cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:

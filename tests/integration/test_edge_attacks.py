@@ -18,7 +18,7 @@ from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
 from ledger.jetstream.embedded import free_port
 from ledger.service.keys import SigningKey, generate, public_jwk
-from tests.edge_support import claims_for, reason_of, running, service_key, sign, verifier
+from tests.support.edge import claims_for, reason_of, running, service_key, sign, verifier
 
 
 def b64(data: bytes) -> str:

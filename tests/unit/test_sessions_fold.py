@@ -25,7 +25,7 @@ from projections.sessions.fold import (
     status,
     user_cut_key,
 )
-from tests.sessions_history import generate, recorded
+from tests.support.sessions_history import generate, recorded
 
 seeds = st.integers(min_value=0, max_value=2**32)
 sizes = st.integers(min_value=1, max_value=250)

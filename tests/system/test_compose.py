@@ -17,7 +17,7 @@ import yaml
 from ledger.jetstream.embedded import find_binary
 from session_ledger.cli import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SINGLE = {"nats", "ledger", "broadcaster", "projections", "edge"}
 CLUSTER = {"nats-1", "nats-2", "nats-3", "ledger-r3", "broadcaster-r3", "projections-r3", "edge-r3"}
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[?-][^}]*)?\}")

@@ -13,7 +13,7 @@ from ledger.config import Settings
 from ledger.domain.errors import LedgerError
 from ledger.jetstream.embedded import NatsServer
 from ledger.jetstream.store import EventStore
-from tests.helpers import all_events
+from tests.support.helpers import all_events
 
 DELETE_DENIED, PURGE_DENIED = 10057, 10110
 

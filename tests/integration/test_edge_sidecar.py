@@ -16,7 +16,7 @@ import aiohttp
 from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
 from ledger.jetstream.embedded import free_port
-from tests.edge_support import broadcaster, report, running
+from tests.support.edge import broadcaster, report, running
 
 
 async def test_forward_auth_contract(client: LedgerClient, settings_for: Any, capsys: Any) -> None:

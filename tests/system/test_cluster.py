@@ -33,7 +33,7 @@ from ledger.jetstream.cluster import Cluster, ensure_stream_ready, stream_leader
 from ledger.jetstream.connection import connect
 from ledger.jetstream.embedded import NatsServer
 from ledger.jetstream.store import EventStore
-from tests.deploy_support import conf_cluster, set_passwords
+from tests.support.deploy import conf_cluster, set_passwords
 
 WORKERS = 6
 

@@ -16,12 +16,12 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.contracts.subjects import RECEIPTS_STREAM
-from ledger.domain.ids import new_event_id
 from ledger.domain.errors import TokenReused
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
+from ledger.domain.ids import new_event_id
 from ledger.jetstream.store import EventStore
 from ledger.service.keys import SigningKey, generate, key_id
-from tests.edge_support import (
+from tests.support.edge import (
     broadcaster,
     claims_for,
     reason_of,
@@ -153,7 +153,7 @@ async def test_reuse_rejects_the_whole_family_at_the_edge(
 
 
 async def test_readme_edge_example_runs(client: LedgerClient, settings: Any) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "EdgeVerifier" in b]
     namespace: dict[str, Any] = {"__name__": "readme_edge"}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README

@@ -24,7 +24,7 @@ from ledger.domain.events import SigningKeyAdded, decode_event
 from ledger.jetstream.connection import connect
 from ledger.jetstream.embedded import free_port
 from ledger.jetstream.store import EventStore
-from tests.deploy_support import (
+from tests.support.deploy import (
     ConfServer,
     Secured,
     documented_tls_block,

@@ -13,7 +13,7 @@ from ledger.client import LedgerClient
 from ledger.contracts.notices import decode_notice, notice_for, notice_lifetime
 from ledger.contracts.subjects import NOTICES_STREAM
 from ledger.jetstream.connection import connect
-from tests.edge_support import reason_of, verifier
+from tests.support.edge import reason_of, verifier
 
 
 async def test_crash_between_publish_and_ack_loses_and_duplicates_nothing(

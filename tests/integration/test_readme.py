@@ -8,7 +8,7 @@ from pathlib import Path
 from ledger.client import LedgerClient
 from ledger.config import Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def python_blocks() -> list[str]:

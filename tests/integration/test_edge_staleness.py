@@ -12,7 +12,7 @@ from typing import Any
 
 from ledger.client import LedgerClient
 from ledger.jetstream.embedded import NatsServer
-from tests.edge_support import broadcaster, reason_of, report, retry, until_rejected, verifier
+from tests.support.edge import broadcaster, reason_of, report, retry, until_rejected, verifier
 
 LIMIT = timedelta(seconds=1.5)
 

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.config import ReusePolicy
 from ledger.domain import decide
-from ledger.domain.decide import Family, Ids, Policy
+from ledger.domain.decide import Family, Ids, Policy, ReusePolicy
 from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevoked, TokenInvalid
 from ledger.domain.events import ReuseDetected, RevokeReason, UserSessionsRevoked
 from ledger.domain.events import SessionRevoked as Revoked

@@ -15,8 +15,8 @@ from ledger.domain.errors import SessionRevoked, TokenReused
 from ledger.domain.events import ReuseDetected, RevokeReason, TokenRotated, UserSessionsRevoked
 from ledger.domain.events import SessionRevoked as Revoked
 from ledger.jetstream.store import EventStore
-from tests.conftest import ServiceRunner
-from tests.helpers import all_events, family_events
+from tests.support.helpers import all_events, family_events
+from tests.support.services import ServiceRunner
 
 GRACE = timedelta(milliseconds=200)
 

@@ -1,0 +1,104 @@
+"""The abstract event store: four primitives per adapter, family reads written once."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from ledger.contracts.subjects import Subjects
+from ledger.domain.decide import Family
+from ledger.domain.errors import LedgerError
+from ledger.domain.events import Event, FamilyEvent, RecordedEvent, SessionStarted
+
+FACTS_CACHE_SIZE = 100_000
+
+
+def subject_matches(filter_: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
+    want, have = filter_.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+class BaseEventStore(ABC):
+    """Append with compare-and-set, last event by (wildcard) subject, read in order.
+
+    ``append(subject, event, expect=(filter, seq))`` raises ``ConcurrencyConflict``
+    unless the last event matching ``filter`` is at ``seq`` (0: none). An append
+    without ``expect`` whose event id was already appended returns the original
+    sequence and appends nothing (the server's duplicate window).
+    """
+
+    subjects: Subjects
+
+    def __init__(self, subjects: Subjects) -> None:
+        self.subjects = subjects
+        self._facts: OrderedDict[str, tuple[SessionStarted, int]] = OrderedDict()
+
+    @abstractmethod
+    async def ensure_stream(self) -> None: ...
+
+    @abstractmethod
+    async def append(self, subject: str, event: Event, *, expect: tuple[str, int] | None = None) -> int: ...
+
+    @abstractmethod
+    async def last(self, subject: str) -> RecordedEvent | None: ...
+
+    @abstractmethod
+    async def last_seq(self) -> int: ...
+
+    @abstractmethod
+    def read(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[RecordedEvent]: ...
+
+    async def append_chain(
+        self,
+        subject_of: Callable[[FamilyEvent], str],
+        events: Sequence[FamilyEvent],
+        filter_: str,
+        expected: int,
+    ) -> int:
+        """Append several family events, each a CAS on the one before it."""
+        seq = expected
+        for event in events:
+            seq = await self.append(subject_of(event), event, expect=(filter_, seq))
+        return seq
+
+    async def family(self, sid: str) -> Family | None:
+        """Facts (cached forever) + latest event: O(1) whatever the family's length."""
+        head = await self.last(self.subjects.family_filter(sid))
+        if head is None:
+            return None
+        facts = await self._facts_for(sid, head)
+        event = head.event
+        if not isinstance(event, FamilyEvent):
+            raise LedgerError(f"family {sid} holds a foreign event")
+        return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=head.seq)
+
+    def cached_sub(self, sid: str) -> str | None:
+        cached = self._facts.get(sid)
+        return None if cached is None else cached[0].sub
+
+    async def _facts_for(self, sid: str, head: RecordedEvent) -> tuple[SessionStarted, int]:
+        if isinstance(head.event, SessionStarted):
+            facts = (head.event, head.seq)
+        elif (cached := self._facts.get(sid)) is not None:
+            return cached
+        else:
+            rec = await self.last(self.subjects.family(sid, "started"))
+            if rec is None or not isinstance(rec.event, SessionStarted):
+                raise LedgerError(f"family {sid} has no SessionStarted")
+            facts = (rec.event, rec.seq)
+        self._facts[sid] = facts
+        if len(self._facts) > FACTS_CACHE_SIZE:
+            self._facts.popitem(last=False)
+        return facts
+
+    async def user_cut(self, sub: str) -> int | None:
+        """Stream sequence of the user's latest revoke-all: sessions started before it are dead."""
+        rec = await self.last(self.subjects.user(sub))
+        return None if rec is None else rec.seq
