@@ -7,6 +7,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import nats.errors
@@ -31,7 +32,7 @@ from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
 from ledger.jetstream.connection import broker_options, connect
 from ledger.jetstream.store import EventStore
-from ledger.service.handlers import LedgerService
+from ledger.service.handlers import LedgerService, utcnow
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
 from ledger.service.signer import AccessTokenSigner
 
@@ -61,16 +62,23 @@ def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
         **broker_options(settings.nats_url), logger=None, graceful_timeout=5.0, apply_types=False
     )
     subjects = Subjects(settings.subject_prefix)
-    routes: list[tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]] = [
+    for name, model, call in command_routes(service):
+        _route(broker, subjects.command(name), model, call)
+    return broker
+
+
+Route = tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]
+
+
+def command_routes(service: LedgerService) -> list[Route]:
+    """The command table: (name on ``<prefix>.cmd.<name>``, request model, handler)."""
+    return [
         ("start", StartSessionRequest, service.start_session),
         ("rotate", RotateRequest, service.rotate),
         ("revoke", RevokeSessionRequest, service.revoke_session),
         ("logout", LogoutRequest, service.logout),
         ("revoke_user", RevokeUserRequest, service.revoke_user),
     ]
-    for name, model, call in routes:
-        _route(broker, subjects.command(name), model, call)
-    return broker
 
 
 async def _raw_body(msg: StreamMessage[Any]) -> bytes:
@@ -89,7 +97,9 @@ def _route(
         return await handle(model, call, body)
 
 
-async def build_service(settings: Settings, nc: NATS, *, deadline: float = 30.0) -> LedgerService:
+async def build_service(
+    settings: Settings, nc: NATS, *, deadline: float = 30.0, clock: Callable[[], datetime] = utcnow
+) -> LedgerService:
     """Keys from disk, the stream ensured and the public key published.
 
     Retried until ``deadline``: on a fresh cluster the stream may still be electing
@@ -101,7 +111,7 @@ async def build_service(settings: Settings, nc: NATS, *, deadline: float = 30.0)
     signer = AccessTokenSigner(
         signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
     )
-    service = LedgerService(store, keys, signer, settings)
+    service = LedgerService(store, keys, signer, settings, clock=clock)
     give_up = time.monotonic() + deadline
     while True:
         try:

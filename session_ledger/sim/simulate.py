@@ -24,20 +24,15 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.contracts.commands import LogoutRequest, RevokeUserRequest, RotateRequest, StartSessionRequest
+from ledger.contracts.subjects import Subjects
 from ledger.domain.errors import LedgerError, SessionExpired, SessionRevoked, TokenReused
-from ledger.domain.refresh import TokenKeys
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
-from ledger.service.app import handle
-from ledger.service.handlers import LedgerService
-from ledger.service.keys import load_or_create_master, load_or_create_signing_key
-from ledger.service.signer import AccessTokenSigner
+from ledger.service.app import build_service, command_routes, handle
 from session_ledger.sim.synthetic import CLIENTS, synthetic_events
 from session_ledger.sim.truth import US, Device, SimConfig, SimSession, Truth, km_quantiles, us_of
 
@@ -59,15 +54,10 @@ async def simulated_ledger(settings: Settings, clock: Callable[[], datetime]) ->
     prefix = f"_sim{secrets.token_hex(4)}"
     nc = await connect(settings.nats_url, "ledger-simulator-service")
     try:
-        service = await _service(settings, nc, clock)
-        routes = {
-            "start": (StartSessionRequest, service.start_session),
-            "rotate": (RotateRequest, service.rotate),
-            "logout": (LogoutRequest, service.logout),
-            "revoke_user": (RevokeUserRequest, service.revoke_user),
-        }
-        for name, (model, call) in routes.items():
-            await nc.subscribe(f"{prefix}.cmd.{name}", cb=_responder(model, call))
+        service = await build_service(settings, nc, clock=clock)
+        subjects = Subjects(prefix)
+        for name, model, call in command_routes(service):  # the service's own command table
+            await nc.subscribe(subjects.command(name), cb=_responder(model, call))
         client = await LedgerClient.connect(settings.nats_url, prefix=prefix, timeout=10.0)
         try:
             yield client
@@ -82,19 +72,6 @@ def _responder(model: Any, call: Any) -> Callable[[Msg], Any]:
         await msg.respond(await handle(model, call, msg.data))
 
     return respond
-
-
-async def _service(settings: Settings, nc: NATS, clock: Callable[[], datetime]) -> LedgerService:
-    store = EventStore(nc, settings)
-    await store.ensure_stream()
-    signing = load_or_create_signing_key(settings.keys_path, settings.algorithm, settings.key_passphrase)
-    signer = AccessTokenSigner(
-        signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
-    )
-    keys = TokenKeys(load_or_create_master(settings.keys_path))
-    service = LedgerService(store, keys, signer, settings, clock=clock)
-    await service.publish_signing_key()
-    return service
 
 
 def sim_settings(settings: Settings, cfg: SimConfig) -> Settings:

@@ -17,6 +17,7 @@ from ledger.contracts.commands import (
     RotateRequest,
     StartSessionRequest,
 )
+from ledger.contracts.subjects import COMMANDS
 from ledger.domain.decide import ReusePolicy
 from ledger.domain.errors import (
     ConcurrencyConflict,
@@ -35,6 +36,7 @@ from ledger.domain.events import (
 from ledger.domain.events import SessionRevoked as SessionRevokedEvent
 from ledger.domain.refresh import TokenKeys
 from ledger.eventstore import MemoryEventStore
+from ledger.service.app import command_routes
 from ledger.service.handlers import LedgerService
 from ledger.service.keys import load_or_create_signing_key
 from ledger.service.signer import AccessTokenSigner
@@ -166,3 +168,8 @@ async def test_logout_needs_the_token_and_is_idempotent(signer: AccessTokenSigne
     assert [type(e).__name__ for e in events_of(store, SessionRevokedEvent)] == ["SessionRevoked"]
     assert isinstance(store.records[0].event, SessionStarted)
     assert not events_of(store, UserSessionsRevoked)
+
+
+def test_the_command_table_serves_every_command_subject(signer: AccessTokenSigner) -> None:
+    service, _, _ = make(signer)
+    assert tuple(name for name, _, _ in command_routes(service)) == COMMANDS
