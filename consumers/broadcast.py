@@ -1,9 +1,9 @@
 """The revocation broadcaster: LEDGER revocation events -> compact notices on LEDGER_REVOCATIONS.
 
-A durable pull consumer reads only the revoking subjects. Each event's notice is
-published with ``Nats-Msg-Id`` = the event id (a redelivery is deduplicated by the
-server; beyond the duplicate window a repeat is harmless, verifiers apply notices
-idempotently) and ``Nats-TTL`` = what is left of the longest access-token life.
+A durable pull consumer (the generic ``CheckpointedConsumer``) reads only the revoking
+subjects. Each event's notice is published with ``Nats-Msg-Id`` = the event id (a
+redelivery is deduplicated by the server; beyond the duplicate window a repeat is
+harmless, verifiers apply notices idempotently) and ``Nats-TTL`` = what is left of the longest access-token life.
 The source event is acked only after the notice publish is acked, so a crash in
 between means a redelivery, never a lost revocation. Several instances may share the
 durable consumer.
@@ -12,18 +12,13 @@ durable consumer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from pydantic import ValidationError
 
 from ledger.config import Settings
 from ledger.contracts.notices import (
@@ -36,6 +31,7 @@ from ledger.contracts.notices import (
 from ledger.contracts.subjects import NOTICES_STREAM, Subjects
 from ledger.domain.events import RecordedEvent, decode_event
 from ledger.jetstream.connection import connect
+from ledger.jetstream.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
 from ledger.jetstream.store import EventStore
 
 log = logging.getLogger("consumers.broadcast")
@@ -48,6 +44,8 @@ def utcnow() -> datetime:
 
 
 class Broadcaster:
+    """The sink of a ``CheckpointedConsumer`` whose position is the server's ack floor."""
+
     def __init__(
         self,
         nc: NATS,
@@ -57,11 +55,19 @@ class Broadcaster:
         ack_wait: float = 30.0,
     ) -> None:
         self.nc = nc
-        self.ack_wait = ack_wait
         self.settings = settings
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.clock = clock
         self.published = 0
+        spec = ConsumerSpec(
+            stream=settings.stream,
+            durable=DURABLE,
+            filters=tuple(Subjects(settings.subject_prefix).revoking()),
+            batch=BATCH,
+            ack_wait=ack_wait,
+            owns_position=False,
+        )
+        self.consumer = CheckpointedConsumer(nc, spec, self, timeout=settings.request_timeout)
 
     async def setup(self) -> None:
         """Streams and the durable consumer, all idempotent."""
@@ -75,58 +81,36 @@ class Broadcaster:
             await self.js.add_stream(config)
         else:
             await self.js.update_stream(config)
-        await self.js.add_consumer(self.settings.stream, self._consumer_config())
-
-    def _consumer_config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            durable_name=DURABLE,
-            name=DURABLE,
-            filter_subjects=Subjects(self.settings.subject_prefix).revoking(),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            max_ack_pending=1024,
-        )
+        await self.consumer.bind()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        sub = await self.js.pull_subscribe_bind(durable=DURABLE, stream=self.settings.stream)
+        """Until ``stop``; a deleted durable is re-created (``bind``) and resumes where it was."""
         if ready is not None:
             ready.set()
         try:
-            while not stop.is_set():
-                for msg in await self._fetch(sub):
-                    await self.handle(msg)
+            await self.consumer.run(stop, wait=1.0, retry=0.5)
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await self.consumer.close()
 
-    async def _fetch(self, sub: Any) -> list[Msg]:
-        try:
-            return list(await sub.fetch(BATCH, timeout=1.0))
-        except (nats.errors.TimeoutError, TimeoutError):
-            return []
-        except nats.errors.Error as err:  # disconnected, JetStream restarting...
-            log.info("broadcaster fetch failed (%s); retrying", type(err).__name__)
-            await asyncio.sleep(0.5)
-            return []
+    async def position(self) -> int:
+        return 0  # the server's ack floor is the position
 
-    async def handle(self, msg: Msg) -> None:
-        """Publish the notice, then ack the source; on failure leave it for redelivery."""
-        try:
-            recorded = recorded_from(msg)
-        except (ValidationError, ValueError):
-            log.error("undecodable event at LEDGER seq %s: skipped", msg.metadata.sequence.stream)
-            await msg.term()
-            return
-        try:
-            notice = notice_for(recorded)
+    async def apply(self, batch: Sequence[Delivery]) -> int:
+        """Publish each notice (acked by the stream) in order; the last sequence handled."""
+        done = 0
+        for delivery in batch:
+            recorded = delivery.recorded()
+            notice = notice_for(recorded) if recorded is not None else None
             if notice is not None:
-                await self.publish(notice)
-            await msg.ack()
-        except (nats.errors.Error, TimeoutError) as err:
-            log.warning("notice for LEDGER seq %s not published yet: %s", recorded.seq, type(err).__name__)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=0.5)
+                try:
+                    await self.publish(notice)
+                except TRANSIENT as err:
+                    log.warning(
+                        "notice for LEDGER seq %s not published yet: %s", delivery.seq, type(err).__name__
+                    )
+                    return done  # this one and the rest are redelivered
+            done = delivery.seq
+        return done
 
     async def publish(self, notice: Notice) -> None:
         """Publish and wait for the stream's ack (a duplicate ack is success)."""
