@@ -3,8 +3,8 @@
 A durable pull consumer (the generic ``CheckpointedConsumer``) reads only the revoking
 subjects. Each event's notice is published with ``Nats-Msg-Id`` = the event id (a
 redelivery is deduplicated by the server; beyond the duplicate window a repeat is
-harmless, verifiers apply notices idempotently) and ``Nats-TTL`` = what is left of the longest access-token life.
-The source event is acked only after the notice publish is acked, so a crash in
+harmless, verifiers apply notices idempotently) and ``Nats-TTL`` = what is left of the
+longest access-token life. The source event is acked only after the notice publish is acked, so a crash in
 between means a redelivery, never a lost revocation. Several instances may share the
 durable consumer.
 """

@@ -34,14 +34,6 @@ def snapshot_path(db: Path) -> Path:
     return db.with_name(db.stem + ".snapshot.duckdb")
 
 
-def ack_position(reply: str) -> tuple[int, int]:
-    """(stream sequence, stored-at in ns) from a JetStream ack subject, v1 or v2 layout."""
-    tokens = reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[7])
-    return int(tokens[7]), int(tokens[9])
-
-
 def stage_line(data: bytes, seq: int, subject: str, ts_ns: int, *, strict: bool = False) -> bytes:
     """One NDJSON line for the loader, the payload kept byte for byte.
 

@@ -17,25 +17,21 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-import nats.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import RECEIPTS_STREAM, Subjects
-from ledger.domain.errors import Unavailable
 from ledger.jetstream.connection import connect
-from ledger.jetstream.pull import Puller
+from ledger.jetstream.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery, ack_position
 from projections.analytics.db import (
     AnalyticsDB,
     Feed,
-    ack_position,
     db_path_for,
     open_reader,
     snapshot_path,
@@ -83,6 +79,21 @@ class Progress:
         return self.applied / max(time.monotonic() - self.started, 1e-9)
 
 
+class FeedSink:
+    """One feed's sink: stage the batch, load it and move its checkpoint in one transaction."""
+
+    def __init__(self, owner: AnalyticsProjection, feed: Feed) -> None:
+        self.owner = owner
+        self.feed = feed
+
+    async def position(self) -> int:
+        return self.owner.db.checkpoint(self.feed.stream)
+
+    async def apply(self, batch: Sequence[Delivery]) -> int:
+        """In a worker thread (DuckDB releases the GIL) while the consumer prefetches the next."""
+        return await asyncio.to_thread(self.owner.load, self.feed, batch)
+
+
 class AnalyticsProjection:
     """Pulls both feeds into ``AnalyticsDB`` until ``stop`` (or until caught up, for a rebuild)."""
 
@@ -101,33 +112,32 @@ class AnalyticsProjection:
         self.snapshot_every = snapshot_every
         self.events, self.receipts = feeds(settings, durable)
         self.progress = Progress()
-        self._subs: dict[str, Puller] = {}
+        self._consumers: dict[str, CheckpointedConsumer] = {}
         self._nc: Any = None
-        self._last_seq: dict[str, int] = {}
         self._last_snapshot = 0.0
         self._dirty = False
         self._last_probe = 0.0
         self._rebuild_requests: list[Msg] = []
-        self._prefetched: dict[str, list[Msg]] = {}
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
         try:
             js = nc.jetstream(timeout=self.settings.request_timeout)
             await self._wait_for_stream(js, stop)
-            await self._bind(js, self.events)
+            await self._bind(self.events)
             await nc.subscribe(rebuild_subject(self.settings), cb=self._rebuild_requests_append)
             if ready is not None:
                 ready.set()
             while not stop.is_set():
                 if self._rebuild_requests:
-                    await self._rebuild_in_place(js)
+                    await self._rebuild_in_place()
                 try:
                     await self._step(js, follow=True)
-                except (nats.errors.Error, TimeoutError, Unavailable) as err:  # NATS away: retry, never die
+                except TRANSIENT as err:  # NATS away: retry, never die
                     log.warning("analytics: %s; retrying", type(err).__name__)
-                    await asyncio.sleep(1.0)
-                    await self._rebind(js)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    await self._rebind()
         finally:
             await self._finish(nc)
 
@@ -145,7 +155,7 @@ class AnalyticsProjection:
     async def _rebuild_requests_append(self, msg: Msg) -> None:
         self._rebuild_requests.append(msg)
 
-    async def _rebuild_in_place(self, js: Any) -> None:
+    async def _rebuild_in_place(self) -> None:
         """``session-ledger analytics rebuild`` while this process holds the file: build a
         fresh file from sequence 1 (ingest pauses meanwhile), swap it in, resume from its
         checkpoint + 1, answer the requester."""
@@ -162,9 +172,7 @@ class AnalyticsProjection:
             finally:  # swapped or not, keep a live connection to follow the stream
                 self.db = AnalyticsDB(path, grace_window_s=grace)
                 self.db.before_commit = hook
-            for feed in (self.events, self.receipts):
-                if feed.stream in self._subs:
-                    await self._bind(js, feed)
+            await self._rebind()
             self._dirty = True
             await self._maybe_snapshot(force=True)
             answer: dict[str, Any] = {
@@ -174,7 +182,7 @@ class AnalyticsProjection:
             }
         except Exception as err:
             log.exception("analytics: rebuild failed")
-            answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+            answer = {"ok": False, "error": type(err).__name__}
         for msg in requests:
             with contextlib.suppress(Exception):
                 await msg.respond(json.dumps(answer).encode())
@@ -184,7 +192,7 @@ class AnalyticsProjection:
         nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics-rebuild")
         try:
             js = nc.jetstream(timeout=self.settings.request_timeout)
-            await self._bind(js, self.events)
+            await self._bind(self.events)
             await self._probe_receipts(js, force=True)
             pending = True
             while pending:
@@ -198,56 +206,48 @@ class AnalyticsProjection:
     async def _finish(self, nc: Any) -> None:
         with contextlib.suppress(Exception):
             await self._maybe_snapshot(force=True)
-        for puller in self._subs.values():
+        for consumer in self._consumers.values():
             with contextlib.suppress(Exception):
-                await puller.stop()
+                await consumer.close()
         with contextlib.suppress(Exception):
             await nc.drain()
 
     async def _step(self, js: Any, *, follow: bool) -> bool:
         """One round over the feeds; True while any feed still had messages."""
-        got = await self._pump(self.events, FETCH_WAIT if follow else None)
+        got = await self._consumers[self.events.stream].step(FETCH_WAIT if follow else None) > 0
         await self._probe_receipts(js)
-        if self.receipts.stream in self._subs:
-            got = await self._pump(self.receipts, None) or got
+        if (receipts := self._consumers.get(self.receipts.stream)) is not None:
+            got = await receipts.step(None) > 0 or got
         await self._maybe_snapshot()
         if not got and not follow:
-            return await self._has_pending(js)
+            return any([await c.pending() for c in self._consumers.values()])
         return got
 
-    async def _bind(self, js: Any, feed: Feed) -> None:
+    async def _bind(self, feed: Feed) -> None:
         """(Re)create the durable at checkpoint + 1: DuckDB, not the server, owns the position,
         and a fresh consumer redelivers a crashed batch at once instead of after ack_wait."""
-        if (old := self._subs.pop(feed.stream, None)) is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
-        start = self.db.checkpoint(feed.stream) + 1
-        self._last_seq[feed.stream] = start - 1
-        self._prefetched.pop(feed.stream, None)  # the new consumer delivers them again
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(feed.stream, feed.durable)
-        config = ConsumerConfig(
-            durable_name=feed.durable,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.ALL,
-            ack_wait=60.0,
-            max_ack_pending=self.batch * 4,
-            filter_subject=feed.filter_subject,
+        if (old := self._consumers.pop(feed.stream, None)) is not None:
+            await old.close()
+        filters = (feed.filter_subject,) if feed.filter_subject else ()
+        spec = ConsumerSpec(
+            feed.stream, feed.durable, filters, batch=self.batch, ack_wait=60.0, prefetch=True
         )
-        await js.add_consumer(feed.stream, config)
-        self._subs[feed.stream] = await Puller(self._nc, feed.stream, feed.durable).start()
+        consumer = CheckpointedConsumer(
+            self._nc, spec, FeedSink(self, feed), timeout=self.settings.request_timeout
+        )
+        await consumer.bind()
+        self._consumers[feed.stream] = consumer
 
-    async def _rebind(self, js: Any) -> None:
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
+    async def _rebind(self) -> None:
+        with contextlib.suppress(*TRANSIENT):
             for feed in (self.events, self.receipts):
-                if feed.stream in self._subs:
-                    await self._bind(js, feed)
+                if feed.stream in self._consumers:
+                    await self._bind(feed)
 
     async def _probe_receipts(self, js: Any, *, force: bool = False) -> None:
         """Receipts are optional: follow the stream once an edge verifier has created it."""
         now = time.monotonic()
-        if self.receipts.stream in self._subs or (
+        if self.receipts.stream in self._consumers or (
             not force and now - self._last_probe < RECEIPTS_PROBE_EVERY
         ):
             return
@@ -256,59 +256,24 @@ class AnalyticsProjection:
             await js.stream_info(self.receipts.stream)
         except NotFoundError:
             return
-        await self._bind(js, self.receipts)
+        await self._bind(self.receipts)
 
-    async def _pump(self, feed: Feed, wait: float | None) -> bool:
-        """Apply one batch in a worker thread (DuckDB releases the GIL) while the next one is
-        fetched: ingest then costs about max(fetch, load) per batch, not their sum. The
-        prefetched batch is only held in memory; the checkpoint still moves with its rows."""
-        puller = self._subs[feed.stream]
-        msgs = self._prefetched.pop(feed.stream, None) or await puller.fetch(self.batch, wait=wait)
-        if not msgs:
-            return False
-        applied, fetched = await asyncio.gather(
-            asyncio.to_thread(self._apply, feed, msgs), puller.fetch(self.batch), return_exceptions=True
-        )
-        for outcome in (applied, fetched):  # both finished: nobody else touches the connection now
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(fetched, list)
-        self._prefetched[feed.stream] = fetched
-        await msgs[-1].ack()  # AckPolicy.ALL: one ack covers the batch
-        return True
-
-    def _apply(self, feed: Feed, msgs: list[Msg]) -> None:
-        lines, last = self._stage(feed, msgs, strict=False)
-        if not lines:
-            return
+    def load(self, feed: Feed, batch: Sequence[Delivery]) -> int:
+        """Stage and load ``batch`` with its checkpoint (runs in a worker thread)."""
+        last = batch[-1].seq
         try:
-            self.db.apply(feed, lines, last)
+            self.db.apply(feed, self._stage(batch, strict=False), last)
         except (duckdb.InvalidInputException, duckdb.ConversionException):
             log.warning("analytics: malformed payload in batch ending at seq %d; staging it strictly", last)
-            self.db.apply(feed, self._stage(feed, msgs, strict=True)[0], last)
-        self._last_seq[feed.stream] = last
-        self.progress.applied += len(lines)
+            self.db.apply(feed, self._stage(batch, strict=True), last)
+        self.progress.applied += len(batch)
         self.progress.batches += 1
         self._dirty = True
+        return last
 
-    def _stage(self, feed: Feed, msgs: list[Msg], *, strict: bool) -> tuple[list[bytes], int]:
-        last = self._last_seq[feed.stream]
-        lines: list[bytes] = []
-        for msg in msgs:
-            seq, ts_ns = ack_position(msg.reply)
-            if seq > last:  # a redelivery of something already applied is skipped
-                lines.append(stage_line(msg.data, seq, msg.subject, ts_ns, strict=strict))
-                last = seq
-        return lines, last
-
-    async def _has_pending(self, js: Any) -> bool:
-        for feed in (self.events, self.receipts):
-            if feed.stream not in self._subs:
-                continue
-            info = await js.consumer_info(feed.stream, feed.durable)
-            if info.num_pending or info.num_ack_pending:
-                return True
-        return False
+    @staticmethod
+    def _stage(batch: Sequence[Delivery], *, strict: bool) -> list[bytes]:
+        return [stage_line(d.data, d.seq, d.subject, d.time_ns, strict=strict) for d in batch]
 
     async def _maybe_snapshot(self, *, force: bool = False) -> None:
         if self.snapshot_every is None or not self._dirty:
