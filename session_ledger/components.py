@@ -5,7 +5,7 @@ from __future__ import annotations
 from consumers.broadcast import run_broadcaster
 from consumers.edge.sidecar import run_edge
 from ledger.service.app import run_service
-from projections.analytics.projection import run_analytics
+from projections.analytics.rebuild import run_analytics
 from projections.sessions.runner import run_sessions
 from session_ledger.runtime import Component
 from session_ledger.sim.simulate import run_demo

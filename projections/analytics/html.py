@@ -11,7 +11,7 @@ from html import escape
 
 import duckdb
 
-from projections.analytics.reports import FAR_PAST, REPORTS, Table, Window, _cell, build
+from projections.analytics.reports import FAR_PAST, REPORTS, Table, Window, build, cell_text
 
 COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618")
 W, H, PAD_L, PAD_B, PAD_T = 640, 270, 60, 90, 28
@@ -120,7 +120,7 @@ def _bars(i: int, slot: float, vals: list[float], scale: Scale, stacked: bool) -
 def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{escape(_cell(v))}</td>" for v in row) + "</tr>" for row in table.rows
+        "<tr>" + "".join(f"<td>{escape(cell_text(v))}</td>" for v in row) + "</tr>" for row in table.rows
     )
     return f"<h3>{escape(table.title)}</h3><table><tr>{head}</tr>{rows or ''}</table>"
 
@@ -170,8 +170,8 @@ def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
         for name in REPORTS
     )
     made = datetime.now(UTC).isoformat(timespec="seconds")
-    since = "the first event" if w.since == FAR_PAST else _cell(w.since)
-    meta = f"window {since} .. {_cell(w.until)} UTC · data: {source} · generated {made}"
+    since = "the first event" if w.since == FAR_PAST else cell_text(w.since)
+    meta = f"window {since} .. {cell_text(w.until)} UTC · data: {source} · generated {made}"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<title>session-ledger analytics</title>"

@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,6 @@ __all__ = [
     "db_path_for",
     "open_reader",
     "rebuild_subject",
-    "run_analytics",
     "snapshot_path",
     "stage_line",
 ]
@@ -115,9 +114,10 @@ class AnalyticsProjection:
         self._consumers: dict[str, CheckpointedConsumer] = {}
         self._nc: Any = None
         self._last_snapshot = 0.0
-        self._dirty = False
+        self.dirty = False
         self._last_probe = 0.0
         self._rebuild_requests: list[Msg] = []
+        self.rebuilder: Callable[[AnalyticsProjection], Awaitable[dict[str, Any]]] | None = None
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         nc = self._nc = await connect(self.settings.nats_url, "ledger-analytics")
@@ -137,7 +137,7 @@ class AnalyticsProjection:
                     log.warning("analytics: %s; retrying", type(err).__name__)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
-                    await self._rebind()
+                    await self.rebind()
         finally:
             await self._finish(nc)
 
@@ -156,33 +156,12 @@ class AnalyticsProjection:
         self._rebuild_requests.append(msg)
 
     async def _rebuild_in_place(self) -> None:
-        """``session-ledger analytics rebuild`` while this process holds the file: build a
-        fresh file from sequence 1 (ingest pauses meanwhile), swap it in, resume from its
-        checkpoint + 1, answer the requester."""
-        from projections.analytics.rebuild import build_fresh, swap_in
-
+        """Answer rebuild requests with ``self.rebuilder`` (set by the runner that wires it)."""
         requests, self._rebuild_requests = self._rebuild_requests, []
-        began = time.monotonic()
-        try:
-            progress = await build_fresh(self.settings, self.db.path, print_progress)
-            path, grace, hook = self.db.path, self.db.grace_window_s, self.db.before_commit
-            self.db.close()
-            try:
-                swap_in(path)
-            finally:  # swapped or not, keep a live connection to follow the stream
-                self.db = AnalyticsDB(path, grace_window_s=grace)
-                self.db.before_commit = hook
-            await self._rebind()
-            self._dirty = True
-            await self._maybe_snapshot(force=True)
-            answer: dict[str, Any] = {
-                "ok": True,
-                "rows": progress.applied,
-                "seconds": time.monotonic() - began,
-            }
-        except Exception as err:
-            log.exception("analytics: rebuild failed")
-            answer = {"ok": False, "error": type(err).__name__}
+        if self.rebuilder is None:
+            answer: dict[str, Any] = {"ok": False, "error": "this projection does not rebuild in place"}
+        else:
+            answer = await self.rebuilder(self)
         for msg in requests:
             with contextlib.suppress(Exception):
                 await msg.respond(json.dumps(answer).encode())
@@ -205,7 +184,7 @@ class AnalyticsProjection:
 
     async def _finish(self, nc: Any) -> None:
         with contextlib.suppress(Exception):
-            await self._maybe_snapshot(force=True)
+            await self.maybe_snapshot(force=True)
         for consumer in self._consumers.values():
             with contextlib.suppress(Exception):
                 await consumer.close()
@@ -218,7 +197,7 @@ class AnalyticsProjection:
         await self._probe_receipts(js)
         if (receipts := self._consumers.get(self.receipts.stream)) is not None:
             got = await receipts.step(None) > 0 or got
-        await self._maybe_snapshot()
+        await self.maybe_snapshot()
         if not got and not follow:
             return any([await c.pending() for c in self._consumers.values()])
         return got
@@ -238,7 +217,7 @@ class AnalyticsProjection:
         await consumer.bind()
         self._consumers[feed.stream] = consumer
 
-    async def _rebind(self) -> None:
+    async def rebind(self) -> None:
         with contextlib.suppress(*TRANSIENT):
             for feed in (self.events, self.receipts):
                 if feed.stream in self._consumers:
@@ -268,32 +247,23 @@ class AnalyticsProjection:
             self.db.apply(feed, self._stage(batch, strict=True), last)
         self.progress.applied += len(batch)
         self.progress.batches += 1
-        self._dirty = True
+        self.dirty = True
         return last
 
     @staticmethod
     def _stage(batch: Sequence[Delivery], *, strict: bool) -> list[bytes]:
         return [stage_line(d.data, d.seq, d.subject, d.time_ns, strict=strict) for d in batch]
 
-    async def _maybe_snapshot(self, *, force: bool = False) -> None:
-        if self.snapshot_every is None or not self._dirty:
+    async def maybe_snapshot(self, *, force: bool = False) -> None:
+        if self.snapshot_every is None or not self.dirty:
             return
         if not force and time.monotonic() - self._last_snapshot < self.snapshot_every:
             return
         started = time.monotonic()
         await self.db.publish_snapshot()
-        self._dirty = False
+        self.dirty = False
         # A big file copies slowly: never spend more than ~10% of the time copying.
         self._last_snapshot = time.monotonic() + 9 * (time.monotonic() - started)
-
-
-async def run_analytics(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """The ``session-ledger up`` component: follow the streams until ``stop``."""
-    db = AnalyticsDB(db_path_for(settings), grace_window_s=settings.grace_window.total_seconds())
-    try:
-        await AnalyticsProjection(settings, db).run(stop, ready)
-    finally:
-        db.close()
 
 
 def rebuild_subject(settings: Settings) -> str:

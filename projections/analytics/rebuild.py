@@ -9,8 +9,10 @@ builds, swaps and resumes from the new file's checkpoint + 1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,15 +28,18 @@ from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.jetstream.connection import connect
 from projections.analytics.projection import (
+    BATCH,
     DURABLE,
     AnalyticsDB,
     AnalyticsProjection,
     Progress,
+    db_path_for,
     print_progress,
     rebuild_subject,
     snapshot_path,
 )
 
+log = logging.getLogger("projections.analytics.rebuild")
 REBUILD_TIMEOUT = 3600.0
 
 
@@ -117,3 +122,45 @@ async def rebuild_anywhere(settings: Settings, db_path: Path, *, quiet: bool = F
         answer = await request_rebuild(settings)
         return {"rows": answer["rows"], "seconds": answer["seconds"], "where": "running projection"}
     return {"rows": progress.applied, "seconds": time.monotonic() - began, "where": "offline"}
+
+
+async def rebuild_in_place(projection: AnalyticsProjection) -> dict[str, Any]:
+    """``session-ledger analytics rebuild`` while a running projection holds the file: build
+    a fresh file from sequence 1 (ingest pauses meanwhile), swap it in, resume from its
+    checkpoint + 1. The answer goes back to the requester."""
+    began = time.monotonic()
+    try:
+        progress = await build_fresh(projection.settings, projection.db.path, print_progress)
+        db = projection.db
+        path, grace, hook = db.path, db.grace_window_s, db.before_commit
+        db.close()
+        try:
+            swap_in(path)
+        finally:  # swapped or not, keep a live connection to follow the stream
+            projection.db = AnalyticsDB(path, grace_window_s=grace)
+            projection.db.before_commit = hook
+        await projection.rebind()
+        projection.dirty = True
+        await projection.maybe_snapshot(force=True)
+    except Exception as err:
+        log.exception("analytics: rebuild failed")
+        return {"ok": False, "error": type(err).__name__}
+    return {"ok": True, "rows": progress.applied, "seconds": time.monotonic() - began}
+
+
+async def run_analytics(
+    settings: Settings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    *,
+    path: Path | None = None,
+    batch: int = BATCH,
+) -> None:
+    """The analytics component: follow the streams until ``stop``; rebuild on request."""
+    db = AnalyticsDB(path or db_path_for(settings), grace_window_s=settings.grace_window.total_seconds())
+    projection = AnalyticsProjection(settings, db, batch=batch)
+    projection.rebuilder = rebuild_in_place
+    try:
+        await projection.run(stop, ready)
+    finally:
+        projection.db.close()

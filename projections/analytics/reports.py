@@ -289,11 +289,11 @@ def _csv(table: Table) -> str:
     buf.write(f"# {table.title}\n")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(table.columns)
-    writer.writerows([[_cell(v) for v in row] for row in table.rows])
+    writer.writerows([[cell_text(v) for v in row] for row in table.rows])
     return buf.getvalue()
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -301,12 +301,12 @@ def _cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     if isinstance(value, list):
-        return ",".join(_cell(v) for v in value)
+        return ",".join(cell_text(v) for v in value)
     return str(value)
 
 
 def _text(table: Table) -> str:
-    cells = [[_cell(v) for v in row] for row in table.rows]
+    cells = [[cell_text(v) for v in row] for row in table.rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(table.columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(table.columns, widths, strict=True))
     body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]

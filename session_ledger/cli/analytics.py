@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ from nats.aio.client import Client as NATS
 from ledger.config import Settings
 from ledger.domain.errors import BadRequest, Unavailable
 from projections.analytics.html import render_html
-from projections.analytics.projection import BATCH, AnalyticsDB, AnalyticsProjection, db_path_for, open_reader
-from projections.analytics.rebuild import rebuild_anywhere
+from projections.analytics.projection import BATCH, AnalyticsDB, db_path_for, open_reader
+from projections.analytics.rebuild import rebuild_anywhere, run_analytics
 from projections.analytics.reports import REPORTS, Table, build, query, render, window
 from projections.sessions.rebuild import RebuildResult
 from session_ledger.cli.common import COMMON, settings_from
@@ -145,14 +146,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     settings, path = settings_from(args), db_path(args)
     if args.batch < 1:
         raise BadRequest("--batch must be 1 or more")
-
-    async def runner(settings: Settings, stop: asyncio.Event, ready: asyncio.Event) -> None:
-        db = open_writer(path, settings)
-        try:
-            await AnalyticsProjection(settings, db, batch=args.batch).run(stop, ready)
-        finally:
-            db.close()
-
+    open_writer(path, settings).close()  # a clear error now if another process holds the file
+    runner = functools.partial(run_analytics, path=path, batch=args.batch)
     run_one(Component("analytics", runner, f"DuckDB analytics {path}"), settings)
 
 

@@ -357,3 +357,17 @@ async def test_reports_work_while_the_projection_runs(
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     assert proc.returncode == 0
+
+
+async def test_projections_rebuild_analytics_and_status_through_the_cli(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``projections rebuild analytics`` (from the explicit table) and ``status`` with --data-dir."""
+    total = await publish_synthetic(settings, 500)
+    common = ["--nats-url", settings.nats_url, "--data-dir", str(settings.data_dir)]
+    rebuilt = await asyncio.to_thread(cli_json, capsys, "projections", "rebuild", "analytics", *common)
+    assert rebuilt["projection"] == "analytics" and rebuilt["events"] == total == rebuilt["last_seq"]
+    status = await asyncio.to_thread(cli_json, capsys, "projections", "status", *common)
+    rows = {row["projection"]: row for row in status["projections"]}
+    assert rows["analytics"]["checkpoint"] == total and rows["analytics"]["lag"] == 0
+    assert rows["sessions"]["checkpoint"] is None  # never ran: "not started", not an error
