@@ -9,11 +9,13 @@ from ledger.domain.errors import (
     LedgerError,
     SessionExpired,
     SessionNotFound,
-    SessionRevoked,
+    SessionRevokedError,
     TokenInvalid,
     TokenReused,
     Unavailable,
 )
+
+SessionRevoked = SessionRevokedError  # the name before 0.2; the event of that name is another class
 
 __all__ = [
     "BadRequest",
@@ -24,6 +26,7 @@ __all__ = [
     "SessionExpired",
     "SessionNotFound",
     "SessionRevoked",
+    "SessionRevokedError",
     "Settings",
     "TokenInvalid",
     "TokenPair",

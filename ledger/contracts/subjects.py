@@ -47,7 +47,7 @@ class Subjects:
         self.receipts = f"{prefix}.receipt.>"
         self.analytics_rebuild = f"{prefix}.analytics.rebuild"
 
-    def family(self, sid: str, kind: str) -> str:
+    def family_event(self, sid: str, kind: str) -> str:
         return f"{self.prefix}.ev.s.{sid}.{kind}"
 
     def family_filter(self, sid: str) -> str:

@@ -10,21 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevoked, TokenInvalid
+from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevokedError, TokenInvalid
 from ledger.domain.events import (
     FamilyEvent,
     ReuseDetected,
     RevokeReason,
+    SessionRevoked,
     SessionStarted,
     TokenRotated,
     UserSessionsRevoked,
 )
-from ledger.domain.events import (
-    SessionRevoked as SessionRevokedEvent,
-)
 from ledger.domain.refresh import RefreshToken, TokenKeys
 
-TERMINAL = (SessionRevokedEvent, ReuseDetected)
+TERMINAL = (SessionRevoked, ReuseDetected)
 
 
 class ReusePolicy(StrEnum):
@@ -153,7 +151,7 @@ def check_genuine(family: Family | None, token: RefreshToken, keys: TokenKeys, m
 
 def check_alive(family: Family, user_cut_seq: int | None, now: datetime) -> None:
     if family.is_terminal or family.revoked_by_user_cut(user_cut_seq):
-        raise SessionRevoked("session was revoked")
+        raise SessionRevokedError("session was revoked")
     if now >= family.refresh_expires_at:
         raise SessionExpired("session expired")
 
@@ -219,7 +217,7 @@ def _reuse(
             requested_at=now,
         )
         return ReuseFound((detected,), (user,))
-    revoked = SessionRevokedEvent(
+    revoked = SessionRevoked(
         event_id=ids[1],
         occurred_at=now,
         sid=head.sid,
@@ -239,14 +237,14 @@ def revoke_session(
     requested_at: datetime,
     now: datetime,
     event_id: str,
-) -> SessionRevokedEvent | None:
+) -> SessionRevoked | None:
     """The revocation event, or None when the family is already terminal (idempotent)."""
     if family is None:
         raise SessionNotFound("no such session")
     if family.is_terminal:
         return None
     head = family.head
-    return SessionRevokedEvent(
+    return SessionRevoked(
         event_id=event_id,
         occurred_at=now,
         sid=head.sid,

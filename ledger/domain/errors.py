@@ -27,7 +27,7 @@ class TokenReused(LedgerError):
     code = "token_reused"
 
 
-class SessionRevoked(LedgerError):
+class SessionRevokedError(LedgerError):
     code = "session_revoked"
 
 
@@ -73,7 +73,7 @@ ERRORS_BY_CODE: dict[str, type[LedgerError]] = {
     for cls in (
         TokenInvalid,
         TokenReused,
-        SessionRevoked,
+        SessionRevokedError,
         SessionExpired,
         SessionNotFound,
         BadRequest,

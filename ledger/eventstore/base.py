@@ -89,7 +89,7 @@ class BaseEventStore(ABC):
         elif (cached := self._facts.get(sid)) is not None:
             return cached
         else:
-            rec = await self.last(self.subjects.family(sid, "started"))
+            rec = await self.last(self.subjects.family_event(sid, "started"))
             if rec is None or not isinstance(rec.event, SessionStarted):
                 raise LedgerError(f"family {sid} has no SessionStarted")
             facts = (rec.event, rec.seq)

@@ -23,7 +23,7 @@ from ledger.contracts.commands import (
 from ledger.contracts.subjects import Subjects
 from ledger.domain import decide, refresh
 from ledger.domain.decide import Family, Ids, Policy
-from ledger.domain.errors import ConcurrencyConflict, SessionRevoked, TokenReused, Unavailable
+from ledger.domain.errors import ConcurrencyConflict, SessionRevokedError, TokenReused, Unavailable
 from ledger.domain.events import FamilyEvent, SigningKeyAdded
 from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.refresh import RefreshToken, TokenKeys
@@ -91,7 +91,7 @@ class LedgerService:
             event_id=new_event_id(),
         )
         seq = await self.store.append(
-            self.subjects.family(sid, "started"),
+            self.subjects.family_event(sid, "started"),
             event,
             expect=(self.subjects.family_filter(sid), 0),
         )
@@ -185,7 +185,7 @@ class LedgerService:
     async def _append_family(self, family: Family, events: tuple[FamilyEvent, ...]) -> int:
         sid = family.started.sid
         return await self.store.append_chain(
-            lambda e: self.subjects.family(sid, _KIND[type(e).__name__]),
+            lambda e: self.subjects.family_event(sid, _KIND[type(e).__name__]),
             events,
             self.subjects.family_filter(sid),
             family.head_seq,
@@ -195,7 +195,7 @@ class LedgerService:
         """A revoke-all committed before our rotation wins, even if we read before it (inv. 8)."""
         cut = await self.store.user_cut(family.started.sub)
         if cut is not None and family.start_seq < cut < seq:
-            raise SessionRevoked("session was revoked")
+            raise SessionRevokedError("session was revoked")
 
     def _pair(self, family: Family, token: RefreshToken, now: datetime) -> TokenPair:
         started = family.started

@@ -25,7 +25,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from ledger.contracts.subjects import encode_token
 from ledger.domain.decide import Family, check_alive
-from ledger.domain.errors import SessionExpired, SessionRevoked
+from ledger.domain.errors import SessionExpired, SessionRevokedError
 from ledger.domain.events import (
     Event,
     RecordedEvent,
@@ -124,7 +124,7 @@ def touched(event: Event) -> tuple[str, ...]:
     return (signing_key_key(event.kid),)
 
 
-def evolve(key: str, current: Record | None, rec: RecordedEvent) -> Record | None:
+def next_record(key: str, current: Record | None, rec: RecordedEvent) -> Record | None:
     """The record at ``key`` after ``rec``, or None when ``rec`` changes nothing there."""
     if current is not None and current.seq >= rec.seq:
         return None  # already applied: a redelivery is a no-op
@@ -195,7 +195,7 @@ def changes(lookup: Mapping[str, Record], rec: RecordedEvent) -> dict[str, Recor
     """The records ``rec`` writes, given the current ones (the store applies exactly these)."""
     out: dict[str, Record] = {}
     for key in touched(rec.event):
-        new = evolve(key, lookup.get(key), rec)
+        new = next_record(key, lookup.get(key), rec)
         if new is not None:
             out[key] = new
     return out
@@ -248,7 +248,7 @@ def is_active(session: SessionRecord, now: datetime, user_cut: int | None) -> bo
     """The ledger's own liveness rule (``decide.check_alive``) on the projected family."""
     try:
         check_alive(session.family(), user_cut, now)
-    except (SessionRevoked, SessionExpired):
+    except (SessionRevokedError, SessionExpired):
         return False
     return True
 

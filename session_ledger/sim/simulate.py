@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
-from ledger.domain.errors import LedgerError, SessionExpired, SessionRevoked, TokenReused
+from ledger.domain.errors import LedgerError, SessionExpired, SessionRevokedError, TokenReused
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
 from ledger.service.app import build_service, command_routes, handle
@@ -163,7 +163,7 @@ class Simulator:
         s, now = device.session, self.clock.now_us
         assert s is not None
         if not s.alive(now, self.cfg):
-            await self._expect_refusal(s.tokens[-1], (SessionExpired, SessionRevoked))
+            await self._expect_refusal(s.tokens[-1], (SessionExpired, SessionRevokedError))
             self.truth.refused_refreshes += 1
             await self._login(device)
             return

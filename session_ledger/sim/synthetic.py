@@ -34,7 +34,7 @@ def synthetic_events(
                 kind, body = "revoked", _REVOKED % (sub, ts)
             g = min(gen, rotations)
             yield (
-                subjects.family(sid, kind),
+                subjects.family_event(sid, kind),
                 (_HEAD % (i, ts, sid, g, i) + body + "}").encode(),
             )
             i += 1

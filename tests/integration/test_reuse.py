@@ -11,7 +11,7 @@ import pytest
 from ledger.client import LedgerClient
 from ledger.config import ReusePolicy, Settings
 from ledger.contracts.commands import TokenPair
-from ledger.domain.errors import SessionRevoked, TokenReused
+from ledger.domain.errors import SessionRevokedError, TokenReused
 from ledger.domain.events import ReuseDetected, RevokeReason, TokenRotated, UserSessionsRevoked
 from ledger.domain.events import SessionRevoked as Revoked
 from ledger.jetstream.store import EventStore
@@ -44,9 +44,9 @@ async def test_replay_after_grace_revokes_the_family(
         newest = await _rotate_past_grace(client, pair)
         with pytest.raises(TokenReused):
             await client.rotate(pair.refresh_token)  # the thief (or the victim) replays gen 0
-        with pytest.raises(SessionRevoked):
+        with pytest.raises(SessionRevokedError):
             await client.rotate(newest.refresh_token)  # the legitimate newest token is dead too
-        with pytest.raises(SessionRevoked):
+        with pytest.raises(SessionRevokedError):
             await client.rotate(pair.refresh_token)  # replaying again: no second alarm
         assert (await client.rotate(other.refresh_token)).generation == 1  # family policy: others live
     kinds = [type(e.event) for e in await family_events(store, pair.sid)]
@@ -81,7 +81,7 @@ async def test_user_policy_revokes_every_session_of_the_user(
         await _rotate_past_grace(client, stolen)
         with pytest.raises(TokenReused):
             await client.rotate(stolen.refresh_token)
-        with pytest.raises(SessionRevoked):
+        with pytest.raises(SessionRevokedError):
             await client.rotate(phone.refresh_token)
         assert (await client.rotate(bob.refresh_token)).generation == 1
         fresh = await client.start_session("alice")  # a new login after the incident works
@@ -106,7 +106,7 @@ async def test_revoke_user_racing_with_rotations_is_ordered(client: LedgerClient
         while time.monotonic() < deadline:
             try:
                 pair = await client.rotate(latest[sid])
-            except SessionRevoked:
+            except SessionRevokedError:
                 return
             answered.add((sid, pair.generation))
             latest[sid] = pair.refresh_token
@@ -119,7 +119,7 @@ async def test_revoke_user_racing_with_rotations_is_ordered(client: LedgerClient
 
     await asyncio.gather(revoke_midway(), *(churn(sid) for sid in latest))
     for token in latest.values():
-        with pytest.raises(SessionRevoked):
+        with pytest.raises(SessionRevokedError):
             await client.rotate(token)  # every token ever issued to those sessions is dead
     committed = {
         (e.event.sid, e.event.generation): e.seq

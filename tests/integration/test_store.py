@@ -22,7 +22,7 @@ async def test_direct_and_leader_reads_agree(
     await client.revoke_user("bob")
     subjects = [
         store.subjects.family_filter(pair.sid),
-        store.subjects.family(pair.sid, "started"),
+        store.subjects.family_event(pair.sid, "started"),
         store.subjects.user("bob"),
         store.subjects.user("nobody"),
         store.subjects.family_filter("A" * 22),

@@ -96,7 +96,7 @@ class Generator:
             absolute_ttl_s=30 * 86400,
         )
         self.live[sid] = _Live(sub, token, len(self.events))
-        self._add(self.subjects.family(sid, "started"), event)
+        self._add(self.subjects.family_event(sid, "started"), event)
 
     def _pick(self) -> tuple[str, _Live]:
         sid = self.rng.choice(sorted(self.live))
@@ -112,7 +112,7 @@ class Generator:
             generation=fam.token.generation,
             token_hash=self.keys.hash(fam.token),
         )
-        self._add(self.subjects.family(sid, "rotated"), event)
+        self._add(self.subjects.family_event(sid, "rotated"), event)
 
     def reuse(self) -> None:
         sid, fam = self._pick()
@@ -131,7 +131,7 @@ class Generator:
             policy="user" if user_policy else "family",
             **common,
         )
-        self._add(self.subjects.family(sid, "reuse"), reuse)
+        self._add(self.subjects.family_event(sid, "reuse"), reuse)
         del self.live[sid]
         if user_policy:
             self._user_revoked(fam.sub, RevokeReason.REUSE, now)
@@ -139,7 +139,7 @@ class Generator:
             revoked = SessionRevoked(
                 event_id=self._id(), occurred_at=now, reason=RevokeReason.REUSE, requested_at=now, **common
             )
-            self._add(self.subjects.family(sid, "revoked"), revoked)
+            self._add(self.subjects.family_event(sid, "revoked"), revoked)
 
     def revoke(self) -> None:
         sid, fam = self._pick()
@@ -154,7 +154,7 @@ class Generator:
             reason=self.rng.choice(list(RevokeReason)),
             requested_at=now,
         )
-        self._add(self.subjects.family(sid, "revoked"), event)
+        self._add(self.subjects.family_event(sid, "revoked"), event)
         del self.live[sid]
 
     def revoke_user(self) -> None:

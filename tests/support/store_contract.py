@@ -39,20 +39,22 @@ class StoreContract:
     async def test_compare_and_set_refuses_a_stale_sequence(self, store: BaseEventStore) -> None:
         s = store.subjects
         family = s.family_filter(SID)
-        first = await store.append(s.family(SID, "started"), started(), expect=(family, 0))
-        second = await store.append(s.family(SID, "rotated"), rotated(1), expect=(family, first))
+        first = await store.append(s.family_event(SID, "started"), started(), expect=(family, 0))
+        second = await store.append(s.family_event(SID, "rotated"), rotated(1), expect=(family, first))
         assert first < second
         with pytest.raises(ConcurrencyConflict):
-            await store.append(s.family(SID, "rotated"), rotated(2), expect=(s.family_filter(SID), first))
+            await store.append(
+                s.family_event(SID, "rotated"), rotated(2), expect=(s.family_filter(SID), first)
+            )
         with pytest.raises(ConcurrencyConflict):  # a new family must not exist yet
-            await store.append(s.family(SID, "started"), started(), expect=(s.family_filter(SID), 0))
+            await store.append(s.family_event(SID, "started"), started(), expect=(s.family_filter(SID), 0))
         assert await store.last_seq() == second
 
     async def test_only_one_of_concurrent_writers_wins(self, store: BaseEventStore) -> None:
         s = store.subjects
-        seq = await store.append(s.family(SID, "started"), started(), expect=(s.family_filter(SID), 0))
+        seq = await store.append(s.family_event(SID, "started"), started(), expect=(s.family_filter(SID), 0))
         outcomes = await asyncio.gather(
-            *(store.append(s.family(SID, "rotated"), rotated(1), expect=(s.family_filter(SID), seq))
+            *(store.append(s.family_event(SID, "rotated"), rotated(1), expect=(s.family_filter(SID), seq))
               for _ in range(10)),
             return_exceptions=True,
         )  # fmt: skip
@@ -68,11 +70,11 @@ class StoreContract:
     async def test_last_by_subject_and_by_wildcard(self, store: BaseEventStore) -> None:
         s = store.subjects
         other = "O" * 22
-        a = await store.append(s.family(SID, "started"), started())
-        b = await store.append(s.family(other, "started"), started(other, "carol"))
-        c = await store.append(s.family(SID, "rotated"), rotated(1))
+        a = await store.append(s.family_event(SID, "started"), started())
+        b = await store.append(s.family_event(other, "started"), started(other, "carol"))
+        c = await store.append(s.family_event(SID, "rotated"), rotated(1))
         assert (await store.last(s.family_filter(SID))).seq == c  # type: ignore[union-attr]
-        assert (await store.last(s.family(SID, "started"))).seq == a  # type: ignore[union-attr]
+        assert (await store.last(s.family_event(SID, "started"))).seq == a  # type: ignore[union-attr]
         assert (await store.last(s.family_filter(other))).seq == b  # type: ignore[union-attr]
         assert (await store.last(s.events)).seq == c  # type: ignore[union-attr]
         assert await store.last(s.family_filter("N" * 22)) is None
@@ -81,8 +83,8 @@ class StoreContract:
         self, store: BaseEventStore
     ) -> None:
         s = store.subjects
-        start = await store.append(s.family(SID, "started"), started())
-        head = await store.append(s.family(SID, "rotated"), rotated(1))
+        start = await store.append(s.family_event(SID, "started"), started())
+        head = await store.append(s.family_event(SID, "rotated"), rotated(1))
         family = await store.family(SID)
         assert family is not None and (family.start_seq, family.head_seq) == (start, head)
         assert family.started.sub == "alice" and family.head.generation == 1
@@ -93,8 +95,8 @@ class StoreContract:
 
     async def test_read_returns_events_in_order_from_a_sequence(self, store: BaseEventStore) -> None:
         s = store.subjects
-        seqs = [await store.append(s.family(SID, "started"), started())]
-        seqs += [await store.append(s.family(SID, "rotated"), rotated(g)) for g in (1, 2, 3)]
+        seqs = [await store.append(s.family_event(SID, "started"), started())]
+        seqs += [await store.append(s.family_event(SID, "rotated"), rotated(g)) for g in (1, 2, 3)]
         read = [rec async for rec in store.read(from_seq=seqs[1])]
         assert [rec.seq for rec in read] == seqs[1:]
         assert [rec.event.generation for rec in read] == [1, 2, 3]  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ledger.domain import decide
 from ledger.domain.decide import Family, Ids, Policy, ReusePolicy
-from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevoked, TokenInvalid
+from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevokedError, TokenInvalid
 from ledger.domain.events import ReuseDetected, RevokeReason, UserSessionsRevoked
 from ledger.domain.events import SessionRevoked as Revoked
 from ledger.domain.refresh import RefreshToken, TokenKeys
@@ -81,7 +81,7 @@ def test_decisions_match_the_model(steps: list[tuple[str, int, int]], grace_s: i
         idx = len(chain) - 1 if kind == "current" else max(0, len(chain) - 1 - back)
         presented = chain[idx]
         if terminal:
-            with pytest.raises(SessionRevoked):
+            with pytest.raises(SessionRevokedError):
                 rotate(fam, presented, now, pol)
             continue
         outcome = rotate(fam, presented, now, pol)
@@ -164,7 +164,7 @@ def test_idle_expiry_slides_and_absolute_caps() -> None:
 
 def test_user_cut_after_session_start_revokes_and_before_does_not() -> None:
     fam, t0 = start()
-    with pytest.raises(SessionRevoked):
+    with pytest.raises(SessionRevokedError):
         rotate(fam, t0, T0, cut=fam.start_seq + 1)
     assert isinstance(rotate(fam, t0, T0, cut=fam.start_seq - 1), decide.Rotated)
 

@@ -21,7 +21,7 @@ from ledger.contracts.subjects import COMMANDS
 from ledger.domain.decide import ReusePolicy
 from ledger.domain.errors import (
     ConcurrencyConflict,
-    SessionRevoked,
+    SessionRevokedError,
     TokenInvalid,
     TokenReused,
     Unavailable,
@@ -102,7 +102,7 @@ async def test_reuse_after_the_grace_window_revokes(signer: AccessTokenSigner, p
     clock.advance(31)
     with pytest.raises(TokenReused):
         await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
-    with pytest.raises(SessionRevoked):
+    with pytest.raises(SessionRevokedError):
         await service.rotate(RotateRequest(refresh_token=current.refresh_token))
     expected = {
         ReusePolicy.FAMILY: ["SessionStarted", "TokenRotated", "ReuseDetected", "SessionRevoked"],
@@ -139,10 +139,10 @@ async def test_a_revoke_all_that_lands_between_read_and_append_wins(signer: Acce
         return await original(subject, event, expect=expect)
 
     store.append = revoke_first  # type: ignore[method-assign]
-    with pytest.raises(SessionRevoked):
+    with pytest.raises(SessionRevokedError):
         await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
     assert types(store) == ["SessionStarted", "UserSessionsRevoked", "TokenRotated"]
-    with pytest.raises(SessionRevoked):
+    with pytest.raises(SessionRevokedError):
         await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
 
 
