@@ -12,13 +12,15 @@ durable consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.contracts.notices import (
@@ -26,16 +28,17 @@ from ledger.contracts.notices import (
     notice_for,
     notice_subject,
     notice_ttl,
-    notices_stream_config,
 )
-from ledger.contracts.subjects import NOTICES_STREAM, Subjects
+from ledger.contracts.subjects import Subjects
 from ledger.domain.events import RecordedEvent, decode_event
 from ledger.jetstream.connection import connect
 from ledger.jetstream.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
-from ledger.jetstream.store import EventStore
+from ledger.jetstream.streams import ensure_streams
 
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"
+HEARTBEAT_EVERY = 1.0  # seconds between liveness beats to the edges
+FETCH_WAIT = 1.0
 BATCH = 64
 
 
@@ -71,26 +74,31 @@ class Broadcaster:
 
     async def setup(self) -> None:
         """Streams and the durable consumer, all idempotent."""
-        await EventStore(self.nc, self.settings).ensure_stream()
-        config = notices_stream_config(
-            self.settings.access_ttl, self.settings.subject_prefix, self.settings.replicas
-        )
-        try:
-            await self.js.stream_info(NOTICES_STREAM)
-        except NotFoundError:
-            await self.js.add_stream(config)
-        else:
-            await self.js.update_stream(config)
+        await ensure_streams(self.nc, self.settings)
         await self.consumer.bind()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Until ``stop``; a deleted durable is re-created (``bind``) and resumes where it was."""
         if ready is not None:
             ready.set()
+        beats = asyncio.create_task(self._heartbeats(stop))
         try:
-            await self.consumer.run(stop, wait=1.0, retry=0.5)
+            await self.consumer.run(stop, wait=FETCH_WAIT, retry=0.5)
         finally:
+            beats.cancel()
             await self.consumer.close()
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        """Tell the edges we are alive, but only while the consumer loop goes through: edges
+        fail closed when the broadcaster is silent longer than their staleness limit."""
+        subject = Subjects(self.settings.subject_prefix).broadcaster_heartbeat
+        while not stop.is_set():
+            healthy_at = self.consumer.healthy_at
+            if healthy_at is not None and time.monotonic() - healthy_at < 3 * FETCH_WAIT:
+                with contextlib.suppress(*TRANSIENT):
+                    await self.nc.publish(subject, json.dumps({"at": time.time()}).encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HEARTBEAT_EVERY)
 
     async def position(self) -> int:
         return 0  # the server's ack floor is the position

@@ -55,11 +55,17 @@ class Settings(BaseSettings):
     key_passphrase: str | None = Field(default=None, repr=False)
 
     request_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Responders answer only to reply subjects under these prefixes (reply-subject injection).
+    # With nats.conf's users, narrow it to the users that send requests, e.g. ["_INBOX.app."].
+    reply_prefixes: tuple[str, ...] = ("_INBOX.",)
     max_generations: int = Field(default=10_000, ge=1)  # bounds the HMAC chain walk
 
     edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.edge.sidecar)
     edge_max_staleness: timedelta = timedelta(seconds=30)  # then fail closed, unless edge_fail_open
     edge_fail_open: bool = False
+    # Fail closed also when the revocation broadcaster has been silent for edge_max_staleness
+    # (a dead broadcaster means revocations stop arriving). Off only for a verifier without one.
+    edge_require_broadcaster: bool = True
     edge_verifier_id: str | None = None  # default edge-<host>-<pid>
 
     @model_validator(mode="after")
@@ -79,6 +85,8 @@ class Settings(BaseSettings):
             raise ConfigError("grace_window must be shorter than refresh_idle_ttl")
         if not self.stream.isalnum():
             raise ConfigError("stream name must be alphanumeric")
+        if not self.reply_prefixes or not all(p.startswith("_INBOX.") for p in self.reply_prefixes):
+            raise ConfigError("reply_prefixes must be non-empty and each start with _INBOX.")
         if not all(part.isalnum() for part in self.subject_prefix.split(".")):
             raise ConfigError("subject_prefix must be dot-separated alphanumeric tokens")
         return self

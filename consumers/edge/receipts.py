@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError
 
-from ledger.contracts.receipts import Receipt, receipt_subject, receipts_stream_config
-from ledger.contracts.subjects import RECEIPTS_STREAM
+from ledger.contracts.receipts import Receipt, receipt_subject
 
 log = logging.getLogger("consumers.receipts")
 QUEUE_LIMIT = 10_000
-
-
-async def ensure_receipts_stream(nc: NATS, prefix: str = "ledger", replicas: int = 1) -> None:
-    """Create the stream if missing; never rewrite a config someone else chose."""
-    js = nc.jetstream()
-    try:
-        await js.stream_info(RECEIPTS_STREAM)
-    except NotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
-            await js.add_stream(receipts_stream_config(prefix, replicas))
 
 
 class ReceiptPublisher:
@@ -58,9 +45,7 @@ class ReceiptPublisher:
         msg_id = f"{receipt.verifier}:{receipt.event_id}"
         try:
             await js.publish(self.subject, receipt.encode(), headers={"Nats-Msg-Id": msg_id})
-        except nats.errors.NoRespondersError:  # no stream yet (or JetStream restarting)
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await ensure_receipts_stream(self.nc, self.prefix)
+        except nats.errors.NoRespondersError:  # no stream yet (the ledger creates it) or JetStream away
             return False
         except (nats.errors.Error, TimeoutError) as err:
             log.debug("receipt not sent yet: %s", type(err).__name__)

@@ -32,7 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from consumers.edge.receipts import ReceiptPublisher, ensure_receipts_stream
+from consumers.edge.receipts import ReceiptPublisher
 from consumers.edge.state import Revocations
 from ledger.config import Settings
 from ledger.contracts.notices import (
@@ -40,7 +40,6 @@ from ledger.contracts.notices import (
     Notice,
     decode_notice,
     notice_lifetime,
-    notices_stream_config,
 )
 from ledger.contracts.receipts import Receipt
 from ledger.contracts.subjects import NOTICES_STREAM, Subjects
@@ -110,6 +109,9 @@ class EdgeVerifier:
         self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
         self._seq = {"keys": 0, "notices": 0}
         self._fresh_at: float | None = None
+        self._started_at = time.monotonic()
+        self._broadcaster_at: float | None = None
+        self.require_broadcaster = settings.edge_require_broadcaster
         self._live = False
         self._lost, self._connected = asyncio.Event(), asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -130,7 +132,7 @@ class EdgeVerifier:
         return claims
 
     def _verify(self, token: str) -> AccessClaims:
-        if not self.fail_open and self.staleness() > self.max_staleness:
+        if not self.fail_open and not self.serving():
             raise TokenRejected(RejectReason.STALE)
         claims = self._cache.get(token)
         if claims is None:
@@ -147,6 +149,17 @@ class EdgeVerifier:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
+    def serving(self) -> bool:
+        """Connected and caught up recently, and the broadcaster alive (or fail-open)."""
+        if self.fail_open:
+            return True
+        silent = self.require_broadcaster and self.broadcaster_silence() > self.max_staleness
+        return self.staleness() <= self.max_staleness and not silent
+
+    def broadcaster_silence(self) -> float:
+        """Seconds since the broadcaster's last heartbeat (since start when none came yet)."""
+        return max(0.0, time.monotonic() - (self._broadcaster_at or self._started_at))
+
     def staleness(self) -> float:
         """Seconds since the verifier last knew it was connected and caught up."""
         if self._fresh_at is None:
@@ -161,7 +174,8 @@ class EdgeVerifier:
             "staleness_s": None if staleness == float("inf") else round(staleness, 3),
             "max_staleness_s": self.max_staleness,
             "fail_open": self.fail_open,
-            "serving": self.fail_open or staleness <= self.max_staleness,
+            "serving": self.serving(),
+            "broadcaster_silent_s": round(self.broadcaster_silence(), 3),
             "keys": len(self.keys.keys),
             "retired_keys": len(self.keys.retired),
             "revocations": self.revocations.counts(),
@@ -187,6 +201,7 @@ class EdgeVerifier:
         )
         self._connected.set()
         self.receipts = ReceiptPublisher(self.nc, self.verifier_id, self.settings.subject_prefix)
+        await self.nc.subscribe(self.subjects.broadcaster_heartbeat, cb=self._on_broadcaster_beat)
         for job in (self._sync_loop(), self._heartbeat_loop(), self._receipts_loop()):
             self._tasks.append(asyncio.create_task(job))
         try:
@@ -231,7 +246,7 @@ class EdgeVerifier:
         assert self.nc is not None
         self._lost.clear()
         js = self.nc.jetstream(timeout=self.settings.request_timeout)
-        await self._ensure_notices_stream(js)
+        await self._require_streams(js)
         subs: list[Any] = []
         try:
             subs.append(await self._subscribe(js, self.settings.stream, self.subjects.keys_filter(), "keys"))
@@ -247,14 +262,15 @@ class EdgeVerifier:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _ensure_notices_stream(self, js: Any) -> None:
-        """A verifier may start before the broadcaster: then it creates the (empty) stream."""
-        try:
-            await js.stream_info(NOTICES_STREAM)
-        except NotFoundError:
-            config = notices_stream_config(self.settings.access_ttl, self.settings.subject_prefix)
-            with contextlib.suppress(nats.js.errors.BadRequestError):
-                await js.add_stream(config)
+    async def _require_streams(self, js: Any) -> None:
+        """A verifier never creates a stream (nats.conf denies it): until the ledger service or
+        the broadcaster has made them, it waits and resyncs."""
+        for stream in (self.settings.stream, NOTICES_STREAM):
+            try:
+                await js.stream_info(stream)
+            except NotFoundError:
+                log.info("edge verifier waiting for stream %s (is the ledger service running?)", stream)
+                raise TimeoutError from None
 
     async def _subscribe(self, js: Any, stream: str, subject: str, source: str) -> Any:
         handler: Callable[[Msg], Awaitable[None]] = self._on_key if source == "keys" else self._on_notice
@@ -287,6 +303,9 @@ class EdgeVerifier:
         if "Nats-Sequence" not in headers:
             raise TimeoutError  # not answerable right now: resync
         return int(headers["Nats-Sequence"])
+
+    async def _on_broadcaster_beat(self, msg: Msg) -> None:
+        self._broadcaster_at = time.monotonic()
 
     async def _on_key(self, msg: Msg) -> None:
         self._seq["keys"] = max(self._seq["keys"], msg.metadata.sequence.stream)
@@ -342,7 +361,5 @@ class EdgeVerifier:
                 self.revocations.prune(self.clock())
 
     async def _receipts_loop(self) -> None:
-        assert self.nc is not None and self.receipts is not None
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await ensure_receipts_stream(self.nc, self.settings.subject_prefix, self.settings.replicas)
+        assert self.receipts is not None
         await self.receipts.run()

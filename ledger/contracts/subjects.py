@@ -11,6 +11,7 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.revoked.<kind>.<id>``      revocation notices (stream LEDGER_REVOCATIONS)
 ``<p>.receipt.<verifier>``       propagation receipts (stream LEDGER_RECEIPTS)
 ``<p>.analytics.rebuild``        rebuild requests to the running analytics projection
+``<p>.heartbeat.broadcast``      the broadcaster's liveness (core NATS, no stream)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Subjects:
         self.notices = f"{prefix}.revoked.>"
         self.receipts = f"{prefix}.receipt.>"
         self.analytics_rebuild = f"{prefix}.analytics.rebuild"
+        self.broadcaster_heartbeat = f"{prefix}.heartbeat.broadcast"
 
     def family_event(self, sid: str, kind: str) -> str:
         return f"{self.prefix}.ev.s.{sid}.{kind}"
@@ -85,3 +87,22 @@ class Subjects:
 
 def query_subject(prefix: str, name: str) -> str:
     return Subjects(prefix).query(name)
+
+
+INBOX_ROOT = "_INBOX."
+MAX_REPLY_CHARS = 256
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def is_safe_reply(reply: str | None, prefixes: tuple[str, ...] = (INBOX_ROOT,)) -> bool:
+    """May a responder publish its answer to ``reply``?
+
+    Only to an inbox: ``_INBOX.`` (or a narrower configured prefix, such as ``_INBOX.app.``)
+    followed by plain tokens. A requester choosing ``ledger.ev.…``, ``$KV.…`` or ``$JS.…``
+    as its reply subject would otherwise make the responder write there with the
+    responder's own permissions (reply-subject injection).
+    """
+    if not reply or len(reply) > MAX_REPLY_CHARS or not reply.startswith(prefixes):
+        return False
+    tokens = reply.split(".")
+    return len(tokens) >= 2 and all(token and _TOKEN_CHARS.issuperset(token) for token in tokens)

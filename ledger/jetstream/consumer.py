@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -102,6 +103,7 @@ class CheckpointedConsumer:
         self.applied = 0
         self._puller: Puller | None = None
         self._next: asyncio.Task[list[Msg]] | None = None
+        self.healthy_at: float | None = None  # monotonic time of the last step that went through
 
     async def bind(self) -> None:
         await self._unbind()
@@ -178,6 +180,7 @@ class CheckpointedConsumer:
         while not stop.is_set():
             try:
                 await self.step(wait)
+                self.healthy_at = time.monotonic()
             except TRANSIENT as err:
                 log.warning("%s: %s; re-binding", self.spec.durable, type(err).__name__)
                 with contextlib.suppress(TimeoutError):

@@ -27,11 +27,12 @@ from ledger.contracts.commands import (
     ok,
     parse_request,
 )
-from ledger.contracts.subjects import Subjects
+from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
 from ledger.jetstream.connection import broker_options, connect
 from ledger.jetstream.store import EventStore
+from ledger.jetstream.streams import ensure_streams
 from ledger.service.handlers import LedgerService, utcnow
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
 from ledger.service.signer import AccessTokenSigner
@@ -63,7 +64,7 @@ def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
     )
     subjects = Subjects(settings.subject_prefix)
     for name, model, call in command_routes(service):
-        _route(broker, subjects.command(name), model, call)
+        _route(broker, subjects.command(name), model, call, settings.reply_prefixes)
     return broker
 
 
@@ -81,9 +82,22 @@ def command_routes(service: LedgerService) -> list[Route]:
     ]
 
 
-async def _raw_body(msg: StreamMessage[Any]) -> bytes:
-    """Hand the body over undecoded: our own size-bounded validation answers every input."""
-    return msg.body
+REFUSED = b"\x00refused"  # the decoder's verdict on a request that must not be answered
+
+
+def inbox_only(prefixes: tuple[str, ...]) -> Callable[[StreamMessage[Any]], Awaitable[bytes]]:
+    """A decoder that hands the body over undecoded (our own bounded validation answers every
+    input), unless the reply subject is not an inbox: then nothing runs and nothing is
+    published, since the answer would go out with this service's permissions."""
+
+    async def decode(msg: StreamMessage[Any]) -> bytes:
+        if is_safe_reply(msg.reply_to, prefixes):
+            return bytes(msg.body)
+        log.warning("command refused: its reply subject is not an inbox (%d chars)", len(msg.reply_to or ""))
+        msg.reply_to = ""  # FastStream publishes an answer only when there is a reply subject
+        return REFUSED
+
+    return decode
 
 
 def _route(
@@ -91,9 +105,14 @@ def _route(
     subject: str,
     model: type[BaseModel],
     call: Callable[..., Awaitable[BaseModel]],
+    prefixes: tuple[str, ...],
 ) -> None:
-    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT, decoder=_raw_body)
-    async def _handler(body: bytes) -> bytes:
+    decoder = inbox_only(prefixes)
+
+    @broker.subscriber(subject, queue=QUEUE_GROUP, max_workers=MAX_IN_FLIGHT, decoder=decoder)
+    async def _handler(body: bytes) -> bytes | None:
+        if body is REFUSED:
+            return None
         return await handle(model, call, body)
 
 
@@ -115,7 +134,7 @@ async def build_service(
     give_up = time.monotonic() + deadline
     while True:
         try:
-            await store.ensure_stream()
+            await ensure_streams(nc, settings)
             await service.publish_signing_key()
             return service
         except (Unavailable, nats.errors.Error, TimeoutError) as err:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
-from ledger.contracts.subjects import RECEIPTS_STREAM, Subjects
+from ledger.contracts.subjects import RECEIPTS_STREAM, Subjects, is_safe_reply
 from ledger.jetstream.connection import connect
 from ledger.jetstream.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery, ack_position
 from projections.analytics.db import (
@@ -153,6 +153,9 @@ class AnalyticsProjection:
                     await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _rebuild_requests_append(self, msg: Msg) -> None:
+        if not is_safe_reply(msg.reply, self.settings.reply_prefixes):
+            log.warning("rebuild request refused: its reply subject is not an inbox")
+            return
         self._rebuild_requests.append(msg)
 
     async def _rebuild_in_place(self) -> None:

@@ -11,6 +11,7 @@ once per request and passed down: expiry is decided here, never written.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -31,7 +32,7 @@ from ledger.contracts.queries import (
     SessionList,
     SessionView,
 )
-from ledger.contracts.subjects import Subjects
+from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain import decide, refresh
 from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_signature, header_kid
 from ledger.domain.errors import LedgerError, SessionNotFound, TokenInvalid, Unavailable
@@ -151,10 +152,13 @@ class QueryServer:
             ("session", GetSessionRequest, q.get_session),
             ("introspect", IntrospectRequest, q.introspect),
         ]
+        prefixes = self.queries.settings.reply_prefixes
         for name, model, call in routes:
             self.subs.append(
                 await self.nc.subscribe(
-                    Subjects(self.prefix).query(name), queue=QUEUE_GROUP, cb=_handler(model, call)
+                    Subjects(self.prefix).query(name),
+                    queue=QUEUE_GROUP,
+                    cb=_handler(model, call, prefixes),
                 )
             )
         await self.nc.flush()  # the server has our subscriptions before anyone is told we are ready
@@ -166,9 +170,12 @@ class QueryServer:
 
 
 def _handler(
-    model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]]
+    model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]], prefixes: tuple[str, ...]
 ) -> Callable[[Msg], Awaitable[None]]:
     async def handle(msg: Msg) -> None:
+        if not is_safe_reply(msg.reply, prefixes):  # never answer into a stream or a bucket
+            log.warning("query refused: its reply subject is not an inbox (%d chars)", len(msg.reply or ""))
+            return
         await msg.respond(await answer(model, call, msg.data))
 
     return handle
@@ -179,8 +186,10 @@ async def answer(model: type[BaseModel], call: Callable[..., Awaitable[BaseModel
         result = await call(parse_request(model, body))
     except LedgerError as err:
         return fail(err)
-    except Exception:
-        log.exception("internal error while answering a query")
+    except Exception as exc:  # the type and place only: an exception's text may quote the input
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error("internal error while answering a query: %s at %s", type(exc).__name__, where)
         return fail(Unavailable("internal error"))
     if isinstance(result, Introspection):  # RFC 7662: absent claims are omitted, not null
         return Reply(ok=True, result=result.wire()).model_dump_json().encode()

@@ -78,15 +78,12 @@ async def _flush(store: SessionStore, records: dict[str, Record], dirty: set[str
 
 
 async def _next_number(js: JetStreamContext, settings: Settings, live: str | None) -> int:
-    """One past every sessions bucket that exists; abandoned (unpointed) ones are removed."""
-    prefix = f"KV_{settings.stream}_SESSIONS_"
-    numbers = [bucket_number(live)] if live else [0]
-    for info in await js.streams_info():
-        stream = info.config.name or ""
-        if not stream.startswith(prefix):
-            continue
-        numbers.append(bucket_number(stream))
-        if stream[3:] != live:
-            with contextlib.suppress(jserr.NotFoundError):
-                await js.delete_key_value(stream[3:])
-    return max(numbers) + 1
+    """The other one of the two sessions buckets (1 and 2), emptied if an abandoned rebuild left it.
+
+    Two fixed names, not an ever-growing number: nats.conf grants the projector exactly these
+    buckets, so it can create no stream of its choosing.
+    """
+    number = 2 if live is not None and bucket_number(live) == 1 else 1
+    with contextlib.suppress(jserr.NotFoundError, jserr.BucketNotFoundError):
+        await js.delete_key_value(bucket_name(settings, number))
+    return number

@@ -17,10 +17,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from consumers.edge.receipts import ensure_receipts_stream
 from ledger.config import Settings
 from ledger.contracts.receipts import Receipt, receipt_subject
 from ledger.jetstream.connection import connect
+from ledger.jetstream.streams import ensure_receipts_stream
 from projections.analytics.projection import AnalyticsDB, AnalyticsProjection, open_reader
 from projections.analytics.rebuild import rebuild
 from projections.analytics.reports import Window, build, window

@@ -187,6 +187,8 @@ async def test_service_user_cannot_delete_purge_or_eavesdrop(secured: Secured, l
 
 
 async def test_projector_and_analyst_consume_events_read_only(secured: Secured, ledger_up: Settings) -> None:
+    """The projector reads through its own named durable, the analyst through an ordered
+    (ephemeral) consumer; neither may append, command, notify or change a stream."""
     app = await LedgerClient.connect(secured.url("app"))
     try:
         await app.start_session("bob")
@@ -196,11 +198,21 @@ async def test_projector_and_analyst_consume_events_read_only(secured: Secured, 
         nc = await secured.connect(user)
         try:
             js = nc.jetstream()
-            psub = await js.pull_subscribe("ledger.ev.>", durable=f"{user}-test", stream="LEDGER")
-            msgs = await psub.fetch(2, timeout=5)
-            assert {json.loads(m.data)["type"] for m in msgs} >= {"SessionStarted"}
-            for m in msgs:
-                await m.ack()
+            if user == "projector":
+                psub = await js.pull_subscribe("ledger.ev.>", durable="analytics", stream="LEDGER")
+                msgs = await psub.fetch(2, timeout=5)
+                for m in msgs:
+                    await m.ack()
+                types = {json.loads(m.data)["type"] for m in msgs}
+            else:
+                got: asyncio.Queue[bytes] = asyncio.Queue()
+
+                async def collect(msg: Any) -> None:
+                    await got.put(msg.data)
+
+                await js.subscribe("ledger.ev.s.>", stream="LEDGER", cb=collect, ordered_consumer=True)
+                types = {json.loads(await asyncio.wait_for(got.get(), 5))["type"]}
+            assert types >= {"SessionStarted"}
             for subject in (
                 "ledger.ev.s.AAAAAAAAAAAAAAAAAAAAAA.started",
                 "ledger.cmd.revoke_user",

@@ -1,0 +1,45 @@
+"""The streams the write side owns, created or brought to config by the ``ledger`` user only.
+
+Edge verifiers and projections never create a stream (nats.conf denies it): they wait
+until the service or the broadcaster has made them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
+
+from ledger.config import Settings
+from ledger.contracts.notices import notices_stream_config
+from ledger.contracts.receipts import receipts_stream_config
+from ledger.jetstream.store import EventStore, config_differs
+
+
+async def ensure_stream(nc: NATS, config: StreamConfig, *, update: bool = True) -> None:
+    """Create ``config``'s stream, or bring it to ``config`` when it differs (``update``)."""
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(config.name or "")
+    except NotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
+            await js.add_stream(config)
+        return
+    if update and config_differs(info.config, config):
+        await js.update_stream(config)
+
+
+async def ensure_receipts_stream(nc: NATS, prefix: str = "ledger", replicas: int = 1) -> None:
+    """Create the receipts stream if missing; never rewrite a config someone else chose."""
+    await ensure_stream(nc, receipts_stream_config(prefix, replicas), update=False)
+
+
+async def ensure_streams(nc: NATS, settings: Settings) -> None:
+    """LEDGER (events), LEDGER_REVOCATIONS (notices) and LEDGER_RECEIPTS (receipts)."""
+    await EventStore(nc, settings).ensure_stream()
+    prefix, replicas = settings.subject_prefix, settings.replicas
+    await ensure_stream(nc, notices_stream_config(settings.access_ttl, prefix, replicas))
+    await ensure_receipts_stream(nc, prefix, replicas)

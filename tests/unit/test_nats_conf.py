@@ -1,0 +1,54 @@
+"""nats.conf carries exactly the permission sets of ``ledger.jetstream.permissions`` (the
+embedded ``up`` renders the same ones), and each role's rules keep the trust model's shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ledger.jetstream.permissions import (
+    ANALYST,
+    BEGIN,
+    BROADCASTER,
+    EDGE,
+    END,
+    PROJECTOR,
+    ROLES,
+    SERVICE,
+    render_permissions,
+    render_users,
+)
+
+CONF = (Path(__file__).resolve().parents[2] / "nats.conf").read_text()
+
+
+def test_nats_conf_holds_the_rendered_permission_sets() -> None:
+    assert f"{BEGIN}\n{render_permissions()}{END}" in CONF, "run: python -m ledger.jetstream.permissions"
+    assert render_users() in CONF
+
+
+def test_only_the_ledger_touches_the_broadcasters_consumer() -> None:
+    for role in ROLES:
+        touches = [rule for rule in role.publish if BROADCASTER in rule or rule.endswith("CONSUMER.>")]
+        assert bool(touches) == (role is SERVICE), (role.user, touches)
+
+
+def test_no_role_but_the_ledger_creates_ledger_streams_and_nobody_deletes_them() -> None:
+    for role in ROLES:
+        for rule in role.publish:
+            assert not rule.startswith("$JS.API.STREAM.DELETE.LEDGER"), (role.user, rule)
+            assert not rule.startswith("$JS.API.STREAM.PURGE"), (role.user, rule)
+            if "STREAM.CREATE." in rule:
+                assert "*" not in rule and ">" not in rule, (role.user, rule)  # streams by name only
+            if rule.startswith("$JS.API.STREAM.CREATE.LEDGER"):
+                assert role is SERVICE, (role.user, rule)
+    creatable = {r.split(".")[-1] for r in PROJECTOR.publish if r.startswith("$JS.API.STREAM.CREATE.")}
+    assert creatable == {"KV_LEDGER_PROJECTIONS", "KV_LEDGER_SESSIONS_1", "KV_LEDGER_SESSIONS_2"}
+
+
+def test_edges_and_analysts_create_only_ephemeral_consumers() -> None:
+    for role in (EDGE, ANALYST):
+        creates = [r for r in role.publish if ".CONSUMER." in r and "INFO" not in r]
+        assert all(r.count(".") == 4 for r in creates), (
+            role.user,
+            creates,
+        )  # $JS.API.CONSUMER.CREATE.<stream>
