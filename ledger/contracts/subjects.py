@@ -85,6 +85,16 @@ class Subjects:
         return f"{self.prefix}.receipt.{verifier_id}"
 
 
+def sessions_bucket(stream: str, number: int) -> str:
+    """The two KV buckets the sessions projection alternates between (1 and 2) on rebuilds."""
+    return f"{stream}_SESSIONS_{number}"
+
+
+def pointer_bucket(stream: str) -> str:
+    """The KV bucket whose key ``sessions`` names the live sessions bucket."""
+    return f"{stream}_PROJECTIONS"
+
+
 def query_subject(prefix: str, name: str) -> str:
     return Subjects(prefix).query(name)
 

@@ -62,7 +62,7 @@ def direct_get(stream: str) -> list[str]:
 def bucket(name: str) -> list[str]:
     kv = f"KV_{name}"
     return [
-        *stream_admin(kv, "CREATE", "UPDATE", "DELETE", "INFO"), f"$JS.API.STREAM.MSG.GET.{kv}",
+        *stream_admin(kv, "INFO", "PURGE"), f"$JS.API.STREAM.MSG.GET.{kv}",
         *direct_get(kv), *ephemeral_readers(kv), f"$JS.API.CONSUMER.DELETE.{kv}.*", f"$KV.{name}.>",
     ]  # fmt: skip
 
@@ -72,8 +72,8 @@ SERVICE = Role(
     block="LEDGER_SERVICE",
     purpose="the command service and the revocation broadcaster: append events, answer commands "
     "in its queue group, own the LEDGER, LEDGER_REVOCATIONS and LEDGER_RECEIPTS streams (never "
-    "delete or purge), read by direct or leader get, run the broadcaster's durable, publish "
-    "notices and the broadcaster's heartbeat",
+    "delete or purge), create the projections' three KV buckets, read by direct or leader get, "
+    "run the broadcaster's durable, publish notices and the broadcaster's heartbeat",
     publish=(
         "ledger.ev.>",
         "ledger.revoked.>",
@@ -87,6 +87,7 @@ SERVICE = Role(
         *ephemeral_readers(STREAM),
         *durable(STREAM, BROADCASTER),
         f"$JS.ACK.{STREAM}.{BROADCASTER}.>",
+        *(rule for name in BUCKETS for rule in stream_admin(f"KV_{name}", "CREATE", "INFO")),
     ),
     subscribe=("ledger.cmd.* ledger-service", "_INBOX.ledger.>"),
     allow_responses=True,
@@ -125,10 +126,11 @@ EDGE = Role(
 PROJECTOR = Role(
     user="projector",
     block="LEDGER_PROJECTOR",
-    purpose="read side (sessions projection, analytics): its own named consumers, its three KV "
-    "buckets (rebuilds alternate between LEDGER_SESSIONS_1 and _2), query answers on ledger.q.* "
-    "in its queue group, rebuild requests. Never another stream, a change to the ledger's "
-    "streams, an event, a notice or a command",
+    purpose="read side (sessions projection, analytics): its own named consumers, the three KV "
+    "buckets the ledger created for it (read, write, empty; rebuilds alternate between "
+    "LEDGER_SESSIONS_1 and _2), query answers on ledger.q.* in its queue group, rebuild "
+    "requests. It creates, changes and deletes no stream: a stream's subjects are its own "
+    "choice, and one on ledger.cmd.> would capture refresh tokens",
     publish=(
         "$JS.API.INFO",
         "$JS.API.STREAM.NAMES",

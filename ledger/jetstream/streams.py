@@ -10,12 +10,13 @@ import contextlib
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from ledger.config import Settings
 from ledger.contracts.notices import notices_stream_config
 from ledger.contracts.receipts import receipts_stream_config
+from ledger.contracts.subjects import pointer_bucket, sessions_bucket
 from ledger.jetstream.store import EventStore, config_differs
 
 
@@ -37,9 +38,27 @@ async def ensure_receipts_stream(nc: NATS, prefix: str = "ledger", replicas: int
     await ensure_stream(nc, receipts_stream_config(prefix, replicas), update=False)
 
 
+def kv_config(bucket: str, replicas: int = 1) -> KeyValueConfig:
+    """The projections' buckets: the latest value per key only, on disk."""
+    return KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+
+
+async def ensure_bucket(nc: NATS, bucket: str, replicas: int = 1) -> None:
+    js = nc.jetstream()
+    try:
+        await js.key_value(bucket)
+    except BucketNotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
+            await js.create_key_value(kv_config(bucket, replicas))
+
+
 async def ensure_streams(nc: NATS, settings: Settings) -> None:
-    """LEDGER (events), LEDGER_REVOCATIONS (notices) and LEDGER_RECEIPTS (receipts)."""
+    """LEDGER (events), LEDGER_REVOCATIONS (notices), LEDGER_RECEIPTS (receipts) and the
+    projections' three KV buckets: a projector may use them but never create a stream, whose
+    subjects it could otherwise choose (``ledger.cmd.>`` would capture refresh tokens)."""
     await EventStore(nc, settings).ensure_stream()
     prefix, replicas = settings.subject_prefix, settings.replicas
     await ensure_stream(nc, notices_stream_config(settings.access_ttl, prefix, replicas))
     await ensure_receipts_stream(nc, prefix, replicas)
+    for bucket in (pointer_bucket(settings.stream), *(sessions_bucket(settings.stream, n) for n in (1, 2))):
+        await ensure_bucket(nc, bucket, replicas)

@@ -8,12 +8,10 @@ written, in parallel; records are flushed every ``FLUSH_EVERY`` events.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nats.js.errors as jserr
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
@@ -43,9 +41,10 @@ async def rebuild_sessions(nc: NATS, settings: Settings, progress: Progress | No
     previous, revision = await pointer.read()
     name = bucket_name(settings, await _next_number(js, settings, previous))
     store = await SessionStore.open(js, name, replicas=settings.replicas)
+    await store.empty()  # an abandoned rebuild, or the bucket before the previous rebuild
     events, records, end = await _fold_into(store, EventStore(nc, settings), progress)
     if not await pointer.move(name, revision):
-        await js.delete_key_value(name)
+        await store.empty()
         raise RuntimeError("another rebuild moved the sessions pointer first; nothing changed")
     return RebuildResult(name, previous, events, len(records), end, time.monotonic() - began)
 
@@ -78,12 +77,9 @@ async def _flush(store: SessionStore, records: dict[str, Record], dirty: set[str
 
 
 async def _next_number(js: JetStreamContext, settings: Settings, live: str | None) -> int:
-    """The other one of the two sessions buckets (1 and 2), emptied if an abandoned rebuild left it.
+    """The other one of the two sessions buckets (1 and 2); the caller empties it first.
 
-    Two fixed names, not an ever-growing number: nats.conf grants the projector exactly these
-    buckets, so it can create no stream of its choosing.
+    Two fixed names, not an ever-growing number: the ledger creates exactly these buckets and
+    nats.conf lets the projector use them, so it never creates a stream of its choosing.
     """
-    number = 2 if live is not None and bucket_number(live) == 1 else 1
-    with contextlib.suppress(jserr.NotFoundError, jserr.BucketNotFoundError):
-        await js.delete_key_value(bucket_name(settings, number))
-    return number
+    return 2 if live is not None and bucket_number(live) == 1 else 1

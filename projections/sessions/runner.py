@@ -155,11 +155,9 @@ class SessionsRunner:
         await self._consumer().close()
         await self._attach(name)
         log.info("sessions projection switched from %s to %s", old, name)
-        try:
+        with contextlib.suppress(jserr.NotFoundError):
             await self.js.delete_consumer(self.settings.stream, consumer_name(old))
-            await self.js.delete_key_value(old)
-        except jserr.NotFoundError:
-            pass
+        await (await SessionStore.open(self.js, old)).empty()  # kept by name, emptied
 
     async def close(self) -> None:
         """Leave the durable consumer on the server: unacked events stay pending for the next run."""

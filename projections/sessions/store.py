@@ -17,12 +17,14 @@ from collections.abc import Mapping
 
 import nats.js.errors as jserr
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ledger.config import Settings
+from ledger.contracts.subjects import pointer_bucket as contract_pointer_bucket
+from ledger.contracts.subjects import sessions_bucket
 from ledger.domain.events import RecordedEvent
+from ledger.jetstream.streams import kv_config
 from projections.sessions.fold import (
     CHECKPOINT_KEY,
     Record,
@@ -46,11 +48,11 @@ PARALLEL_WRITES = 128
 
 
 def pointer_bucket(settings: Settings) -> str:
-    return f"{settings.stream}_PROJECTIONS"
+    return contract_pointer_bucket(settings.stream)
 
 
 def bucket_name(settings: Settings, number: int) -> str:
-    return f"{settings.stream}_SESSIONS_{number}"
+    return sessions_bucket(settings.stream, number)
 
 
 def bucket_number(name: str) -> int:
@@ -70,10 +72,14 @@ class SessionStore:
     async def open(cls, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> SessionStore:
         try:
             kv = await js.key_value(bucket)
-        except jserr.BucketNotFoundError:
-            config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
-            kv = await js.create_key_value(config)
+        except jserr.BucketNotFoundError:  # without nats.conf's users; there the ledger made it
+            kv = await js.create_key_value(kv_config(bucket, replicas))
         return cls(kv, bucket, js)
+
+    async def empty(self) -> None:
+        """Drop every key (a stream purge: the bucket, its config and its name stay)."""
+        await self.js.purge_stream(f"KV_{self.bucket}")
+        self._cache.clear()
 
     async def get(self, key: str) -> Record | None:
         return (await self._load(key))[0]
@@ -235,11 +241,8 @@ class Pointer:
         bucket = pointer_bucket(settings)
         try:
             kv = await js.key_value(bucket)
-        except jserr.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=bucket, history=1, storage=StorageType.FILE, replicas=settings.replicas
-            )
-            kv = await js.create_key_value(config)
+        except jserr.BucketNotFoundError:  # without nats.conf's users; there the ledger made it
+            kv = await js.create_key_value(kv_config(bucket, settings.replicas))
         return cls(kv)
 
     async def read(self) -> tuple[str | None, int]:

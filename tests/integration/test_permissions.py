@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
@@ -207,8 +207,8 @@ async def test_projector_and_analyst_consume_events_read_only(secured: Secured, 
             else:
                 got: asyncio.Queue[bytes] = asyncio.Queue()
 
-                async def collect(msg: Any) -> None:
-                    await got.put(msg.data)
+                async def collect(msg: Any, queue: asyncio.Queue[bytes] = got) -> None:
+                    await queue.put(msg.data)
 
                 await js.subscribe("ledger.ev.s.>", stream="LEDGER", cb=collect, ordered_consumer=True)
                 types = {json.loads(await asyncio.wait_for(got.get(), 5))["type"]}
@@ -230,10 +230,10 @@ async def test_projector_keeps_its_buckets_and_answers_queries(secured: Secured,
     nc = await secured.connect("projector")
     try:
         await EventStore(nc, ledger_up).ensure_stream()  # unchanged config: info only, no update
-        kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket="LEDGER_SESSIONS_1"))
+        kv = await nc.jetstream().key_value("LEDGER_SESSIONS_1")  # the ledger created it
         await kv.put("sid", b"state")
         assert (await kv.get("sid")).value == b"state"
-        await nc.jetstream().delete_key_value("LEDGER_SESSIONS_1")
+        await nc.jetstream().purge_stream("KV_LEDGER_SESSIONS_1")  # emptied for a rebuild
         await nc.subscribe("ledger.q.sessions", queue="ledger-queries")
         await nc.flush()
         assert not secured.errors["projector"], secured.errors["projector"]
