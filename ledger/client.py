@@ -48,6 +48,14 @@ def _build(model: type[M], **fields: Any) -> M:
         raise BadRequest(f"invalid {model.__name__} ({', '.join(sorted(fields))})") from None
 
 
+def _answer(model: type[M], result: dict[str, Any]) -> M:
+    """The server's answer as ``model``; anything else is a ``LedgerError``, never a crash."""
+    try:
+        return model.model_validate(result)
+    except ValidationError:
+        raise LedgerError(f"malformed {model.__name__} in the answer") from None
+
+
 class LedgerClient:
     """Commands over NATS request/reply. Errors are ``ledger.domain.errors.LedgerError`` subclasses.
 
@@ -93,31 +101,31 @@ class LedgerClient:
         self, sub: str, *, client_id: str | None = None, scopes: Sequence[str] = ()
     ) -> TokenPair:
         req = _build(StartSessionRequest, sub=sub, client_id=client_id, scopes=tuple(scopes))
-        return TokenPair.model_validate(await self._call("start", req))
+        return _answer(TokenPair, await self._call("start", req))
 
     async def rotate(self, refresh_token: str) -> TokenPair:
         req = _build(RotateRequest, refresh_token=refresh_token)
-        return TokenPair.model_validate(await self._call("rotate", req))
+        return _answer(TokenPair, await self._call("rotate", req))
 
     async def revoke_session(self, sid: str, reason: RevokeReason | str = RevokeReason.LOGOUT) -> Revocation:
         req = _build(RevokeSessionRequest, sid=sid, reason=reason)
-        return Revocation.model_validate(await self._call("revoke", req))
+        return _answer(Revocation, await self._call("revoke", req))
 
     async def logout(self, refresh_token: str) -> Revocation:
         req = _build(LogoutRequest, refresh_token=refresh_token)
-        return Revocation.model_validate(await self._call("logout", req))
+        return _answer(Revocation, await self._call("logout", req))
 
     async def revoke_user(self, sub: str, reason: RevokeReason | str = RevokeReason.ADMIN) -> Revocation:
         req = _build(RevokeUserRequest, sub=sub, reason=reason)
-        return Revocation.model_validate(await self._call("revoke_user", req))
+        return _answer(Revocation, await self._call("revoke_user", req))
 
     async def list_sessions(self, sub: str, *, include_inactive: bool = False) -> SessionList:
         """A user's sessions from the sessions projection (active ones unless asked otherwise)."""
         req = ListSessionsRequest(sub=sub, include_inactive=include_inactive)
-        return SessionList.model_validate(await self._query("sessions", req))
+        return _answer(SessionList, await self._query("sessions", req))
 
     async def get_session(self, sid: str) -> SessionView:
-        return SessionView.model_validate(await self._query("session", GetSessionRequest(sid=sid)))
+        return _answer(SessionView, await self._query("session", GetSessionRequest(sid=sid)))
 
     async def introspect(self, token: str) -> Introspection:
         """RFC 7662: ``active`` plus claims, for a refresh token or an access token.
@@ -126,7 +134,7 @@ class LedgerClient:
         """
         if len(token) > MAX_INTROSPECT_CHARS:
             return INACTIVE
-        return Introspection.model_validate(await self._query("introspect", IntrospectRequest(token=token)))
+        return _answer(Introspection, await self._query("introspect", IntrospectRequest(token=token)))
 
     async def _query(self, name: str, req: BaseModel) -> dict[str, Any]:
         return await self._send_to(self.subjects.query(name), req.model_dump_json().encode())
@@ -150,7 +158,10 @@ class LedgerClient:
             raise Unavailable("the ledger did not answer in time; retrying is safe") from None
         except nats.errors.ConnectionClosedError:
             raise Unavailable("not connected to NATS") from None
-        reply = Reply.model_validate_json(msg.data)
+        try:
+            reply = Reply.model_validate_json(msg.data)
+        except ValidationError:
+            raise LedgerError(f"the answer on {subject} is not a ledger reply") from None
         if reply.ok and reply.result is not None:
             return reply.result
         if reply.error is None:

@@ -49,6 +49,12 @@ class BaseEventStore(ABC):
     @abstractmethod
     async def last(self, subject: str) -> RecordedEvent | None: ...
 
+    async def head(self, subject: str) -> tuple[RecordedEvent | None, int]:
+        """The last event on ``subject`` and the subject's last sequence (the CAS position).
+        They differ only where a message that is not an event was skipped."""
+        rec = await self.last(subject)
+        return rec, 0 if rec is None else rec.seq
+
     @abstractmethod
     async def last_seq(self) -> int: ...
 
@@ -70,14 +76,14 @@ class BaseEventStore(ABC):
 
     async def family(self, sid: str) -> Family | None:
         """Facts (cached forever) + latest event: O(1) whatever the family's length."""
-        head = await self.last(self.subjects.family_filter(sid))
+        head, position = await self.head(self.subjects.family_filter(sid))
         if head is None:
             return None
         facts = await self._facts_for(sid, head)
         event = head.event
         if not isinstance(event, FamilyEvent):
             raise LedgerError(f"family {sid} holds a foreign event")
-        return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=head.seq)
+        return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=position)
 
     def cached_sub(self, sid: str) -> str | None:
         cached = self._facts.get(sid)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
@@ -21,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
@@ -33,6 +36,7 @@ from ledger.domain.events import (
 )
 from ledger.eventstore.base import BaseEventStore
 
+log = logging.getLogger("ledger.jetstream.store")
 WRONG_LAST_SEQUENCE = 10071
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
@@ -132,15 +136,30 @@ class EventStore(BaseEventStore):
         description = (error or {}).get("description", "no ack")
         raise Unavailable(f"append to {subject} refused: {description}")
 
-    async def last(self, subject: str) -> RecordedEvent | None:
-        """The last event on ``subject`` (wildcards allowed).
+    async def head(self, subject: str) -> tuple[RecordedEvent | None, int]:
+        """The last *event* on ``subject`` (wildcards allowed) and the subject's last sequence.
 
         With one replica, a direct get (fast). With several, a direct get may be
         answered by a lagging follower, which could hide a just-committed rotation or
         revoke-all; decisions must read what the leader has, so ask the leader.
+        Defence in depth: a message there that is not a ledger event (only a writer with
+        the ledger's permissions could put one there) is skipped, not fatal; the sequence
+        still counts it, so a compare-and-set on the subject goes through.
         """
-        if self.settings.replicas > 1:
-            return await self._leader_last(subject)
+        raw = await (self._leader_raw(subject) if self.settings.replicas > 1 else self._direct_raw(subject))
+        if raw is None:
+            return None, 0
+        data, seq, found, stamp = raw
+        try:
+            return RecordedEvent(decode_event(data), seq, found, _parse_time(stamp)), seq
+        except (ValidationError, ValueError):
+            log.error("stream seq %d on %s is not a ledger event; skipped", seq, found)
+            return await self._last_valid(subject, before=seq), seq
+
+    async def last(self, subject: str) -> RecordedEvent | None:
+        return (await self.head(subject))[0]
+
+    async def _direct_raw(self, subject: str) -> tuple[bytes, int, str, str | None] | None:
         msg = await self._request(self._direct + subject, b"")
         headers = msg.headers or {}
         status = headers.get("Status")
@@ -148,14 +167,10 @@ class EventStore(BaseEventStore):
             return None
         if status is not None or not msg.data:
             raise Unavailable(f"direct get failed: {headers.get('Description', status)}")
-        return RecordedEvent(
-            event=decode_event(msg.data),
-            seq=int(headers["Nats-Sequence"]),
-            subject=headers["Nats-Subject"],
-            time=_parse_time(headers.get("Nats-Time-Stamp")),
-        )
+        stamp = headers.get("Nats-Time-Stamp")
+        return msg.data, int(headers["Nats-Sequence"]), headers["Nats-Subject"], stamp
 
-    async def _leader_last(self, subject: str) -> RecordedEvent | None:
+    async def _leader_raw(self, subject: str) -> tuple[bytes, int, str, str | None] | None:
         api = f"$JS.API.STREAM.MSG.GET.{self.settings.stream}"
         msg = await self._request(api, json.dumps({"last_by_subj": subject}).encode())
         reply: dict[str, Any] = json.loads(msg.data or b"{}")
@@ -164,12 +179,31 @@ class EventStore(BaseEventStore):
                 return None
             raise Unavailable(f"message get failed: {error.get('description')}")
         found = reply["message"]
-        return RecordedEvent(
-            event=decode_event(base64.b64decode(found["data"])),
-            seq=int(found["seq"]),
-            subject=found["subject"],
-            time=_parse_time(found.get("time")),
-        )
+        return base64.b64decode(found["data"]), int(found["seq"]), found["subject"], found.get("time")
+
+    async def _last_valid(self, subject: str, *, before: int) -> RecordedEvent | None:
+        """The newest decodable event on ``subject`` before ``before`` (a scan: the rare path)."""
+        found: RecordedEvent | None = None
+        async for rec in self._scan(subject, before):
+            found = rec
+        return found
+
+    async def _scan(self, subject: str, before: int) -> AsyncIterator[RecordedEvent]:
+        sub = await self.js.subscribe(
+            subject, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            stream=self.settings.stream,
+        )  # fmt: skip
+        try:
+            async for msg in sub.messages:
+                seq = msg.metadata.sequence.stream
+                if seq >= before:
+                    return
+                with contextlib.suppress(ValidationError, ValueError):
+                    yield RecordedEvent(decode_event(msg.data), seq, msg.subject, msg.metadata.timestamp)
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
 
     async def _request(self, subject: str, payload: bytes) -> Msg:
         try:
@@ -197,12 +231,16 @@ class EventStore(BaseEventStore):
         try:
             async for msg in sub.messages:
                 meta = msg.metadata
-                yield RecordedEvent(
-                    event=decode_event(msg.data),
-                    seq=meta.sequence.stream,
-                    subject=msg.subject,
-                    time=meta.timestamp,
-                )
+                try:
+                    event = decode_event(msg.data)
+                except (ValidationError, ValueError):  # reported and skipped, never fatal
+                    log.error(
+                        "stream seq %d on %s is not a ledger event; skipped",
+                        meta.sequence.stream,
+                        msg.subject,
+                    )
+                else:
+                    yield RecordedEvent(event, meta.sequence.stream, msg.subject, meta.timestamp)
                 if not follow and meta.sequence.stream >= end:
                     return
         finally:

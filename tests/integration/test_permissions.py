@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ledger.client import LedgerClient
@@ -28,58 +25,11 @@ from tests.support.deploy import (
     ConfServer,
     Secured,
     documented_tls_block,
+    refused_publish,
+    refused_subscribe,
     set_passwords,
     write_test_certificates,
 )
-
-
-@pytest.fixture
-def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Secured]:
-    passwords = set_passwords(monkeypatch)
-    server = ConfServer(store_dir=tmp_path / "js", port=free_port())
-    server.start()
-    try:
-        yield Secured(server, passwords)
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def ledger_up(secured: Secured, tmp_path: Path, services: Any) -> AsyncIterator[Settings]:
-    """A ledger service running as the ``ledger`` user."""
-    settings = Settings(
-        nats_url=secured.url("ledger"),
-        data_dir=tmp_path / "data",
-        duplicate_window=timedelta(seconds=30),
-    )
-    await services.start(settings)
-    yield settings
-
-
-async def violation(sec: Secured, user: str, action: str, subject: str, queue: str = "") -> None:
-    """Wait until the server reported a permissions violation for ``subject`` (and consume it)."""
-    needle = f'permissions violation for {action} to "{subject.lower()}"'
-    needle += f' using queue "{queue}"' if queue else ""
-    errors = sec.errors.setdefault(user, [])
-    for _ in range(100):
-        for i, error in enumerate(errors):
-            if error.lower().endswith(needle):
-                del errors[i]
-                return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no violation for {user} {action} {subject}: {sec.errors.get(user)}")
-
-
-async def refused_publish(sec: Secured, nc: NATS, user: str, subject: str) -> None:
-    await nc.publish(subject, b"{}")
-    await nc.flush()
-    await violation(sec, user, "publish", subject)
-
-
-async def refused_subscribe(sec: Secured, nc: NATS, user: str, subject: str, queue: str = "") -> None:
-    await nc.subscribe(subject, queue=queue)
-    await nc.flush()
-    await violation(sec, user, "subscription", subject, queue)
 
 
 async def test_wrong_password_and_no_password_are_refused(secured: Secured) -> None:

@@ -6,6 +6,7 @@ directory, the monitoring port and (for the cluster) the route host names.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
@@ -111,6 +112,32 @@ class Secured:
 
     async def connect(self, user: str) -> NATS:
         return await connect(self.url(user), f"test-{user}", error_cb=self.recorder(user))
+
+
+async def violation(sec: Secured, user: str, action: str, subject: str, queue: str = "") -> None:
+    """Wait until the server reported a permissions violation for ``subject`` (and consume it)."""
+    needle = f'permissions violation for {action} to "{subject.lower()}"'
+    needle += f' using queue "{queue}"' if queue else ""
+    errors = sec.errors.setdefault(user, [])
+    for _ in range(100):
+        for i, error in enumerate(errors):
+            if error.lower().endswith(needle):
+                del errors[i]
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no violation for {user} {action} {subject}: {sec.errors.get(user)}")
+
+
+async def refused_publish(sec: Secured, nc: NATS, user: str, subject: str) -> None:
+    await nc.publish(subject, b"{}")
+    await nc.flush()
+    await violation(sec, user, "publish", subject)
+
+
+async def refused_subscribe(sec: Secured, nc: NATS, user: str, subject: str, queue: str = "") -> None:
+    await nc.subscribe(subject, queue=queue)
+    await nc.flush()
+    await violation(sec, user, "subscription", subject, queue)
 
 
 def documented_tls_block(cert_dir: Path) -> str:
