@@ -1,4 +1,5 @@
-"""The long-running components of session-ledger, by name: what ``up`` runs, in order."""
+"""The long-running components of session-ledger, by name: what ``up`` runs, in order,
+and the NATS user each one connects as."""
 
 from __future__ import annotations
 
@@ -11,16 +12,31 @@ from session_ledger.runtime import Component
 from session_ledger.sim.simulate import run_demo
 
 SERVICE = Component(
-    "ledger-service", run_service, "commands on {s.subject_prefix}.cmd.* (queue group ledger-service)"
+    "ledger-service",
+    run_service,
+    "commands on {s.subject_prefix}.cmd.* (queue group ledger-service)",
+    "ledger",
 )
-SESSIONS = Component("sessions", run_sessions, "sessions projection (KV) + queries on {s.subject_prefix}.q.*")
+SESSIONS = Component(
+    "sessions", run_sessions, "sessions projection (KV) + queries on {s.subject_prefix}.q.*", "projector"
+)
 ANALYTICS = Component(
-    "analytics", run_analytics, "DuckDB analytics {s.data_dir}/analytics.duckdb (+ .snapshot for readers)"
+    "analytics",
+    run_analytics,
+    "DuckDB analytics {s.data_dir}/analytics.duckdb (+ .snapshot for readers)",
+    "projector",
 )
 BROADCAST = Component(
-    "broadcast", run_broadcaster, "revocation notices on {s.subject_prefix}.revoked.> (LEDGER_REVOCATIONS)"
+    "broadcast",
+    run_broadcaster,
+    "revocation notices on {s.subject_prefix}.revoked.> (LEDGER_REVOCATIONS)",
+    "ledger",
 )
-EDGE = Component("edge", run_edge, "edge verifier + forward-auth sidecar on http://{s.edge_listen}/auth")
-DEMO = Component("demo", run_demo, "traffic simulator (20 users, 30 simulated minutes), prints ground truth")
+EDGE = Component(
+    "edge", run_edge, "edge verifier + forward-auth sidecar on http://{s.edge_listen}/auth", "edge"
+)
+DEMO = Component(
+    "demo", run_demo, "traffic simulator (20 users, 30 simulated minutes), prints ground truth", "ledger"
+)
 
 COMPONENTS: tuple[Component, ...] = (SERVICE, SESSIONS, ANALYTICS, BROADCAST, EDGE)

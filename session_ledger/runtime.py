@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ledger.config import Settings
@@ -26,6 +26,7 @@ class Component(NamedTuple):
     name: str
     runner: Runner
     what: str  # a template: ``{s}`` is the Settings, so the banner prints real addresses
+    role: str = "ledger"  # the NATS user it connects as (nats.conf / the embedded up)
 
     def describe(self, settings: Settings) -> str:
         return self.what.format(s=settings)
@@ -69,15 +70,22 @@ def announce(line: str) -> None:
 
 
 async def run_components(
-    settings: Settings, components: Sequence[Component], *, ready_line: str, each: bool = True
+    settings: Settings,
+    components: Sequence[Component],
+    *,
+    ready_line: str,
+    each: bool = True,
+    urls: Mapping[str, str] | None = None,
 ) -> None:
-    """Start each component in order, announce it, serve until a signal, stop them all."""
+    """Start each component in order (as its role, when ``urls`` maps roles to NATS URLs),
+    announce it, serve until a signal, stop them all."""
     stop = asyncio.Event()
     stop_on_signals(stop)
     tasks: list[asyncio.Task[None]] = []
     try:
         for c in components:
-            tasks.append(await start(c.name, c.runner, settings, stop))
+            own = settings if urls is None else settings.model_copy(update={"nats_url": urls[c.role]})
+            tasks.append(await start(c.name, c.runner, own, stop))
             if each:
                 announce(f"{c.name:<16} {c.describe(settings)}")
         announce(f"ready: {ready_line} (Ctrl-C to stop)")

@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError
 from ledger.config import Settings
 from ledger.domain.errors import ConfigError, Unavailable
 from ledger.jetstream.connection import connect
+from ledger.jetstream.credentials import with_user
 from ledger.jetstream.embedded import NatsServer, free_port
 from ledger.jetstream.store import EventStore
 
@@ -56,10 +57,12 @@ class Cluster:
         """Every node's URL, comma-separated (``LEDGER_NATS_URL`` accepts that form)."""
         return ",".join(server.url for server in self.servers)
 
-    def start(self, timeout: float = 30.0) -> Cluster:
+    def start(self, timeout: float = 30.0, *, user: tuple[str, str] | None = None) -> Cluster:
+        """Start every node; wait until JetStream answers (as ``user``, when auth is on)."""
         for server in self.servers:
             server.start()
-        asyncio.run(wait_jetstream(self.url, timeout))
+        probe = self.url if user is None else with_user(self.url, *user)
+        asyncio.run(wait_jetstream(probe, timeout))
         return self
 
     def stop(self) -> None:

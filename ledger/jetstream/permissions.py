@@ -73,8 +73,10 @@ SERVICE = Role(
     purpose="the command service and the revocation broadcaster: append events, answer commands "
     "in its queue group, own the LEDGER, LEDGER_REVOCATIONS and LEDGER_RECEIPTS streams (never "
     "delete or purge), create the projections' three KV buckets, read by direct or leader get, "
-    "run the broadcaster's durable, publish notices and the broadcaster's heartbeat",
+    "run the broadcaster's durable, publish notices and the broadcaster's heartbeat; the "
+    "traffic simulator (`up --demo`, `simulate`) serves its own clock on ledger.sim.*",
     publish=(
+        "ledger.sim.*.cmd.*",
         "ledger.ev.>",
         "ledger.revoked.>",
         "ledger.heartbeat.>",
@@ -89,7 +91,7 @@ SERVICE = Role(
         f"$JS.ACK.{STREAM}.{BROADCASTER}.>",
         *(rule for name in BUCKETS for rule in stream_admin(f"KV_{name}", "CREATE", "INFO")),
     ),
-    subscribe=("ledger.cmd.* ledger-service", "_INBOX.ledger.>"),
+    subscribe=("ledger.cmd.* ledger-service", "ledger.sim.*.cmd.*", "_INBOX.ledger.>"),
     allow_responses=True,
 )
 
@@ -132,6 +134,7 @@ PROJECTOR = Role(
     "requests. It creates, changes and deletes no stream: a stream's subjects are its own "
     "choice, and one on ledger.cmd.> would capture refresh tokens",
     publish=(
+        "ledger.analytics.rebuild",
         "$JS.API.INFO",
         "$JS.API.STREAM.NAMES",
         "$JS.API.STREAM.LIST",

@@ -64,7 +64,6 @@ def register(sub: Any) -> None:
 
 def _db_options(*, window: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data-dir", type=Path, help="state directory (default ./.ledger)")
     p.add_argument("--db", type=Path, help="DuckDB file (default <data-dir>/analytics.duckdb)")
     if window:
         p.add_argument("--since", help="start: ISO time (UTC) or age like 24h, 7d")
@@ -80,7 +79,6 @@ def _register_simulate(sub: Any) -> None:
     sim.add_argument("--minutes", type=float, default=30.0, help="simulated minutes (run in seconds)")
     sim.add_argument("--replay-rate", type=float, default=0.1, help="share of sessions attacked")
     sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--data-dir", type=Path, help="state directory with keys/ (default ./.ledger)")
     sim.set_defaults(func=cmd_simulate)
 
 
@@ -133,7 +131,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     if args.users < 1 or args.minutes <= 0 or not 0 <= args.replay_rate <= 1:
         raise BadRequest("need --users >= 1, --minutes > 0 and 0 <= --replay-rate <= 1")
     cfg = SimConfig(users=args.users, minutes=args.minutes, replay_rate=args.replay_rate, seed=args.seed)
-    truth = asyncio.run(simulate(settings_from(args), cfg))
+    truth = asyncio.run(simulate(settings_from(args, "ledger"), cfg))
     print(json.dumps(truth, indent=None if args.json else 2))
     if not args.json:
         print(
@@ -143,7 +141,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    settings, path = settings_from(args), db_path(args)
+    settings, path = settings_from(args, "projector"), db_path(args)
     if args.batch < 1:
         raise BadRequest("--batch must be 1 or more")
     open_writer(path, settings).close()  # a clear error now if another process holds the file
@@ -159,7 +157,7 @@ def open_writer(path: Path, settings: Settings) -> AnalyticsDB:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
-    settings = settings_from(args)
+    settings = settings_from(args, "projector")
     path = db_path(args)
     result = asyncio.run(rebuild_anywhere(settings, path))
     data = {"projection": "analytics", "db": str(path), **result}

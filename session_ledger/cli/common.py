@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from nats.aio.client import Client as NATS
@@ -22,17 +23,23 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import BadRequest, ConfigError, Unavailable
 from ledger.jetstream.connection import connect
+from ledger.jetstream.credentials import role_url
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(args: argparse.Namespace, role: str | None = None) -> Settings:
+    """The settings for this command; connecting as ``role`` (a nats.conf user) with the
+    credentials the embedded ``up`` generated in the data dir, when the URL has none."""
     overrides = {
         k: v
         for k, v in {"nats_url": args.nats_url, "data_dir": getattr(args, "data_dir", None)}.items()
         if v is not None
     }
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    if role is None:
+        return settings
+    return settings.model_copy(update={"nats_url": role_url(settings.nats_url, settings.data_dir, role)})
 
 
 def emit(args: argparse.Namespace, result: BaseModel | dict[str, Any], human: str) -> None:
@@ -45,7 +52,7 @@ def emit(args: argparse.Namespace, result: BaseModel | dict[str, Any], human: st
 
 def run_client(args: argparse.Namespace, action: Callable[[LedgerClient], Awaitable[None]]) -> None:
     async def go() -> None:
-        client = await LedgerClient.connect(settings_from(args).nats_url, timeout=args.timeout)
+        client = await LedgerClient.connect(settings_from(args, "app").nats_url, timeout=args.timeout)
         try:
             await action(client)
         finally:
@@ -69,6 +76,11 @@ def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--nats-url", help="NATS server URL (env LEDGER_NATS_URL; default nats://127.0.0.1:4222)"
+    )
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        help="state dir: keys, DuckDB, credentials made by `up` (env LEDGER_DATA_DIR; default ./.ledger)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     common.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")

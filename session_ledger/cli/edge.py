@@ -37,7 +37,7 @@ def edge_settings(args: argparse.Namespace) -> Settings:
         update["edge_fail_open"] = True
     if args.verifier_id:
         update["edge_verifier_id"] = args.verifier_id
-    return Settings(**{**settings_from(args).model_dump(exclude_unset=True), **update})
+    return settings_from(args, "edge").model_copy(update=update)
 
 
 def cmd_edge(args: argparse.Namespace) -> None:
@@ -45,4 +45,4 @@ def cmd_edge(args: argparse.Namespace) -> None:
 
 
 def cmd_broadcast(args: argparse.Namespace) -> None:
-    run_one(BROADCAST, settings_from(args))
+    run_one(BROADCAST, settings_from(args, "ledger"))

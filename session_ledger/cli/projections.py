@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -41,19 +40,16 @@ def register(sub: Any) -> None:
         dest="action", required=True, metavar="ACTION"
     )
     status = proj.add_parser("status", parents=[COMMON], help="lag behind the stream, per projection")
-    status.add_argument("--data-dir", type=Path, help="state directory (default ./.ledger)")
     status.set_defaults(func=cmd_status)
     rebuild = proj.add_parser(
         "rebuild", parents=[COMMON], help="rebuild a projection from sequence 1 (service keeps running)"
     )
     rebuild.add_argument("name", choices=sorted(PROJECTIONS))
-    rebuild.add_argument("--data-dir", type=Path, help="state directory (default ./.ledger)")
     rebuild.set_defaults(func=cmd_rebuild)
     run = proj.add_parser(
         "run", parents=[COMMON], help="run one projection process (and its queries) until SIGINT/SIGTERM"
     )
     run.add_argument("name", choices=sorted(PROJECTIONS))
-    run.add_argument("--data-dir", type=Path, help="state directory with keys/ (default ./.ledger)")
     run.set_defaults(func=cmd_run)
 
 
@@ -73,7 +69,7 @@ async def status_rows(nc: NATS, settings: Settings) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    settings = settings_from(args)
+    settings = settings_from(args, "projector")
 
     async def go(nc: NATS) -> None:
         rows = await status_rows(nc, settings)
@@ -89,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
-    settings = settings_from(args)
+    settings = settings_from(args, "projector")
 
     async def go(nc: NATS) -> None:
         bar = ProgressBar(f"rebuild {args.name}")
@@ -105,4 +101,4 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    run_one(PROJECTIONS[args.name].component, settings_from(args))
+    run_one(PROJECTIONS[args.name].component, settings_from(args, "projector"))

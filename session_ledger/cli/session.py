@@ -113,7 +113,7 @@ cmd_revoke_user = _command(lambda c, a: c.revoke_user(a.sub, a.reason), _revocat
 
 def cmd_tail(args: argparse.Namespace) -> None:
     """Events are JSON lines whatever ``--json`` says: one object per event, with its sequence."""
-    settings = settings_from(args)
+    settings = settings_from(args, "analyst")
 
     async def go() -> None:
         nc = await connect(settings.nats_url, "ledger-cli", deadline=args.timeout)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ledger.config import Settings
+from ledger.domain.errors import ConfigError
 from ledger.jetstream.cluster import Cluster, ensure_stream_ready
 from ledger.jetstream.connection import parse_url
-from ledger.jetstream.embedded import NatsServer
+from ledger.jetstream.credentials import USERS, load, load_or_create, role_url, server_auth, with_user
+from ledger.jetstream.embedded import NatsServer, port_answers
 from session_ledger.cli.common import COMMON, settings_from
 from session_ledger.components import COMPONENTS, DEMO, SERVICE
 from session_ledger.runtime import Component, run_components, run_one
@@ -20,7 +25,6 @@ from session_ledger.runtime import Component, run_components, run_one
 
 def register(sub: Any) -> None:
     up = sub.add_parser("up", parents=[COMMON], help="run the ledger with an embedded NATS JetStream server")
-    up.add_argument("--data-dir", type=Path, help="state directory (default ./.ledger)")
     up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (default 4222)")
     up.add_argument(
         "--sync-always", action="store_true", help="fsync every write (survives power loss; slower)"
@@ -40,7 +44,6 @@ def register(sub: Any) -> None:
     service = sub.add_parser(
         "service", parents=[COMMON], help="run one ledger service instance against an existing NATS"
     )
-    service.add_argument("--data-dir", type=Path, help="state directory with keys/ (default ./.ledger)")
     service.set_defaults(func=cmd_service)
 
 
@@ -52,7 +55,7 @@ def service_command(settings: Settings) -> list[str]:
 
 def cmd_service(args: argparse.Namespace) -> None:
     """One stateless instance of the queue group: run as many as you need."""
-    run_one(SERVICE, settings_from(args))
+    run_one(SERVICE, settings_from(args, "ledger"))
 
 
 def chosen(only: list[str] | None, demo: bool) -> list[Component]:
@@ -62,30 +65,68 @@ def chosen(only: list[str] | None, demo: bool) -> list[Component]:
 
 def cmd_up(args: argparse.Namespace) -> None:
     settings = settings_from(args)
-    server: NatsServer | Cluster | None = None
-    if args.cluster and args.nats_url is None and not _env_has_url():
-        server = Cluster((settings.data_dir / "cluster").resolve(), args.cluster, args.sync_always)
-        print(f"starting {args.cluster} nats-servers (JetStream cluster) on {server.url}", flush=True)
-        server.start()
-        settings = settings.model_copy(update={"nats_url": server.url, "replicas": min(args.cluster, 5)})
-        asyncio.run(ensure_stream_ready(settings))
-    elif args.nats_url is None and not _env_has_url():
-        server = NatsServer(
-            store_dir=(settings.data_dir / "jetstream").resolve(),
-            port=args.nats_port,
-            sync_always=args.sync_always,
-        )
-        print(f"starting nats-server (JetStream) on {server.url}, store {server.store_dir}", flush=True)
-        server.start()
-        settings = settings.model_copy(update={"nats_url": server.url})
-    servers = ", ".join(parse_url(settings.nats_url).servers)
-    try:
-        ready_line = f"NATS {servers}, data {settings.data_dir.resolve()}"
-        asyncio.run(run_components(settings, chosen(args.only, args.demo), ready_line=ready_line))
-    finally:
-        if server is not None:
+    components = chosen(args.only, args.demo)
+    if args.nats_url is not None or _env_has_url():  # an existing NATS: connect as the roles
+        urls = {user: role_url(settings.nats_url, settings.data_dir, user) for user in USERS}
+        _serve(settings, components, urls)
+        return
+    with hold_data_dir(settings.data_dir):
+        passwords = load_or_create(settings.data_dir)
+        server = _embedded(args, settings, server_auth(passwords))
+        try:
+            urls = {user: with_user(server.url, user, passwords[user]) for user in USERS}
+            settings = settings.model_copy(update={"nats_url": urls["ledger"]})
+            if isinstance(server, Cluster):
+                settings = settings.model_copy(update={"replicas": min(args.cluster, 5)})
+                asyncio.run(ensure_stream_ready(settings))
+            _serve(settings, components, urls)
+        finally:
             server.stop()
             print("nats-server stopped", flush=True)
+
+
+def _embedded(args: argparse.Namespace, settings: Settings, auth: str) -> NatsServer | Cluster:
+    """Start the embedded server (or cluster) with the same users and permissions as nats.conf."""
+    if args.cluster:
+        cluster = Cluster((settings.data_dir / "cluster").resolve(), args.cluster, args.sync_always, auth)
+        print(f"starting {args.cluster} nats-servers (JetStream cluster) on {cluster.url}", flush=True)
+        return cluster.start(user=("ledger", _password(settings)))
+    if port_answers("127.0.0.1", args.nats_port):
+        raise ConfigError(
+            f"port {args.nats_port} already answers (another `up`?); stop it or pass --nats-port"
+        )
+    server = NatsServer(
+        store_dir=(settings.data_dir / "jetstream").resolve(),
+        port=args.nats_port,
+        sync_always=args.sync_always,
+        extra_config=auth,
+    )
+    print(f"starting nats-server (JetStream) on {server.url}, store {server.store_dir}", flush=True)
+    return server.start()
+
+
+def _password(settings: Settings) -> str:
+    passwords = load(settings.data_dir)
+    assert passwords is not None
+    return passwords["ledger"]
+
+
+def _serve(settings: Settings, components: list[Component], urls: dict[str, str]) -> None:
+    servers = ", ".join(parse_url(settings.nats_url).servers)
+    ready_line = f"NATS {servers}, data {settings.data_dir.resolve()}"
+    asyncio.run(run_components(settings, components, ready_line=ready_line, urls=urls))
+
+
+@contextlib.contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """One ``up`` per data directory: two would run two nats-servers on one store."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(data_dir / "up.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another `session-ledger up` runs with data dir {data_dir}") from None
+        yield
 
 
 def _env_has_url() -> bool:

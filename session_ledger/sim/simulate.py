@@ -51,7 +51,9 @@ class SimClock:
 @contextlib.asynccontextmanager
 async def simulated_ledger(settings: Settings, clock: Callable[[], datetime]) -> AsyncIterator[LedgerClient]:
     """An in-process ledger service on a private command prefix, with ``clock``; yields its client."""
-    prefix = f"_sim{secrets.token_hex(4)}"
+    prefix = (
+        f"{settings.subject_prefix}.sim.{secrets.token_hex(4)}"  # nats.conf: the ledger user may serve it
+    )
     nc = await connect(settings.nats_url, "ledger-simulator-service")
     try:
         service = await build_service(settings, nc, clock=clock)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
+from ledger.jetstream.credentials import role_url
 from ledger.jetstream.embedded import free_port
 from tests.support.services import ServiceRunner
 
@@ -126,7 +127,8 @@ def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
         assert lines[-1].startswith("ready:"), "".join(lines)
 
         async def use() -> str:
-            async with await LedgerClient.connect(f"nats://127.0.0.1:{port}") as c:
+            url = role_url(f"nats://127.0.0.1:{port}", tmp_path / "d", "app")  # up's own users
+            async with await LedgerClient.connect(url) as c:
                 pair = await c.start_session("alice")
                 return (await c.rotate(pair.refresh_token)).sub
 

@@ -31,6 +31,7 @@ from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.events import SessionStarted, TokenRotated
 from ledger.jetstream.cluster import Cluster, ensure_stream_ready, stream_leader, wait_jetstream
 from ledger.jetstream.connection import connect
+from ledger.jetstream.credentials import role_url
 from ledger.jetstream.embedded import NatsServer
 from ledger.jetstream.store import EventStore
 from tests.support.deploy import conf_cluster, set_passwords
@@ -338,20 +339,22 @@ def test_up_cluster_3_runs_the_ledger_on_r3(tmp_path: Path) -> None:
         assert lines[0].startswith("starting 3 nats-servers"), lines
         assert lines[2].startswith("ready:"), lines
         url = lines[0].rsplit(" on ", 1)[1].strip()
-        asyncio.run(_rotate_on_r3(url))
+        asyncio.run(_rotate_on_r3(url, tmp_path / "state"))  # as up's own users
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     assert proc.returncode == 0
 
 
-async def _rotate_on_r3(url: str) -> None:
-    client = await LedgerClient.connect(url)
+async def _rotate_on_r3(url: str, data_dir: Path) -> None:
+    client = await LedgerClient.connect(role_url(url, data_dir, "app"))
+    ledger = await connect(role_url(url, data_dir, "ledger"), "test-r3-info")
     try:
         pair = await client.start_session("frank")
         assert (await client.rotate(pair.refresh_token)).generation == 1
-        info = await client.nc.jetstream().stream_info("LEDGER")
+        info = await ledger.jetstream().stream_info("LEDGER")
         assert info.config.num_replicas == 3
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:
+        await ledger.close()
         await client.close()
