@@ -371,7 +371,7 @@ async def test_cli_status_lag_reaches_zero_and_queries(
         assert (await client.list_sessions("alice")).sessions == ()
         assert (await client.get_session(pair.sid)).end_reason == "logout"
     await client.close()
-    assert "sessions" in [name for name, _, _ in COMPONENTS]
+    assert "sessions" in [c.name for c in COMPONENTS]
 
 
 def _sessions_row(out: str) -> dict[str, Any]:
