@@ -268,10 +268,13 @@ s AS (SELECT sid, client_id, occurred_at AS session_started_at FROM events WHERE
 fr AS (SELECT r.seq AS rseq, arg_min(f.seq, f.seq) AS rev_seq, arg_min(f.reason, f.seq) AS rev_reason,
               arg_min(f.occurred_at, f.seq) AS rev_at
        FROM r JOIN events f ON f.type = 'SessionRevoked' AND f.sid = r.sid AND f.seq > r.seq GROUP BY r.seq),
-ur AS (SELECT r.seq AS rseq, arg_min(u.seq, u.seq) AS rev_seq, arg_min(u.reason, u.seq) AS rev_reason,
-              arg_min(u.occurred_at, u.seq) AS rev_at
-       FROM r JOIN events u ON u.type = 'UserSessionsRevoked' AND u.sub = r.sub AND u.seq > r.seq
-                           AND u.reason = 'reuse'
+-- Under the `user` policy the service appends the user-wide revocation *before* ReuseDetected
+-- (the widest revocation first), in the same decision: same sub, same occurred_at, lower seq.
+ur AS (SELECT r.seq AS rseq, arg_max(u.seq, u.seq) AS rev_seq, arg_max(u.reason, u.seq) AS rev_reason,
+              arg_max(u.occurred_at, u.seq) AS rev_at
+       FROM r JOIN events u ON u.type = 'UserSessionsRevoked' AND u.sub = r.sub AND u.seq < r.seq
+                           AND u.reason = 'reuse' AND u.occurred_at = r.occurred_at
+       WHERE r.policy = 'user'
        GROUP BY r.seq),
 grace AS (SELECT coalesce(max(TRY_CAST(value AS DOUBLE)), 30) AS grace_s
           FROM analytics_meta WHERE key = 'grace_window_s')

@@ -15,21 +15,16 @@ from consumers.broadcast import run_broadcaster
 from consumers.edge.verifier import EdgeVerifier, TokenRejected
 from ledger.config import Settings
 from ledger.service.keys import SigningKey, load_or_create_signing_key
+from session_ledger.runtime import start
 
 Runner = Callable[[Settings, asyncio.Event, asyncio.Event | None], Coroutine[Any, Any, None]]
 
 
 @contextlib.asynccontextmanager
 async def running(runner: Runner, settings: Settings, timeout: float = 15.0) -> AsyncIterator[None]:
-    """Run a component runner until the block exits; fail fast if it never gets ready."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(runner(settings, stop, ready))
-    waiter = asyncio.create_task(ready.wait())
-    done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task in done:
-        task.result()
-    assert ready.is_set(), "component did not get ready"
+    """Run a component runner until the block exits (the runtime's own start-and-wait)."""
+    stop = asyncio.Event()
+    task = await start(getattr(runner, "__name__", "component"), runner, settings, stop, timeout=timeout)
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ import contextlib
 
 from ledger.config import Settings
 from ledger.service.app import run_service
+from session_ledger.runtime import start
 
 
 class ServiceRunner:
@@ -16,13 +17,8 @@ class ServiceRunner:
         self.tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(self, settings: Settings) -> tuple[asyncio.Event, asyncio.Task[None]]:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_service(settings, stop, ready))
-        waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # raise the start-up error
-        waiter.cancel()
+        stop = asyncio.Event()
+        task = await start("ledger-service", run_service, settings, stop, timeout=15)
         self.tasks.append((stop, task))
         return stop, task
 
