@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ledger.domain.errors import BadRequest, LedgerError
+from ledger.domain.errors import BadRequest, LedgerError, Unavailable
 from ledger.domain.events import RevokeReason
 from ledger.domain.ids import SID_PATTERN, SUB_MAX, check_sub
 
@@ -105,3 +107,12 @@ def ok(result: BaseModel) -> bytes:
 def fail(error: LedgerError) -> bytes:
     body = ErrorBody(code=error.code, message=error.message)
     return Reply(ok=False, error=body).model_dump_json(exclude_none=True).encode()
+
+
+def internal_error(log: logging.Logger, doing: str, exc: BaseException) -> bytes:
+    """Log an unexpected failure by type and place only (its text may quote the input, a
+    token), and answer ``unavailable``: retrying is safe, nothing is leaked."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    log.error("internal error while %s: %s at %s", doing, type(exc).__name__, where)
+    return fail(Unavailable("internal error"))

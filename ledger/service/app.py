@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from ledger.contracts.commands import (
     RotateRequest,
     StartSessionRequest,
     fail,
+    internal_error,
     ok,
     parse_request,
 )
@@ -50,11 +50,8 @@ async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], 
         return ok(await call(parse_request(model, body)))
     except LedgerError as err:
         return fail(err)
-    except Exception as exc:  # the type and place only: an exception's text may quote the input
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        log.error("internal error while handling a command: %s at %s", type(exc).__name__, where)
-        return fail(Unavailable("internal error"))
+    except Exception as exc:
+        return internal_error(log, "handling a command", exc)
 
 
 def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:

@@ -11,7 +11,6 @@ once per request and passed down: expiry is decided here, never written.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -22,7 +21,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from ledger.config import Settings
-from ledger.contracts.commands import Reply, fail, ok, parse_request
+from ledger.contracts.commands import Reply, fail, internal_error, ok, parse_request
 from ledger.contracts.queries import (
     INACTIVE,
     GetSessionRequest,
@@ -35,7 +34,7 @@ from ledger.contracts.queries import (
 from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain import decide, refresh
 from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_signature, header_kid
-from ledger.domain.errors import LedgerError, SessionNotFound, TokenInvalid, Unavailable
+from ledger.domain.errors import LedgerError, SessionNotFound, TokenInvalid
 from ledger.domain.ids import is_sid
 from ledger.domain.refresh import TokenKeys
 from projections.sessions.answers import (
@@ -186,11 +185,8 @@ async def answer(model: type[BaseModel], call: Callable[..., Awaitable[BaseModel
         result = await call(parse_request(model, body))
     except LedgerError as err:
         return fail(err)
-    except Exception as exc:  # the type and place only: an exception's text may quote the input
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        log.error("internal error while answering a query: %s at %s", type(exc).__name__, where)
-        return fail(Unavailable("internal error"))
+    except Exception as exc:
+        return internal_error(log, "answering a query", exc)
     if isinstance(result, Introspection):  # RFC 7662: absent claims are omitted, not null
         return Reply(ok=True, result=result.wire()).model_dump_json().encode()
     return ok(result)
