@@ -26,6 +26,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPri
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 MASTER_FILE = "ledger.secret"
+JWK_MEMBERS = ("kty", "crv", "x", "y", "n", "e", "kid", "alg", "use")
 ACTIVE_FILE = "active"
 
 
@@ -52,7 +53,9 @@ def public_jwk(key: PublicKey, kid: str, alg: str) -> dict[str, str]:
     else:
         jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
     jwk.update(kid=kid, alg=alg, use="sig")
-    return {k: str(v) for k, v in jwk.items()}
+    # RFC 7517 members only, each a string: PyJWT adds key_ops as a *list* for RSA, which the
+    # event's dict[str, str] turned into the string "['verify']" and `jose` then refused.
+    return {k: v for k, v in jwk.items() if k in JWK_MEMBERS and isinstance(v, str)}
 
 
 def generate(alg: str) -> PrivateKey:
