@@ -37,7 +37,8 @@ from ledger.jetstream.streams import ensure_streams
 
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"
-HEARTBEAT_EVERY = 1.0  # seconds between liveness beats to the edges
+HEARTBEAT_EVERY = 0.25  # seconds between liveness beats to the edges (an edge back from an outage
+# fails closed until it hears one)
 FETCH_WAIT = 1.0
 BATCH = 64
 

@@ -54,9 +54,15 @@ class Puller:
             request["no_wait"] = True
         else:
             request["expires"] = int(wait * 1e9)
+        reconnects = self.nc.stats["reconnects"]
         await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
-        with contextlib.suppress(TimeoutError):  # server slow: return what arrived, pull again later
-            await asyncio.wait_for(self._done.wait(), (wait or 0) + 5.0)
+        deadline = asyncio.get_running_loop().time() + (wait or 0) + 5.0
+        while not self._done.is_set():  # server slow: return what arrived, pull again later
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or self.nc.stats["reconnects"] != reconnects:
+                break  # a reconnect lost the request on the server: nothing more comes for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), min(left, 0.1))
         if self._status is not None and self._status not in ("404", "408") and not self._msgs:
             raise Unavailable(f"pull from {self.api} refused: status {self._status}")
         return self._msgs
