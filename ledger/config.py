@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_generations: int = Field(default=10_000, ge=1)  # bounds the HMAC chain walk
 
     edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.edge.sidecar)
-    edge_max_staleness: timedelta = timedelta(seconds=30)  # then fail closed, unless edge_fail_open
+    edge_max_staleness: Duration = timedelta(seconds=30)  # then fail closed, unless edge_fail_open
     edge_fail_open: bool = False
     # Fail closed also when the revocation broadcaster has been silent for edge_max_staleness
     # (a dead broadcaster means revocations stop arriving). Off only for a verifier without one.
