@@ -47,6 +47,7 @@ from ledger.domain.access import (
     DEFAULT_LEEWAY,
     AccessClaims,
     Expectations,
+    KeyNotTrusted,
     KeyRing,
     RejectReason,
     TokenRejected,
@@ -312,11 +313,15 @@ class EdgeVerifier:
         try:
             event = decode_event(msg.data)
             if isinstance(event, SigningKeyAdded):
-                self.keys.add(event.kid, event.alg, event.public_jwk)
+                self.keys.add_event(event)  # only with a proof by a key it already trusts
             elif isinstance(event, SigningKeyRetired):
-                self.keys.retire(event.kid)
+                self.keys.retire_event(event)
+        except KeyNotTrusted as err:
+            log.warning("ignoring key event for %s: no trusted key signed it", err)
         except Exception as err:  # a bad key event must not stop the verifier
-            log.error("ignoring unusable key event at seq %s: %s", msg.metadata.sequence.stream, err)
+            log.error(
+                "ignoring unusable key event at seq %s: %s", msg.metadata.sequence.stream, type(err).__name__
+            )
 
     async def _on_notice(self, msg: Msg) -> None:
         self._seq["notices"] = max(self._seq["notices"], msg.metadata.sequence.stream)

@@ -22,7 +22,9 @@ from typing import Any
 import jwt
 from jwt.algorithms import Algorithm, get_default_algorithms
 
+from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
 from ledger.domain.ids import KID_RE
+from ledger.domain.keys import proof_kid, statement_of
 
 MAX_TOKEN_CHARS = 8192  # a real access token is well under 1 kB
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
@@ -86,18 +88,51 @@ class VerifyingKey:
     verifier: Algorithm  # PyJWT's implementation of ``alg``, fixed when the key was learnt
 
 
+class KeyNotTrusted(ValueError):
+    """A key event whose proof no trusted key signed: ignored (it may be a forgery)."""
+
+
 @dataclass
 class KeyRing:
-    """Public keys learnt from SigningKeyAdded; a retired kid stays refused forever."""
+    """Public keys learnt from SigningKeyAdded; a retired kid stays refused forever.
+
+    Only the first key is taken on trust; every later one must come with a proof signed
+    by a key already in the ring (``ledger.domain.keys``).
+    """
 
     keys: dict[str, VerifyingKey] = field(default_factory=dict)
     retired: set[str] = field(default_factory=set)
 
     def add(self, kid: str, alg: str, jwk: dict[str, str]) -> None:
+        """Learn a key unconditionally (a key the caller already trusts)."""
         if jwk.get("alg", alg) != alg or jwk.get("kid", kid) != kid:
             raise ValueError("JWK does not match its event")
         key = jwt.PyJWK(dict(jwk), algorithm=alg).key
         self.keys[kid] = VerifyingKey(kid, alg, key, ALGORITHMS[alg])
+
+    def add_event(self, event: SigningKeyAdded) -> None:
+        """Learn the key of a key event, if its proof is good (or it is the very first key)."""
+        if event.kid in self.keys:
+            return
+        if self.keys and not self.authorizes(event.proof, statement_of(event)):
+            raise KeyNotTrusted(event.kid)
+        self.add(event.kid, event.alg, event.public_jwk)
+
+    def retire_event(self, event: SigningKeyRetired) -> None:
+        if not self.authorizes(event.proof, statement_of(event)):
+            raise KeyNotTrusted(event.kid)
+        self.retire(event.kid)
+
+    def authorizes(self, proof: str | None, statement: bytes) -> bool:
+        """True iff ``proof`` is a JWS of exactly ``statement`` by a key in this ring."""
+        signer = self.keys.get(proof_kid(proof) or "") if proof else None
+        if signer is None or proof is None:
+            return False
+        try:
+            signed = jwt.api_jws.decode(proof, signer.key, algorithms=[signer.alg])
+        except (jwt.PyJWTError, ValueError):
+            return False
+        return bool(signed == statement)
 
     def retire(self, kid: str) -> None:
         self.retired.add(kid)

@@ -92,15 +92,20 @@ class UserSessionsRevoked(_Event):
 
 class SigningKeyAdded(_Event):
     type: Literal["SigningKeyAdded"] = "SigningKeyAdded"
+    schema_version: Literal[2] = 2  # type: ignore[assignment]  # v2: activates_at, proof
     kid: Annotated[str, Field(pattern=KID_PATTERN)]
     alg: Literal["ES256", "EdDSA", "RS256"]
     public_jwk: dict[str, str]
+    activates_at: AwareDatetime | None = None  # signs from then on; None: at once (v1)
+    proof: Annotated[str, Field(max_length=4096)] | None = None  # JWS by a trusted key; None: the first key
 
 
 class SigningKeyRetired(_Event):
+    schema_version: Literal[2] = 2  # type: ignore[assignment]  # v2: proof
     type: Literal["SigningKeyRetired"] = "SigningKeyRetired"
     kid: Annotated[str, Field(pattern=KID_PATTERN)]
     reason: str = "rotation"
+    proof: Annotated[str, Field(max_length=4096)] | None = None
 
 
 FamilyEvent = SessionStarted | TokenRotated | ReuseDetected | SessionRevoked
@@ -116,8 +121,17 @@ Event = Annotated[
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
+
+def _to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Key events v1 had no proof and no activation time: both absent means "at once, unsigned"."""
+    return {**data, "schema_version": 2}
+
+
 # (type, from_version) -> pure function producing the next version's dict.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("SigningKeyAdded", 1): _to_v2,
+    ("SigningKeyRetired", 1): _to_v2,
+}
 
 
 def upcast(data: dict[str, Any]) -> dict[str, Any]:

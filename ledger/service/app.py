@@ -31,10 +31,12 @@ from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
 from ledger.jetstream.connection import broker_options, connect
+from ledger.jetstream.keys import KeyFollower
 from ledger.jetstream.store import EventStore
 from ledger.jetstream.streams import ensure_streams
 from ledger.service.handlers import LedgerService, utcnow
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
+from ledger.service.keyset import ServiceKeys
 from ledger.service.signer import AccessTokenSigner
 
 log = logging.getLogger("ledger.service.app")
@@ -124,15 +126,18 @@ async def build_service(
     store = EventStore(nc, settings)
     keys = TokenKeys(load_or_create_master(settings.keys_path))
     signing = load_or_create_signing_key(settings.keys_path, settings.algorithm, settings.key_passphrase)
-    signer = AccessTokenSigner(
+    bootstrap = AccessTokenSigner(
         signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
     )
-    service = LedgerService(store, keys, signer, settings, clock=clock)
+    follower = KeyFollower(nc, settings)
+    service = LedgerService(store, keys, ServiceKeys(follower, settings, bootstrap), settings, clock=clock)
     give_up = time.monotonic() + deadline
     while True:
         try:
             await ensure_streams(nc, settings)
             await service.publish_signing_key()
+            await follower.stop()
+            await follower.start()  # every key event so far: which key signs now
             return service
         except (Unavailable, nats.errors.Error, TimeoutError) as err:
             if time.monotonic() > give_up:

@@ -9,6 +9,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from ledger.config import Settings
 from ledger.contracts.commands import (
@@ -38,12 +39,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class SignerSource(Protocol):
+    """The signer for a moment: fixed (tests) or the key events' active key (``ServiceKeys``)."""
+
+    def current(self, now: datetime) -> AccessTokenSigner: ...
+
+
 class LedgerService:
     def __init__(
         self,
         store: BaseEventStore,
         keys: TokenKeys,
-        signer: AccessTokenSigner,
+        signer: SignerSource,
         settings: Settings,
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -59,11 +66,13 @@ class LedgerService:
         self.policy = Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
 
     async def publish_signing_key(self) -> None:
-        """Publish the active key's public JWK once, so verifiers learn it from the stream."""
-        key = self.signer.key
-        subject = self.subjects.key(key.kid, "added")
-        if await self.store.last(subject) is not None:
+        """The ledger's first key: publish the key directory's key when the stream has none
+        (trusted on first use; every later key is signed by its predecessor)."""
+        keys_filter = self.subjects.keys_filter()
+        if await self.store.last(keys_filter) is not None:
             return
+        key = self.signer.current(self.clock()).key
+        subject = self.subjects.key(key.kid, "added")
         event = SigningKeyAdded(
             event_id=hashlib.sha256(key.kid.encode()).hexdigest()[:32],  # same id on every instance
             occurred_at=self.clock(),
@@ -71,8 +80,8 @@ class LedgerService:
             alg=key.alg,
             public_jwk=key.public_jwk(),
         )
-        with contextlib.suppress(ConcurrencyConflict):  # another instance published it first
-            await self.store.append(subject, event, expect=(subject, 0))
+        with contextlib.suppress(ConcurrencyConflict):  # another instance published one first
+            await self.store.append(subject, event, expect=(keys_filter, 0))
 
     async def start_session(self, req: StartSessionRequest) -> TokenPair:
         now = self.clock()
@@ -207,7 +216,7 @@ class LedgerService:
             session_start_seq=family.start_seq,
             client_id=started.client_id,
         )
-        access, access_exp = self.signer.sign(grant, now=now, cap=family.expires_at)
+        access, access_exp = self.signer.current(now).sign(grant, now=now, cap=family.expires_at)
         return TokenPair(
             access_token=access,
             refresh_token=str(token),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
@@ -93,24 +94,41 @@ def load_or_create_master(key_dir: Path) -> bytes:
 
 
 def load_or_create_signing_key(key_dir: Path, alg: str, passphrase: str | None) -> SigningKey:
-    """Load the active signing key for ``alg``, creating one on first start."""
-    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The key directory's first key for ``alg`` (``active.<alg>`` names it), made on first start."""
     active = key_dir / f"{ACTIVE_FILE}.{alg}"
-    password = passphrase.encode() if passphrase else None
     if active.exists():
-        kid = active.read_text().strip()
-        pem = (key_dir / f"{kid}.pem").read_bytes()
-        try:
-            private = serialization.load_pem_private_key(pem, password=password)
-        except (TypeError, ValueError):
-            raise ConfigError(f"cannot load signing key {kid}: wrong or missing passphrase") from None
-        return SigningKey(kid, alg, private)  # type: ignore[arg-type]
+        return load_signing_key(key_dir, active.read_text().strip(), alg, passphrase)
+    key = create_signing_key(key_dir, alg, passphrase)
+    active.write_text(key.kid)
+    return key
+
+
+def load_signing_key(key_dir: Path, kid: str, alg: str, passphrase: str | None) -> SigningKey:
+    """The private key ``<kid>.pem`` of the key directory (FileNotFoundError when absent)."""
+    pem = (key_dir / f"{kid}.pem").read_bytes()
+    password = passphrase.encode() if passphrase else None
+    try:
+        private = serialization.load_pem_private_key(pem, password=password)
+    except (TypeError, ValueError):
+        raise ConfigError(f"cannot load signing key {kid}: wrong or missing passphrase") from None
+    return SigningKey(kid, alg, private)  # type: ignore[arg-type]
+
+
+def create_signing_key(key_dir: Path, alg: str, passphrase: str | None) -> SigningKey:
+    """A new key written to ``<kid>.pem`` (0600, encrypted when a passphrase is set)."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = generate(alg)
     kid = key_id(private.public_key())
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(passphrase.encode())
+        if passphrase
+        else serialization.NoEncryption()
     )
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     _write_private(key_dir / f"{kid}.pem", pem)
-    active.write_text(kid)
     return SigningKey(kid, alg, private)
+
+
+def sign_statement(statement: bytes, key: SigningKey) -> str:
+    """A compact JWS of a key statement (``ledger.domain.keys``) by ``key``: the proof."""
+    return jwt.api_jws.encode(statement, key.private, algorithm=key.alg, headers={"kid": key.kid})

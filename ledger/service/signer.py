@@ -29,6 +29,10 @@ class AccessTokenSigner:
         self.ttl = ttl
         self._headers = {"kid": key.kid, "typ": "at+jwt"}
 
+    def current(self, now: datetime) -> AccessTokenSigner:
+        """A fixed signer is its own current signer (``ServiceKeys`` picks one per moment)."""
+        return self
+
     def sign(self, grant: AccessGrant, *, now: datetime, cap: datetime) -> tuple[str, datetime]:
         """Sign a token for ``grant``; it never outlives ``cap`` (the session's absolute end)."""
         exp = min(now + self.ttl, cap)

@@ -25,6 +25,7 @@ from ledger.domain.refresh import TokenKeys
 from ledger.jetstream.connection import connect
 from ledger.jetstream.consumer import TRANSIENT as CONSUMER_TRANSIENT
 from ledger.jetstream.consumer import CheckpointedConsumer, ConsumerSpec, Delivery
+from ledger.jetstream.keys import KeyFollower
 from ledger.jetstream.store import EventStore
 from ledger.service.keys import load_or_create_master
 from projections.sessions.queries import QueryServer, SessionQueries
@@ -193,7 +194,9 @@ async def run_sessions(
         runner = SessionsRunner(nc, settings, options=options)
         await runner.start()
         keys = TokenKeys(load_or_create_master(settings.keys_path))
-        server = QueryServer(nc, SessionQueries(runner.current, keys, settings), settings.subject_prefix)
+        follower = await KeyFollower(nc, settings).start()
+        queries = SessionQueries(runner.current, keys, settings, lambda: follower.ring)
+        server = QueryServer(nc, queries, settings.subject_prefix)
         await server.start()
         if ready is not None:
             ready.set()

@@ -19,8 +19,9 @@ from ledger.contracts.subjects import RECEIPTS_STREAM
 from ledger.domain.errors import TokenReused
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
 from ledger.domain.ids import new_event_id
+from ledger.domain.keys import added_statement, retired_statement
 from ledger.jetstream.store import EventStore
-from ledger.service.keys import SigningKey, generate, key_id
+from ledger.service.keys import SigningKey, generate, key_id, sign_statement
 from tests.support.edge import (
     broadcaster,
     claims_for,
@@ -111,15 +112,22 @@ async def test_retired_key_rejected_other_key_passes(
     new = SigningKey("", "ES256", generate("ES256"))
     new = SigningKey(key_id(new.public), "ES256", new.private)
     now = datetime.now(UTC)
+    proof = sign_statement(added_statement(new.kid, "ES256", new.public_jwk(), None), old)  # by the old key
     added = SigningKeyAdded(
-        event_id=new_event_id(), occurred_at=now, kid=new.kid, alg="ES256", public_jwk=new.public_jwk()
+        event_id=new_event_id(),
+        occurred_at=now,
+        kid=new.kid,
+        alg="ES256",
+        public_jwk=new.public_jwk(),
+        proof=proof,
     )
     await store.append(store.subjects.key(new.kid, "added"), added)
     async with broadcaster(settings), verifier(settings) as v:
         fresh = sign(new, claims_for(settings, sub="erin"))
         assert v.verify(fresh).kid == new.kid
         assert v.verify(pair.access_token).kid == old.kid
-        retired = SigningKeyRetired(event_id=new_event_id(), occurred_at=now, kid=old.kid)
+        retirement = sign_statement(retired_statement(old.kid), new)
+        retired = SigningKeyRetired(event_id=new_event_id(), occurred_at=now, kid=old.kid, proof=retirement)
         t0 = time.monotonic()
         await store.append(store.subjects.key(old.kid, "retired"), retired)
         first, reason = await until_rejected(v, pair.access_token)
