@@ -14,11 +14,11 @@ import sys
 from pydantic import ValidationError
 
 from ledger.domain.errors import LedgerError
-from session_ledger.cli import analytics, edge, projections, session, sessions, up
+from session_ledger.cli import analytics, edge, keys, projections, session, sessions, up
 from session_ledger.cli.common import EXIT_INTERRUPTED, EXIT_OK, exit_code, validation_summary
 
 # The command groups, in the order ``--help`` lists them. Each has ``register(subparsers)``.
-GROUPS = (session, up, analytics, sessions, projections, edge)
+GROUPS = (session, up, analytics, sessions, projections, edge, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:
