@@ -34,6 +34,9 @@ def snapshot_path(db: Path) -> Path:
     return db.with_name(db.stem + ".snapshot.duckdb")
 
 
+_UPCAST_MARKERS = tuple(f'"type":"{kind}"'.encode() for kind in sorted({kind for kind, _ in UPCASTERS}))
+
+
 def stage_line(data: bytes, seq: int, subject: str, ts_ns: int, *, strict: bool = False) -> bytes:
     """One NDJSON line for the loader, the payload kept byte for byte.
 
@@ -42,7 +45,8 @@ def stage_line(data: bytes, seq: int, subject: str, ts_ns: int, *, strict: bool 
     ``null`` (type ``_malformed``) so the row count still equals the stream's.
     """
     payload = data
-    if strict or UPCASTERS or not (data[:1] == b"{" and data[-1:] == b"}" and b"\n" not in data):
+    upcast_me = any(marker in data for marker in _UPCAST_MARKERS)  # only types with an upcaster
+    if strict or upcast_me or not (data[:1] == b"{" and data[-1:] == b"}" and b"\n" not in data):
         payload = _checked(data)
     quoted = subject.encode() if _plain(subject) else json.dumps(subject)[1:-1].encode()
     return b'{"seq":%d,"subject":"%s","ts_us":%d,"e":%s}' % (seq, quoted, ts_ns // 1000, payload)

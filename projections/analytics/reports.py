@@ -136,7 +136,7 @@ SELECT (SELECT count(*) FROM events WHERE occurred_at >= $1 AND occurred_at <= $
        agg.absolute_expired, agg.rotations, ri.incidents, ri.users, ri.repeat, rva.sessions, rva.users,
        agg.tokens_issued, agg.tokens_expired_unused, agg.expiration_rate, agg.rotations_per_session_day,
        q.p50_s, q.p90_s, q.p99_s, rva.commit_p50, (SELECT quantile_cont(apply_ms, 0.5) FROM rr),
-       (SELECT count(*) FROM receipts WHERE applied_at >= $1 AND applied_at <= $2)
+       (SELECT count(*) FROM rv JOIN receipts r ON r.event_id = rv.event_id)
 FROM agg, q, ri, rva
 """
 

@@ -122,7 +122,7 @@ SELECT
   (SELECT p50_s FROM sd), (SELECT p90_s FROM sd), (SELECT p99_s FROM sd),
   (SELECT p50_ms FROM lat WHERE stage = 'request_to_committed'),
   (SELECT p50_ms FROM lat WHERE stage = 'committed_to_applied'),
-  (SELECT count(*) FROM receipts)
+  (SELECT count(*) FROM receipts r JOIN rv ON r.event_id = rv.event_id)  -- was a bare count(*)
 """
 
 

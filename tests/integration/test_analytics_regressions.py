@@ -13,6 +13,7 @@ from ledger.config import Settings
 from ledger.contracts.receipts import Receipt, receipt_subject
 from ledger.domain.errors import TokenReused
 from ledger.jetstream.connection import connect
+from ledger.jetstream.store import EventStore
 from projections.analytics.db import AnalyticsDB, open_reader
 from projections.analytics.projection import AnalyticsProjection
 from projections.analytics.reports import build, window
@@ -61,14 +62,18 @@ async def test_user_policy_incidents_point_at_the_revocation_appended_just_befor
 
 
 async def test_summary_receipts_count_only_the_window(
-    client: LedgerClient, settings: Settings, tmp_path: Path
+    client: LedgerClient, settings: Settings, store: EventStore, tmp_path: Path
 ) -> None:
+    """Receipts of the revocations requested in the window (it was a bare count(*))."""
     pair = await client.start_session("judy")
     revoked = await client.revoke_session(pair.sid)
+    revocation = await store.last(store.subjects.family_event(pair.sid, "revoked"))
+    assert revocation is not None
     nc = await connect(settings.nats_url, "test-receipts")
     try:
-        receipt = Receipt(verifier="edge-1", event_id="e" * 32, revoke_seq=revoked.seq or 0, kind="session",
-                          sid=pair.sid, sub="judy", kid=None, applied_at=datetime.now(UTC))  # fmt: skip
+        receipt = Receipt(verifier="edge-1", event_id=revocation.event.event_id, revoke_seq=revoked.seq or 0,
+                          kind="session", sid=pair.sid, sub="judy", kid=None,
+                          applied_at=datetime.now(UTC))  # fmt: skip
         await nc.jetstream().publish(receipt_subject("edge-1"), receipt.encode())
     finally:
         await nc.close()
