@@ -21,9 +21,10 @@ from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
 from ledger.domain.events import SigningKeyAdded
 from ledger.domain.ids import new_event_id
+from ledger.domain.keys import added_statement
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
-from ledger.service.keys import SigningKey, generate, key_id
+from ledger.service.keys import SigningKey, generate, key_id, sign_statement
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
 ALGS = ("ES256", "EdDSA", "RS256")
@@ -58,13 +59,16 @@ async def _publish_keys(url: str, settings: Settings, keys: list[SigningKey]) ->
     nc = await connect(url, "bench-keys")
     store = EventStore(nc, settings)
     await store.ensure_stream()
-    for key in keys:
+    for i, key in enumerate(keys):  # the first is trusted on first use, each later one signed by it
+        jwk = key.public_jwk()
+        proof = sign_statement(added_statement(key.kid, key.alg, jwk, None), keys[0]) if i else None
         event = SigningKeyAdded(
             event_id=new_event_id(),
             occurred_at=datetime.now(UTC),
             kid=key.kid,
             alg=key.alg,
-            public_jwk=key.public_jwk(),
+            public_jwk=jwk,
+            proof=proof,
         )  # type: ignore[arg-type]
         await store.append(Subjects().key(key.kid, "added"), event)
     await nc.drain()
