@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -21,8 +22,30 @@ from session_ledger.cli.common import EXIT_INTERRUPTED, EXIT_OK, exit_code, vali
 GROUPS = (session, up, analytics, sessions, projections, edge, keys)
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Append a default to an option's help, unless it has none or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's ``--help`` shows the defaults (sub-commands inherit the class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="session-ledger",
         description="Event-sourced JWT refresh-token rotation on NATS JetStream.",
         epilog="Exit codes: 0 ok, 1 refused by the ledger, 2 bad input, 3 unavailable, 130 interrupted.",

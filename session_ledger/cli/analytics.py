@@ -75,10 +75,10 @@ def _register_simulate(sub: Any) -> None:
     sim = sub.add_parser(
         "simulate", parents=[COMMON], help="drive the ledger with simulated users; print the ground truth"
     )
-    sim.add_argument("--users", type=int, default=20)
+    sim.add_argument("--users", type=int, default=20, help="simulated users")
     sim.add_argument("--minutes", type=float, default=30.0, help="simulated minutes (run in seconds)")
     sim.add_argument("--replay-rate", type=float, default=0.1, help="share of sessions attacked")
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--seed", type=int, default=1, help="random seed (same seed, same traffic)")
     sim.set_defaults(func=cmd_simulate)
 
 
