@@ -24,6 +24,7 @@ from ledger.domain.ids import new_event_id
 from ledger.domain.keys import added_statement
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
+from ledger.jetstream.streams import ensure_streams
 from ledger.service.keys import SigningKey, generate, key_id, sign_statement
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
@@ -58,7 +59,7 @@ def _timed(fn: Callable[[], None], count: int) -> float:
 async def _publish_keys(url: str, settings: Settings, keys: list[SigningKey]) -> None:
     nc = await connect(url, "bench-keys")
     store = EventStore(nc, settings)
-    await store.ensure_stream()
+    await ensure_streams(nc, settings)  # what the ledger service makes: edges only wait for it
     for i, key in enumerate(keys):  # the first is trusted on first use, each later one signed by it
         jwk = key.public_jwk()
         proof = sign_statement(added_statement(key.kid, key.alg, jwk, None), keys[0]) if i else None
