@@ -44,7 +44,9 @@ async def run(report: Report, reps: int, seconds: float, data_dir: Path) -> None
             broadcaster = _spawn(["session_ledger.cli", "broadcast", "--nats-url", server.url])
             host = _spawn(["bench.verifier_host", server.url, str(VERIFIERS)])
             try:
-                assert host.stdout is not None
+                assert host.stdout is not None and broadcaster.stdout is not None
+                started = await asyncio.wait_for(asyncio.to_thread(broadcaster.stdout.readline), 60)
+                assert started.startswith("ready"), started  # measure the steady state, not the start
                 ready = await asyncio.wait_for(asyncio.to_thread(host.stdout.readline), 60)
                 assert ready.strip() == "ready", ready
                 from_request, from_ack = await _measure(server.url)
