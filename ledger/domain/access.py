@@ -124,8 +124,10 @@ class KeyRing:
         self.retire(event.kid)
 
     def authorizes(self, proof: str | None, statement: bytes) -> bool:
-        """True iff ``proof`` is a JWS of exactly ``statement`` by a key in this ring."""
-        signer = self.keys.get(proof_kid(proof) or "") if proof else None
+        """True iff ``proof`` is a JWS of exactly ``statement`` by an unretired key of this ring
+        (a retired key may have been compromised: it authorises nothing any more)."""
+        kid = proof_kid(proof) if proof else None
+        signer = self.keys.get(kid) if kid is not None and kid not in self.retired else None
         if signer is None or proof is None:
             return False
         try:

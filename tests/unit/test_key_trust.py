@@ -1,0 +1,75 @@
+"""Who may add or retire a signing key: the pure trust rules of ``KeyRing`` (no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ledger.domain.access import KeyNotTrusted, KeyRing
+from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
+from ledger.domain.ids import new_event_id
+from ledger.domain.keys import KeyBook, added_statement, retired_statement
+from ledger.service.keys import SigningKey, generate, key_id, sign_statement
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def key(alg: str = "ES256") -> SigningKey:
+    private = generate(alg)
+    return SigningKey(key_id(private.public_key()), alg, private)
+
+
+def added(new: SigningKey, by: SigningKey | None, activates_at: datetime | None = None) -> SigningKeyAdded:
+    jwk = new.public_jwk()
+    proof = sign_statement(added_statement(new.kid, new.alg, jwk, activates_at), by) if by else None
+    return SigningKeyAdded(event_id=new_event_id(), occurred_at=NOW, kid=new.kid, alg=new.alg,  # type: ignore[arg-type]
+                           public_jwk=jwk, activates_at=activates_at, proof=proof)  # fmt: skip
+
+
+def retired(kid: str, by: SigningKey | None) -> SigningKeyRetired:
+    proof = sign_statement(retired_statement(kid), by) if by else None
+    return SigningKeyRetired(event_id=new_event_id(), occurred_at=NOW, kid=kid, proof=proof)
+
+
+def test_the_first_key_is_trusted_on_first_use_and_every_later_one_needs_a_trusted_signature() -> None:
+    first, second, forged = key(), key("EdDSA"), key()
+    ring = KeyRing()
+    ring.add_event(added(first, None))
+    for attempt in (added(forged, None), added(forged, forged)):  # unsigned, self-signed
+        with pytest.raises(KeyNotTrusted):
+            ring.add_event(attempt)
+    ring.add_event(added(second, first))
+    assert set(ring.keys) == {first.kid, second.kid}
+
+
+def test_a_proof_over_another_statement_or_by_a_retired_key_authorises_nothing() -> None:
+    first, second, third = key(), key(), key("RS256")
+    ring = KeyRing()
+    ring.add_event(added(first, None))
+    event = added(second, first)
+    tampered = event.model_copy(update={"activates_at": NOW})  # the proof covered "at once"... now changed
+    with pytest.raises(KeyNotTrusted):
+        ring.add_event(tampered)
+    ring.add_event(event)
+    with pytest.raises(KeyNotTrusted):
+        ring.retire_event(retired(first.kid, None))
+    ring.retire_event(retired(first.kid, second))
+    with pytest.raises(KeyNotTrusted):  # the retired (perhaps stolen) key vouches for no one
+        ring.add_event(added(third, first))
+    ring.add_event(added(third, second))
+    assert first.kid in ring.retired and third.kid in ring.keys
+
+
+def test_the_key_book_signs_with_the_newest_activated_unretired_key() -> None:
+    first, second = key(), key()
+    later = datetime(2026, 1, 2, tzinfo=UTC)
+    book = KeyBook()
+    book.added[first.kid] = added(first, None)
+    book.added[second.kid] = added(second, first, activates_at=later)
+    assert book.active(NOW).kid == first.kid  # type: ignore[union-attr]
+    assert [e.kid for e in book.pending(NOW)] == [second.kid]
+    assert book.active(later).kid == second.kid  # type: ignore[union-attr]
+    assert book.superseded_at(first.kid) == later
+    book.retired.add(second.kid)
+    assert book.active(later).kid == first.kid  # type: ignore[union-attr]
