@@ -32,11 +32,22 @@ class Component(NamedTuple):
         return self.what.format(s=settings)
 
 
-def stop_on_signals(stop: asyncio.Event) -> None:
+class Interrupted(KeyboardInterrupt):
+    """Stopped by Ctrl-C (SIGINT): the CLI exits 130 after a clean shutdown. SIGTERM, an
+    orchestrator's ordinary stop, ends cleanly with 0."""
+
+
+def stop_on_signals(stop: asyncio.Event, received: list[int] | None = None) -> None:
     """SIGINT and SIGTERM set ``stop`` (the runners then shut down in order)."""
     loop = asyncio.get_running_loop()
+
+    def on(sig: int) -> None:
+        if received is not None:
+            received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on, sig)
 
 
 async def start(
@@ -79,8 +90,8 @@ async def run_components(
 ) -> None:
     """Start each component in order (as its role, when ``urls`` maps roles to NATS URLs),
     announce it, serve until a signal, stop them all."""
-    stop = asyncio.Event()
-    stop_on_signals(stop)
+    stop, received = asyncio.Event(), list[int]()
+    stop_on_signals(stop, received)
     tasks: list[asyncio.Task[None]] = []
     try:
         for c in components:
@@ -94,6 +105,8 @@ async def run_components(
     finally:
         stop.set()
         await finish(tasks)
+    if signal.SIGINT in received:
+        raise Interrupted
 
 
 def run_one(component: Component, settings: Settings) -> None:
