@@ -28,7 +28,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
@@ -57,6 +57,7 @@ from ledger.domain.access import (
 from ledger.domain.errors import ConfigError, Unavailable
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
 from ledger.jetstream.connection import connect
+from ledger.jetstream.consumer import ordered_config
 
 __all__ = ["AccessClaims", "EdgeVerifier", "RejectReason", "TokenRejected", "default_verifier_id"]
 
@@ -275,7 +276,7 @@ class EdgeVerifier:
 
     async def _subscribe(self, js: Any, stream: str, subject: str, source: str) -> Any:
         handler: Callable[[Msg], Awaitable[None]] = self._on_key if source == "keys" else self._on_notice
-        config = ConsumerConfig(
+        config = ordered_config(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._seq[source] + 1
         )
         return await js.subscribe(subject, stream=stream, cb=handler, ordered_consumer=True, config=config)

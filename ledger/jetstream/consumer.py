@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -211,3 +212,28 @@ class CheckpointedConsumer:
         if self._puller is None:
             raise Unavailable("consumer not bound")
         return self._puller
+
+
+def _fresh_name() -> str:
+    return f"ord-{secrets.token_hex(8)}"
+
+
+@dataclass
+class OrderedConfig(ConsumerConfig):
+    """An ordered consumer's config that names the consumer, afresh on every (re)creation.
+
+    Roles other than the ledger may create consumers only with the name in the API subject
+    (``CONSUMER.CREATE.<stream>.<name>[.<filter>]``): the unnamed subject takes the name from
+    the request body and could redefine anyone's consumer (nats.conf). nats-py re-creates an
+    ordered consumer after a gap by setting ``opt_start_seq`` on the same config: a new name
+    then, since the server would refuse to move an existing consumer's start.
+    """
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        super().__setattr__(key, value)
+        if key == "opt_start_seq":
+            super().__setattr__("name", _fresh_name())
+
+
+def ordered_config(**fields: Any) -> ConsumerConfig:
+    return OrderedConfig(name=_fresh_name(), **fields)

@@ -14,7 +14,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 from pydantic import ValidationError
 
 from ledger.config import Settings
@@ -22,6 +22,7 @@ from ledger.contracts.subjects import Subjects
 from ledger.domain.access import KeyNotTrusted, KeyRing
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
 from ledger.domain.keys import KeyBook
+from ledger.jetstream.consumer import ordered_config
 
 log = logging.getLogger("ledger.jetstream.keys")
 
@@ -54,7 +55,7 @@ class KeyFollower:
         target = await self._last_seq(subject)
         self._sub = await js.subscribe(
             subject, stream=self.settings.stream, cb=self._on_msg, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            config=ordered_config(deliver_policy=DeliverPolicy.ALL),
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + timeout
         while self.seq < target:

@@ -23,6 +23,7 @@ PROJECTOR_DURABLES = {
     ),
     RECEIPTS: ("analytics_receipts", "analytics_rebuild_receipts"),
 }
+PROJECTOR_NAMES = PROJECTOR_DURABLES
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,24 @@ def stream_admin(stream: str, *ops: str) -> list[str]:
 
 
 def ephemeral_readers(stream: str) -> list[str]:
-    """Ordered (ephemeral, unnamed) consumers: create and flow control, nothing named."""
+    """Ordered consumers created through the unnamed API subject (trusted roles, KV buckets)."""
     return [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.FC.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.*"]
+
+
+def named_readers(stream: str) -> list[str]:
+    """Ordered consumers created with their (random) name in the API subject, never through
+    ``CONSUMER.CREATE.<stream>``: that subject takes the name from the request body and would
+    let the requester redefine any consumer, the broadcaster's included. With the name in
+    the subject the server ignores the body's; ``protected_names`` are denied."""
+    return [
+        f"$JS.API.CONSUMER.CREATE.{stream}.*", f"$JS.API.CONSUMER.CREATE.{stream}.*.>",
+        f"$JS.FC.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.*",
+    ]  # fmt: skip
+
+
+def protected(stream: str, *names: str) -> list[str]:
+    api = "$JS.API.CONSUMER.CREATE"
+    return [rule for name in names for rule in (f"{api}.{stream}.{name}", f"{api}.{stream}.{name}.>")]
 
 
 def durable(stream: str, name: str) -> list[str]:
@@ -87,6 +104,7 @@ SERVICE = Role(
         *direct_get(STREAM),
         f"$JS.API.STREAM.MSG.GET.{STREAM}",
         *ephemeral_readers(STREAM),
+        *named_readers(STREAM),
         *durable(STREAM, BROADCASTER),
         f"$JS.ACK.{STREAM}.{BROADCASTER}.>",
         *(rule for name in BUCKETS for rule in stream_admin(f"KV_{name}", "CREATE", "INFO")),
@@ -119,10 +137,11 @@ EDGE = Role(
         *stream_admin(RECEIPTS, "INFO"),
         *direct_get(STREAM),
         *direct_get(NOTICES),
-        *ephemeral_readers(STREAM),
-        *ephemeral_readers(NOTICES),
+        *named_readers(STREAM),
+        *named_readers(NOTICES),
     ),
     subscribe=("ledger.revoked.>", "ledger.heartbeat.>", "_INBOX.edge.>"),
+    deny_publish=(*protected(STREAM, BROADCASTER, *PROJECTOR_NAMES[STREAM]),),
 )
 
 PROJECTOR = Role(
@@ -141,8 +160,8 @@ PROJECTOR = Role(
         "$JS.API.STREAM.INFO.*",
         *direct_get(STREAM),
         f"$JS.API.STREAM.MSG.GET.{STREAM}",
-        *ephemeral_readers(STREAM),
-        *ephemeral_readers(RECEIPTS),
+        *named_readers(STREAM),
+        *named_readers(RECEIPTS),
         *(
             rule
             for stream, names in PROJECTOR_DURABLES.items()
@@ -154,6 +173,7 @@ PROJECTOR = Role(
     ),
     subscribe=("ledger.q.* ledger-queries", "ledger.analytics.rebuild", "_INBOX.projector.>"),
     allow_responses=True,
+    deny_publish=(*protected(STREAM, BROADCASTER),),
 )
 
 ANALYST = Role(
@@ -168,11 +188,15 @@ ANALYST = Role(
         *stream_admin(STREAM, "INFO"),
         *stream_admin(RECEIPTS, "INFO"),
         *direct_get(STREAM),
-        *ephemeral_readers(STREAM),
-        *ephemeral_readers(RECEIPTS),
+        *named_readers(STREAM),
+        *named_readers(RECEIPTS),
         "ledger.analytics.rebuild",
     ),
     subscribe=("_INBOX.analyst.>",),
+    deny_publish=(
+        *protected(STREAM, BROADCASTER, *PROJECTOR_NAMES[STREAM]),
+        *protected(RECEIPTS, *PROJECTOR_NAMES[RECEIPTS]),
+    ),
 )
 
 ROLES = (SERVICE, APP, EDGE, PROJECTOR, ANALYST)
@@ -207,7 +231,10 @@ def render_role(role: Role) -> str:
         line += " " + word
     comment.append(line)
     text = "\n".join(comment) + f"\n{role.block} = {{\n  publish: {{\n    allow: [\n"
-    text += _list(role.publish, "      ") + "\n    ]\n  }\n"
+    text += _list(role.publish, "      ") + "\n    ]\n"
+    if role.deny_publish:
+        text += "    deny: [\n" + _list(role.deny_publish, "      ") + "\n    ]\n"
+    text += "  }\n"
     subscribe = ", ".join(f'"{s}"' for s in role.subscribe)
     text += f"  subscribe: {{ allow: [{subscribe}] }}\n"
     if role.allow_responses:

@@ -21,7 +21,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
@@ -35,6 +35,7 @@ from ledger.domain.events import (
     encode_event,
 )
 from ledger.eventstore.base import BaseEventStore
+from ledger.jetstream.consumer import ordered_config
 
 log = logging.getLogger("ledger.jetstream.store")
 WRONG_LAST_SEQUENCE = 10071
@@ -190,7 +191,7 @@ class EventStore(BaseEventStore):
 
     async def _scan(self, subject: str, before: int) -> AsyncIterator[RecordedEvent]:
         sub = await self.js.subscribe(
-            subject, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            subject, ordered_consumer=True, config=ordered_config(deliver_policy=DeliverPolicy.ALL),
             stream=self.settings.stream,
         )  # fmt: skip
         try:
@@ -225,7 +226,7 @@ class EventStore(BaseEventStore):
         sub = await self.js.subscribe(
             self.subjects.events,
             ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq),
+            config=ordered_config(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq),
             stream=self.settings.stream,
         )
         try:

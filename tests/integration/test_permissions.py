@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import SigningKeyAdded, decode_event
 from ledger.jetstream.connection import connect
+from ledger.jetstream.consumer import ordered_config
 from ledger.jetstream.embedded import free_port
 from ledger.jetstream.store import EventStore
 from tests.support.deploy import (
@@ -78,7 +79,7 @@ async def test_edge_follows_key_events_like_the_verifier(secured: Secured, ledge
         async def on_key(msg: Any) -> None:
             await got.put(msg.data)
 
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        config = ordered_config(deliver_policy=DeliverPolicy.ALL)  # named: the only kind an edge may create
         sub = await js.subscribe(
             "ledger.ev.k.>", stream="LEDGER", cb=on_key, ordered_consumer=True, config=config
         )
@@ -160,7 +161,13 @@ async def test_projector_and_analyst_consume_events_read_only(secured: Secured, 
                 async def collect(msg: Any, queue: asyncio.Queue[bytes] = got) -> None:
                     await queue.put(msg.data)
 
-                await js.subscribe("ledger.ev.s.>", stream="LEDGER", cb=collect, ordered_consumer=True)
+                await js.subscribe(
+                    "ledger.ev.s.>",
+                    stream="LEDGER",
+                    cb=collect,
+                    ordered_consumer=True,
+                    config=ordered_config(),
+                )
                 types = {json.loads(await asyncio.wait_for(got.get(), 5))["type"]}
             assert types >= {"SessionStarted"}
             for subject in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -148,6 +149,37 @@ async def test_finding2_no_role_but_the_ledger_can_delete_drain_or_redefine_the_
         await app.revoke_session(pair.sid)
         _, reason = await until_rejected(edge, pair.access_token, limit=10)
         assert reason == "session_revoked"  # revocation still flows to the edge
+
+
+async def test_review_no_role_can_redefine_a_consumer_by_naming_it_in_the_request_body(
+    secured: Secured, ledger_up: Settings
+) -> None:
+    """Found in review: ``CONSUMER.CREATE.<stream>`` takes the consumer's name from the body,
+    so an edge could rewrite the broadcaster's filter (create-or-update) and switch revocation
+    off while the heartbeat went on. Only the named subject is allowed now; it ignores the
+    body's name, and the protected names are denied."""
+    async with running(run_broadcaster, ledger_up):
+        admin = await secured.connect("ledger")
+        before = (await admin.jetstream().consumer_info("LEDGER", DURABLE)).config.filter_subjects
+        nothing = "ledger.ev.s.nobody.revoked"
+        config = {"name": DURABLE, "deliver_policy": "all", "ack_policy": "explicit", "max_ack_pending": 256,
+                  "ack_wait": 30_000_000_000, "filter_subject": nothing}  # fmt: skip
+        body = json.dumps({"stream_name": "LEDGER", "config": config}).encode()
+        for user in ("edge", "analyst", "projector"):
+            nc = await secured.connect(user)
+            try:
+                await refused_publish(secured, nc, user, "$JS.API.CONSUMER.CREATE.LEDGER")
+                await nc.publish("$JS.API.CONSUMER.CREATE.LEDGER", body)
+                with contextlib.suppress(Exception):  # named: the server uses the subject's name
+                    await nc.request(
+                        "$JS.API.CONSUMER.CREATE.LEDGER.mine.ledger.ev.s.nobody.revoked", body, timeout=2
+                    )
+                await nc.flush()
+            finally:
+                await nc.close()
+        after = await admin.jetstream().consumer_info("LEDGER", DURABLE)
+        await admin.close()
+        assert after.config.filter_subjects == before and not after.config.filter_subject
 
 
 async def test_finding2_the_broadcaster_recreates_its_deleted_consumer(

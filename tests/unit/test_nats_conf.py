@@ -45,10 +45,16 @@ def test_only_the_ledger_creates_or_changes_streams_and_nobody_deletes_the_ledge
     assert purgeable == {"KV_LEDGER_PROJECTIONS", "KV_LEDGER_SESSIONS_1", "KV_LEDGER_SESSIONS_2"}
 
 
-def test_edges_and_analysts_create_only_ephemeral_consumers() -> None:
-    for role in (EDGE, ANALYST):
-        creates = [r for r in role.publish if ".CONSUMER." in r and "INFO" not in r]
-        assert all(r.count(".") == 4 for r in creates), (
-            role.user,
-            creates,
-        )  # $JS.API.CONSUMER.CREATE.<stream>
+def test_edges_analysts_and_projectors_name_their_consumers_and_never_the_protected_ones() -> None:
+    """``CONSUMER.CREATE.<stream>`` takes the consumer's name from the request body (it could
+    redefine the broadcaster's); only the named subject is granted, the protected names denied."""
+    for role in (EDGE, ANALYST, PROJECTOR):
+        for rule in role.publish:
+            if rule.startswith("$JS.API.CONSUMER.CREATE.") and not rule.startswith(
+                "$JS.API.CONSUMER.CREATE.KV_"
+            ):
+                assert rule.count(".") >= 5, (role.user, rule)
+        assert f"$JS.API.CONSUMER.CREATE.LEDGER.{BROADCASTER}" in role.deny_publish
+        assert f"$JS.API.CONSUMER.CREATE.LEDGER.{BROADCASTER}.>" in role.deny_publish
+    for name in ("analytics", "projection_LEDGER_SESSIONS_1"):
+        assert f"$JS.API.CONSUMER.CREATE.LEDGER.{name}" in EDGE.deny_publish + ANALYST.deny_publish
