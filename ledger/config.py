@@ -85,8 +85,10 @@ class Settings(BaseSettings):
             raise ConfigError("grace_window must be shorter than refresh_idle_ttl")
         if not self.stream.isalnum():
             raise ConfigError("stream name must be alphanumeric")
-        if not self.reply_prefixes or not all(p.startswith("_INBOX.") for p in self.reply_prefixes):
-            raise ConfigError("reply_prefixes must be non-empty and each start with _INBOX.")
+        if not self.reply_prefixes or not all(
+            p.startswith("_INBOX.") and p.endswith(".") for p in self.reply_prefixes
+        ):  # a whole token: "_INBOX.app" would also admit "_INBOX.appx.1"
+            raise ConfigError('reply_prefixes must be non-empty, each "_INBOX." or "_INBOX.<user>."')
         if not all(part.isalnum() for part in self.subject_prefix.split(".")):
             raise ConfigError("subject_prefix must be dot-separated alphanumeric tokens")
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -19,6 +20,7 @@ from ledger.domain.errors import ConfigError
 from ledger.jetstream.permissions import ROLES, render_permissions, render_users
 
 FILE = "nats-credentials.json"
+_PASSWORD = re.compile(r"^p[A-Za-z0-9_-]{16,128}$")
 USERS = tuple(role.user for role in ROLES)
 
 
@@ -35,8 +37,9 @@ def load(data_dir: Path) -> dict[str, str] | None:
         return None
     except (OSError, ValueError):
         raise ConfigError(f"{path} is unreadable; delete it and restart `session-ledger up`") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(u), str) for u in USERS):
-        raise ConfigError(f"{path} lacks a user; delete it and restart `session-ledger up`")
+    if not isinstance(data, dict) or not all(_PASSWORD.fullmatch(str(data.get(u, ""))) for u in USERS):
+        # the passwords go into the server's config verbatim: nothing but what load_or_create makes
+        raise ConfigError(f"{path} lacks a user or holds an odd password; delete it and restart `up`")
     return {user: data[user] for user in USERS}
 
 

@@ -99,6 +99,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir.parent / f"{self.name}.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold passwords
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not tighten a file that already exists
         with os.fdopen(fd, "w") as out:
             out.write(self.config_text())
         log = open(self.store_dir.parent / f"{self.name}.log", "ab")  # noqa: SIM115

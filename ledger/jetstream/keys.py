@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
+import jwt
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -45,7 +46,7 @@ class KeyFollower:
             else:
                 self.ring.retire_event(event)
                 self.book.retired.add(event.kid)
-        except (KeyNotTrusted, ValueError, KeyError):
+        except (KeyNotTrusted, ValueError, KeyError, jwt.PyJWTError):
             log.warning("ignoring a key event for %s that no trusted key signed", event.kid)
 
     async def start(self, timeout: float = 15.0) -> KeyFollower:

@@ -16,7 +16,15 @@ from ledger.config import Settings
 from ledger.domain.errors import ConfigError
 from ledger.jetstream.cluster import Cluster, ensure_stream_ready
 from ledger.jetstream.connection import parse_url
-from ledger.jetstream.credentials import USERS, load, load_or_create, role_url, server_auth, with_user
+from ledger.jetstream.credentials import (
+    USERS,
+    has_credentials,
+    load,
+    load_or_create,
+    role_url,
+    server_auth,
+    with_user,
+)
 from ledger.jetstream.embedded import NatsServer, port_answers
 from session_ledger.cli.common import COMMON, settings_from
 from session_ledger.components import COMPONENTS, DEMO, SERVICE
@@ -48,7 +56,13 @@ def register(sub: Any) -> None:
 
 
 def service_command(settings: Settings) -> list[str]:
-    """The argv that runs one service instance in its own process (tests, benchmarks)."""
+    """The argv that runs one service instance in its own process (tests, benchmarks).
+
+    Never with a password in it (``ps`` shows every argv): credentials go through
+    ``LEDGER_NATS_URL`` in the child's environment or the data dir's credentials file.
+    """
+    if has_credentials(settings.nats_url):
+        raise ConfigError("pass NATS credentials through LEDGER_NATS_URL, never on a command line")
     return [sys.executable, "-m", "session_ledger.cli", "service", "--nats-url", settings.nats_url,
             "--data-dir", str(settings.data_dir)]  # fmt: skip
 

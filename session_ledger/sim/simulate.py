@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.contracts.subjects import Subjects
+from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, SessionExpired, SessionRevokedError, TokenReused
 from ledger.jetstream.connection import connect
 from ledger.jetstream.store import EventStore
@@ -71,7 +71,8 @@ async def simulated_ledger(settings: Settings, clock: Callable[[], datetime]) ->
 
 def _responder(model: Any, call: Any) -> Callable[[Msg], Any]:
     async def respond(msg: Msg) -> None:
-        await msg.respond(await handle(model, call, msg.data))
+        if is_safe_reply(msg.reply):  # the service's rule: answers go to inboxes only
+            await msg.respond(await handle(model, call, msg.data))
 
     return respond
 

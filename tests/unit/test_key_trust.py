@@ -73,3 +73,14 @@ def test_the_key_book_signs_with_the_newest_activated_unretired_key() -> None:
     assert book.superseded_at(first.kid) == later
     book.retired.add(second.kid)
     assert book.active(later).kid == first.kid  # type: ignore[union-attr]
+
+
+def test_trust_on_first_use_means_the_first_key_event_even_when_it_is_unusable() -> None:
+    """Review finding: if the genesis event failed to load, the *next* unsigned key was trusted."""
+    broken = added(key(), None).model_copy(update={"public_jwk": {"kty": "EC", "kid": "x"}})
+    ring = KeyRing()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the broken JWK raises
+        ring.add_event(broken)
+    with pytest.raises(KeyNotTrusted):
+        ring.add_event(added(key(), None))
+    assert ring.keys == {}
