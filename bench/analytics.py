@@ -11,7 +11,7 @@ import duckdb
 from bench.analytics_ingest import load, projection, raw_pull, report_seconds
 from bench.common import Report, Row, Stat
 from ledger.config import Settings
-from ledger.jetstream.embedded import NatsServer, free_port
+from ledger.streaming.embedded import NatsServer, free_port
 from projections.analytics.projection import BATCH
 from projections.analytics.reports import build, window
 from projections.analytics.schema import fold_sessions

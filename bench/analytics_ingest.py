@@ -21,10 +21,10 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from ledger.config import Settings
-from ledger.jetstream.connection import connect
-from ledger.jetstream.embedded import NatsServer, free_port
-from ledger.jetstream.pull import Puller
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.embedded import NatsServer, free_port
+from ledger.streaming.pull import Puller
+from ledger.streaming.store import EventStore
 from projections.analytics.projection import BATCH, AnalyticsDB, AnalyticsProjection, open_reader
 from projections.analytics.reports import build, window
 from session_ledger.sim.synthetic import synthetic_events

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ledger.config import Settings
-from ledger.jetstream.embedded import NatsServer, free_port
+from ledger.streaming.embedded import NatsServer, free_port
 from session_ledger.cli.up import service_command
 
 

@@ -22,7 +22,7 @@ from bench.common import Report, Row, Stat, nats_server, service_processes, wait
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import LedgerError
-from ledger.jetstream.connection import connect
+from ledger.streaming.connection import connect
 
 SECRET = secrets.token_bytes(32)
 FAMILIES = 64

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from bench.common import Report, Row, Stat, nats_server, percentile, service_processes, wait_for_service
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.jetstream.connection import connect
+from ledger.streaming.connection import connect
 
 VERIFIERS = 8
 REVOCATIONS = 40

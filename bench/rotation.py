@@ -27,7 +27,7 @@ from bench.common import (
 )
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.jetstream.connection import connect
+from ledger.streaming.connection import connect
 
 FAMILIES = 64
 

@@ -22,11 +22,11 @@ from ledger.contracts.subjects import Subjects
 from ledger.domain.events import SigningKeyAdded
 from ledger.domain.ids import new_event_id
 from ledger.domain.keys import added_statement
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
-from ledger.jetstream.streams import ensure_streams
 from ledger.service.keys import SigningKey, generate, key_id, sign_statement
 from ledger.service.signer import AccessGrant, AccessTokenSigner
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
+from ledger.streaming.streams import ensure_streams
 
 ALGS = ("ES256", "EdDSA", "RS256")
 COLD_TOKENS = 2000

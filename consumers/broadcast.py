@@ -31,9 +31,9 @@ from ledger.contracts.notices import (
 )
 from ledger.contracts.subjects import Subjects
 from ledger.domain.events import RecordedEvent, decode_event
-from ledger.jetstream.connection import connect
-from ledger.jetstream.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
-from ledger.jetstream.streams import ensure_streams
+from ledger.streaming.connection import connect
+from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
+from ledger.streaming.streams import ensure_streams
 
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"

@@ -32,7 +32,7 @@ from ledger.contracts.queries import (
 from ledger.contracts.subjects import Subjects
 from ledger.domain.errors import BadRequest, LedgerError, Unavailable, error_from_code
 from ledger.domain.events import RevokeReason
-from ledger.jetstream.connection import connect
+from ledger.streaming.connection import connect
 
 __all__ = ["LedgerClient"]
 

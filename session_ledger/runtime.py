@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
-from ledger.jetstream.connection import parse_url
+from ledger.streaming.connection import parse_url
 
 Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 READY_TIMEOUT = 30.0

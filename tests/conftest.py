@@ -11,9 +11,9 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.jetstream.connection import connect
-from ledger.jetstream.embedded import NatsServer, free_port
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.embedded import NatsServer, free_port
+from ledger.streaming.store import EventStore
 from tests.support.services import ServiceRunner
 
 

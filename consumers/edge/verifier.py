@@ -56,8 +56,8 @@ from ledger.domain.access import (
 )
 from ledger.domain.errors import ConfigError, Unavailable
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
-from ledger.jetstream.connection import connect
-from ledger.jetstream.consumer import ordered_config
+from ledger.streaming.connection import connect
+from ledger.streaming.consumer import ordered_config
 
 __all__ = ["AccessClaims", "EdgeVerifier", "RejectReason", "TokenRejected", "default_verifier_id"]
 

@@ -1,6 +1,6 @@
 """The event-store port: what the service needs of a log, with an in-memory adapter.
 
-``ledger.jetstream.store.EventStore`` is the production adapter; ``MemoryEventStore``
+``ledger.streaming.store.EventStore`` is the production adapter; ``MemoryEventStore``
 passes the same contract suite (``tests/support/store_contract.py``) and makes the
 service's retry, race and reuse logic testable in milliseconds.
 """

@@ -30,14 +30,14 @@ from ledger.contracts.commands import (
 from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
-from ledger.jetstream.connection import broker_options, connect
-from ledger.jetstream.keys import KeyFollower
-from ledger.jetstream.store import EventStore
-from ledger.jetstream.streams import ensure_streams
 from ledger.service.handlers import LedgerService, utcnow
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
 from ledger.service.keyset import ServiceKeys
 from ledger.service.signer import AccessTokenSigner
+from ledger.streaming.connection import broker_options, connect
+from ledger.streaming.keys import KeyFollower
+from ledger.streaming.store import EventStore
+from ledger.streaming.streams import ensure_streams
 
 log = logging.getLogger("ledger.service.app")
 QUEUE_GROUP = "ledger-service"

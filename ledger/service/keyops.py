@@ -14,10 +14,10 @@ from ledger.domain.errors import BadRequest, SessionNotFound
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
 from ledger.domain.ids import new_event_id
 from ledger.domain.keys import KeyBook, added_statement, retired_statement
-from ledger.jetstream.keys import KeyFollower
-from ledger.jetstream.store import EventStore
 from ledger.service.keys import create_signing_key, sign_statement
 from ledger.service.keyset import ServiceKeys
+from ledger.streaming.keys import KeyFollower
+from ledger.streaming.store import EventStore
 
 
 async def follow(nc: NATS, settings: Settings) -> KeyFollower:

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from ledger.config import Settings
 from ledger.domain.errors import ConfigError, Unavailable
-from ledger.jetstream.keys import KeyFollower
 from ledger.service.keys import load_signing_key
 from ledger.service.signer import AccessTokenSigner
+from ledger.streaming.keys import KeyFollower
 
 
 class ServiceKeys:

@@ -27,8 +27,8 @@ from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import RECEIPTS_STREAM, Subjects, is_safe_reply
-from ledger.jetstream.connection import connect
-from ledger.jetstream.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery, ack_position
+from ledger.streaming.connection import connect
+from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery, ack_position
 from projections.analytics.db import (
     AnalyticsDB,
     Feed,

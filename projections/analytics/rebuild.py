@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
-from ledger.jetstream.connection import connect
+from ledger.streaming.connection import connect
 from projections.analytics.projection import (
     BATCH,
     DURABLE,

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from ledger.config import Settings
-from ledger.jetstream.store import EventStore
+from ledger.streaming.store import EventStore
 from projections.sessions.fold import CHECKPOINT_KEY, Record, changes, encode, encode_checkpoint
 from projections.sessions.store import Pointer, SessionStore, bucket_name, bucket_number
 

@@ -22,12 +22,12 @@ from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
-from ledger.jetstream.connection import connect
-from ledger.jetstream.consumer import TRANSIENT as CONSUMER_TRANSIENT
-from ledger.jetstream.consumer import CheckpointedConsumer, ConsumerSpec, Delivery
-from ledger.jetstream.keys import KeyFollower
-from ledger.jetstream.store import EventStore
 from ledger.service.keys import load_or_create_master
+from ledger.streaming.connection import connect
+from ledger.streaming.consumer import TRANSIENT as CONSUMER_TRANSIENT
+from ledger.streaming.consumer import CheckpointedConsumer, ConsumerSpec, Delivery
+from ledger.streaming.keys import KeyFollower
+from ledger.streaming.store import EventStore
 from projections.sessions.queries import QueryServer, SessionQueries
 from projections.sessions.store import Pointer, SessionStore, live_bucket
 

@@ -24,7 +24,7 @@ from ledger.config import Settings
 from ledger.contracts.subjects import pointer_bucket as contract_pointer_bucket
 from ledger.contracts.subjects import sessions_bucket
 from ledger.domain.events import RecordedEvent
-from ledger.jetstream.streams import kv_config
+from ledger.streaming.streams import kv_config
 from projections.sessions.fold import (
     CHECKPOINT_KEY,
     Record,

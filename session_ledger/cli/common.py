@@ -22,8 +22,8 @@ from pydantic import BaseModel, ValidationError
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import BadRequest, ConfigError, Unavailable
-from ledger.jetstream.connection import connect
-from ledger.jetstream.credentials import role_url
+from ledger.streaming.connection import connect
+from ledger.streaming.credentials import role_url
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

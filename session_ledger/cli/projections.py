@@ -10,7 +10,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from ledger.config import Settings
-from ledger.jetstream.store import EventStore
+from ledger.streaming.store import EventStore
 from projections.sessions.rebuild import RebuildResult, rebuild_sessions
 from projections.sessions.store import sessions_checkpoint
 from session_ledger.cli.analytics import analytics_checkpoint, rebuild_analytics

@@ -11,8 +11,8 @@ from typing import Any
 from ledger.client import LedgerClient
 from ledger.contracts.commands import Revocation, TokenPair
 from ledger.domain.events import RevokeReason
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from session_ledger.cli.common import COMMON, emit, run_client, settings_from
 
 REASONS = [r.value for r in RevokeReason]

@@ -14,9 +14,9 @@ from typing import Any
 
 from ledger.config import Settings
 from ledger.domain.errors import ConfigError
-from ledger.jetstream.cluster import Cluster, ensure_stream_ready
-from ledger.jetstream.connection import parse_url
-from ledger.jetstream.credentials import (
+from ledger.streaming.cluster import Cluster, ensure_stream_ready
+from ledger.streaming.connection import parse_url
+from ledger.streaming.credentials import (
     USERS,
     has_credentials,
     load,
@@ -25,7 +25,7 @@ from ledger.jetstream.credentials import (
     server_auth,
     with_user,
 )
-from ledger.jetstream.embedded import NatsServer, port_answers
+from ledger.streaming.embedded import NatsServer, port_answers
 from session_ledger.cli.common import COMMON, settings_from
 from session_ledger.components import COMPONENTS, DEMO, SERVICE
 from session_ledger.runtime import Component, run_components, run_one

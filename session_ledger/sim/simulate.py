@@ -30,9 +30,9 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, SessionExpired, SessionRevokedError, TokenReused
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
 from ledger.service.app import build_service, command_routes, handle
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from session_ledger.sim.synthetic import CLIENTS, synthetic_events
 from session_ledger.sim.truth import US, Device, SimConfig, SimSession, Truth, km_quantiles, us_of
 

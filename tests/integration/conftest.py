@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ledger.config import Settings
-from ledger.jetstream.embedded import free_port
+from ledger.streaming.embedded import free_port
 from tests.support.deploy import ConfServer, Secured, set_passwords
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from ledger.config import Settings
 from ledger.contracts.receipts import Receipt, receipt_subject
-from ledger.jetstream.connection import connect
-from ledger.jetstream.streams import ensure_receipts_stream
+from ledger.streaming.connection import connect
+from ledger.streaming.streams import ensure_receipts_stream
 from projections.analytics.projection import AnalyticsDB, AnalyticsProjection, open_reader
 from projections.analytics.rebuild import rebuild
 from projections.analytics.reports import Window, build, window
@@ -52,7 +52,7 @@ async def publish_synthetic(settings: Settings, n: int) -> int:
     nc = await connect(settings.nats_url, "test-loader")
     try:
         js = nc.jetstream()
-        from ledger.jetstream.store import EventStore
+        from ledger.streaming.store import EventStore
 
         await EventStore(nc, settings).ensure_stream()
         for subject, payload in synthetic_events(n):
@@ -277,7 +277,7 @@ async def publish_receipts(settings: Settings, verifiers: tuple[str, ...]) -> No
     try:
         await ensure_receipts_stream(nc)
         js = nc.jetstream()
-        from ledger.jetstream.store import EventStore
+        from ledger.streaming.store import EventStore
 
         async for rec in EventStore(nc, settings).read():
             event = rec.event

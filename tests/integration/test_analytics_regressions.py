@@ -12,8 +12,8 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.contracts.receipts import Receipt, receipt_subject
 from ledger.domain.errors import TokenReused
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from projections.analytics.db import AnalyticsDB, open_reader
 from projections.analytics.projection import AnalyticsProjection
 from projections.analytics.reports import build, window

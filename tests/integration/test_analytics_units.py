@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.config import Settings
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from projections.analytics.html import bar_chart
 from projections.analytics.projection import AnalyticsDB, AnalyticsProjection, ack_position, stage_line
 from projections.analytics.reports import Table, parse_time, render

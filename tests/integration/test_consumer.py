@@ -12,8 +12,8 @@ from nats.aio.client import Client as NATS
 
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
-from ledger.jetstream.connection import connect
-from ledger.jetstream.consumer import CheckpointedConsumer, ConsumerSpec, Delivery
+from ledger.streaming.connection import connect
+from ledger.streaming.consumer import CheckpointedConsumer, ConsumerSpec, Delivery
 
 SUBJECT = "test.consumer"
 

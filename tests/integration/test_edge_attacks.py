@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 
 from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
-from ledger.jetstream.embedded import free_port
 from ledger.service.keys import SigningKey, generate, public_jwk
+from ledger.streaming.embedded import free_port
 from tests.support.edge import claims_for, reason_of, running, service_key, sign, verifier
 
 

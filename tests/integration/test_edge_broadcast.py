@@ -12,7 +12,7 @@ from consumers.broadcast import DURABLE, Broadcaster, recorded_from
 from ledger.client import LedgerClient
 from ledger.contracts.notices import decode_notice, notice_for, notice_lifetime
 from ledger.contracts.subjects import NOTICES_STREAM
-from ledger.jetstream.connection import connect
+from ledger.streaming.connection import connect
 from tests.support.edge import reason_of, verifier
 
 

@@ -20,8 +20,8 @@ from ledger.domain.errors import TokenReused
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
 from ledger.domain.ids import new_event_id
 from ledger.domain.keys import added_statement, retired_statement
-from ledger.jetstream.store import EventStore
 from ledger.service.keys import SigningKey, generate, key_id, sign_statement
+from ledger.streaming.store import EventStore
 from tests.support.edge import (
     broadcaster,
     claims_for,

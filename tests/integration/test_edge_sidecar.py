@@ -15,7 +15,7 @@ import aiohttp
 
 from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
-from ledger.jetstream.embedded import free_port
+from ledger.streaming.embedded import free_port
 from tests.support.edge import broadcaster, report, running
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from ledger.client import LedgerClient
-from ledger.jetstream.embedded import NatsServer
+from ledger.streaming.embedded import NatsServer
 from tests.support.edge import broadcaster, reason_of, report, retry, until_rejected, verifier
 
 LIMIT = timedelta(seconds=1.5)

@@ -10,7 +10,7 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.domain.errors import BadRequest, LedgerError, SessionNotFound, TokenInvalid
-from ledger.jetstream.store import EventStore
+from ledger.streaming.store import EventStore
 
 
 def _forged(sid: str, generation: int = 0) -> str:

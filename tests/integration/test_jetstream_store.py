@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ledger.config import Settings
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from tests.support.store_contract import StoreContract
 
 

@@ -20,10 +20,10 @@ from ledger.domain.errors import BadRequest
 from ledger.domain.events import SigningKeyAdded
 from ledger.domain.ids import new_event_id
 from ledger.domain.keys import added_statement
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
 from ledger.service.keyops import follow, jwks, retire_key, rotate_key
 from ledger.service.keys import SigningKey, generate, key_id, sign_statement
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from projections.sessions.runner import run_sessions
 from tests.support.edge import broadcaster, claims_for, reason_of, running, sign, until_rejected, verifier
 

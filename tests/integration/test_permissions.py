@@ -18,10 +18,10 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import SigningKeyAdded, decode_event
-from ledger.jetstream.connection import connect
-from ledger.jetstream.consumer import ordered_config
-from ledger.jetstream.embedded import free_port
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.consumer import ordered_config
+from ledger.streaming.embedded import free_port
+from ledger.streaming.store import EventStore
 from tests.support.deploy import (
     ConfServer,
     Secured,

@@ -14,7 +14,7 @@ from ledger.contracts.commands import TokenPair
 from ledger.domain.errors import SessionRevokedError, TokenReused
 from ledger.domain.events import ReuseDetected, RevokeReason, TokenRotated, UserSessionsRevoked
 from ledger.domain.events import SessionRevoked as Revoked
-from ledger.jetstream.store import EventStore
+from ledger.streaming.store import EventStore
 from tests.support.helpers import all_events, family_events
 from tests.support.services import ServiceRunner
 

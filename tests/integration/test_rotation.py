@@ -18,9 +18,9 @@ from ledger.config import Settings
 from ledger.contracts.commands import RotateRequest, TokenPair
 from ledger.domain.errors import LedgerError
 from ledger.domain.events import ReuseDetected, TokenRotated
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
 from ledger.service.app import build_broker, build_service
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from tests.support.helpers import all_events, family_events
 
 

@@ -24,8 +24,8 @@ from ledger.config import Settings
 from ledger.domain.errors import LedgerError, SessionExpired, Unavailable
 from ledger.domain.events import Event
 from ledger.domain.refresh import TokenKeys
-from ledger.jetstream.connection import connect
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.store import EventStore
 from projections.sessions.fold import SessionRecord, decode, fold, snapshot
 from projections.sessions.rebuild import rebuild_sessions
 from projections.sessions.runner import RunnerOptions, SessionsRunner, run_sessions

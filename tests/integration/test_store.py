@@ -6,7 +6,7 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.jetstream.store import EventStore
+from ledger.streaming.store import EventStore
 
 
 @pytest.fixture

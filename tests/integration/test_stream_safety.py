@@ -11,8 +11,8 @@ import pytest
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import LedgerError
-from ledger.jetstream.embedded import NatsServer
-from ledger.jetstream.store import EventStore
+from ledger.streaming.embedded import NatsServer
+from ledger.streaming.store import EventStore
 from tests.support.helpers import all_events
 
 DELETE_DENIED, PURGE_DENIED = 10057, 10110

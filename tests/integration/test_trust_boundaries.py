@@ -27,9 +27,9 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.contracts.subjects import encode_token
 from ledger.domain.errors import BadRequest, LedgerError
-from ledger.jetstream.connection import connect
-from ledger.jetstream.embedded import free_port
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.embedded import free_port
+from ledger.streaming.store import EventStore
 from projections.sessions.runner import run_sessions
 from tests.support.deploy import Secured, refused_publish
 from tests.support.edge import claims_for, running, service_key, sign, until_rejected, verifier

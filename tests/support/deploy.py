@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.aio.client import Client as NATS
 
-from ledger.jetstream.connection import connect
-from ledger.jetstream.embedded import NatsServer, free_port
+from ledger.streaming.connection import connect
+from ledger.streaming.embedded import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = {

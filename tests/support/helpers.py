@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ledger.domain.events import RecordedEvent
-from ledger.jetstream.store import EventStore
+from ledger.streaming.store import EventStore
 
 
 async def all_events(store: EventStore) -> list[RecordedEvent]:

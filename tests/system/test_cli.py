@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.jetstream.credentials import role_url
-from ledger.jetstream.embedded import free_port
+from ledger.streaming.credentials import role_url
+from ledger.streaming.embedded import free_port
 from tests.support.services import ServiceRunner
 
 

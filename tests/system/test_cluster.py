@@ -29,11 +29,11 @@ from ledger.config import Settings
 from ledger.contracts.commands import TokenPair
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.events import SessionStarted, TokenRotated
-from ledger.jetstream.cluster import Cluster, ensure_stream_ready, stream_leader, wait_jetstream
-from ledger.jetstream.connection import connect
-from ledger.jetstream.credentials import role_url
-from ledger.jetstream.embedded import NatsServer
-from ledger.jetstream.store import EventStore
+from ledger.streaming.cluster import Cluster, ensure_stream_ready, stream_leader, wait_jetstream
+from ledger.streaming.connection import connect
+from ledger.streaming.credentials import role_url
+from ledger.streaming.embedded import NatsServer
+from ledger.streaming.store import EventStore
 from tests.support.deploy import conf_cluster, set_passwords
 
 WORKERS = 6
@@ -352,7 +352,7 @@ async def _rotate_on_r3(url: str, data_dir: Path) -> None:
     try:
         pair = await client.start_session("frank")
         assert (await client.rotate(pair.refresh_token)).generation == 1
-        info = await ledger.jetstream().stream_info("LEDGER")
+        info = await ledger.streaming().stream_info("LEDGER")
         assert info.config.num_replicas == 3
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from ledger.jetstream.embedded import find_binary
+from ledger.streaming.embedded import find_binary
 from session_ledger.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]

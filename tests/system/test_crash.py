@@ -15,9 +15,9 @@ from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import TokenRotated
 from ledger.domain.refresh import TokenKeys, parse
-from ledger.jetstream.embedded import NatsServer
-from ledger.jetstream.store import EventStore
 from ledger.service.keys import load_or_create_master
+from ledger.streaming.embedded import NatsServer
+from ledger.streaming.store import EventStore
 from session_ledger.cli.up import service_command
 from tests.support.helpers import all_events
 
@@ -98,7 +98,7 @@ async def test_service_stops_cleanly_while_nats_is_down(settings: Settings, nats
 
 async def test_service_started_before_nats_waits_for_it(settings: Settings, tmp_path: Path) -> None:
     """Start-up order does not matter: the service connects once the server is there."""
-    from ledger.jetstream.embedded import NatsServer, free_port
+    from ledger.streaming.embedded import NatsServer, free_port
     from tests.support.services import ServiceRunner
 
     late = NatsServer(store_dir=tmp_path / "late", port=free_port())

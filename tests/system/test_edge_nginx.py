@@ -18,7 +18,7 @@ from aiohttp import web
 
 from consumers.edge.sidecar import run_edge
 from ledger.client import LedgerClient
-from ledger.jetstream.embedded import free_port
+from ledger.streaming.embedded import free_port
 from tests.support.edge import broadcaster, report, running
 
 NGINX = shutil.which("nginx") or next(

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ledger.client import LedgerClient
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import SigningKeyAdded
-from ledger.jetstream.connection import connect
-from ledger.jetstream.credentials import FILE, role_url
-from ledger.jetstream.embedded import free_port, port_answers
 from ledger.service.keys import key_id, public_jwk
+from ledger.streaming.connection import connect
+from ledger.streaming.credentials import FILE, role_url
+from ledger.streaming.embedded import free_port, port_answers
 
 CLI = [sys.executable, "-m", "session_ledger.cli"]
 

@@ -1,11 +1,11 @@
-"""nats.conf carries exactly the permission sets of ``ledger.jetstream.permissions`` (the
+"""nats.conf carries exactly the permission sets of ``ledger.streaming.permissions`` (the
 embedded ``up`` renders the same ones), and each role's rules keep the trust model's shape."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ledger.jetstream.permissions import (
+from ledger.streaming.permissions import (
     ANALYST,
     BEGIN,
     BROADCASTER,
@@ -22,7 +22,7 @@ CONF = (Path(__file__).resolve().parents[2] / "nats.conf").read_text()
 
 
 def test_nats_conf_holds_the_rendered_permission_sets() -> None:
-    assert f"{BEGIN}\n{render_permissions()}{END}" in CONF, "run: python -m ledger.jetstream.permissions"
+    assert f"{BEGIN}\n{render_permissions()}{END}" in CONF, "run: python -m ledger.streaming.permissions"
     assert render_users() in CONF
 
 

@@ -33,9 +33,9 @@ from pydantic import ValidationError
 
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import RecordedEvent, decode_event
-from ledger.jetstream.pull import Puller
+from ledger.streaming.pull import Puller
 
-log = logging.getLogger("ledger.jetstream.consumer")
+log = logging.getLogger("ledger.streaming.consumer")
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, Unavailable)
 
 

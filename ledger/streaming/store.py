@@ -35,9 +35,9 @@ from ledger.domain.events import (
     encode_event,
 )
 from ledger.eventstore.base import BaseEventStore
-from ledger.jetstream.consumer import ordered_config
+from ledger.streaming.consumer import ordered_config
 
-log = logging.getLogger("ledger.jetstream.store")
+log = logging.getLogger("ledger.streaming.store")
 WRONG_LAST_SEQUENCE = 10071
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"

@@ -16,10 +16,10 @@ from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.domain.errors import ConfigError, Unavailable
-from ledger.jetstream.connection import connect
-from ledger.jetstream.credentials import with_user
-from ledger.jetstream.embedded import NatsServer, free_port
-from ledger.jetstream.store import EventStore
+from ledger.streaming.connection import connect
+from ledger.streaming.credentials import with_user
+from ledger.streaming.embedded import NatsServer, free_port
+from ledger.streaming.store import EventStore
 
 CLUSTER_NAME = "ledger-cluster"
 

@@ -256,7 +256,7 @@ def render_users(passwords: dict[str, str] | None = None) -> str:
     return "\n".join(rows)
 
 
-BEGIN = "# --- BEGIN permission sets (ledger/jetstream/permissions.py; keep in sync) ---"
+BEGIN = "# --- BEGIN permission sets (ledger/streaming/permissions.py; keep in sync) ---"
 END = "# --- END permission sets ---"
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ledger.config import Settings
 from ledger.contracts.notices import notices_stream_config
 from ledger.contracts.receipts import receipts_stream_config
 from ledger.contracts.subjects import pointer_bucket, sessions_bucket
-from ledger.jetstream.store import EventStore, config_differs
+from ledger.streaming.store import EventStore, config_differs
 
 
 async def ensure_stream(nc: NATS, config: StreamConfig, *, update: bool = True) -> None:

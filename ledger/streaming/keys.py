@@ -23,9 +23,9 @@ from ledger.contracts.subjects import Subjects
 from ledger.domain.access import KeyNotTrusted, KeyRing
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
 from ledger.domain.keys import KeyBook
-from ledger.jetstream.consumer import ordered_config
+from ledger.streaming.consumer import ordered_config
 
-log = logging.getLogger("ledger.jetstream.keys")
+log = logging.getLogger("ledger.streaming.keys")
 
 
 class KeyFollower:

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from ledger.domain.errors import ConfigError
-from ledger.jetstream.permissions import ROLES, render_permissions, render_users
+from ledger.streaming.permissions import ROLES, render_permissions, render_users
 
 FILE = "nats-credentials.json"
 _PASSWORD = re.compile(r"^p[A-Za-z0-9_-]{16,128}$")
