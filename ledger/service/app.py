@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
 from ledger.service.handlers import LedgerService, utcnow
+from ledger.service.keycare import KeyCare
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
 from ledger.service.keyset import ServiceKeys
 from ledger.service.signer import AccessTokenSigner
@@ -135,9 +137,12 @@ async def build_service(
     while True:
         try:
             await ensure_streams(nc, settings)
-            await service.publish_signing_key()
             await follower.stop()
             await follower.start()  # every key event so far: which key signs now
+            if not follower.book.added:  # no trusted key yet (forged ones do not count)
+                await service.publish_signing_key(follower.seq)
+                await follower.stop()
+                await follower.start()
             return service
         except (Unavailable, nats.errors.Error, TimeoutError) as err:
             if time.monotonic() > give_up:
@@ -153,11 +158,16 @@ async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Ev
         service = await build_service(settings, nc)
         broker = build_broker(service, settings)
         await broker.start()
+        assert isinstance(service.signer, ServiceKeys)
+        care = asyncio.create_task(KeyCare(nc, settings, service.signer, service.clock).run(stop))
         if ready is not None:
             ready.set()
         try:
             await stop.wait()
         finally:
+            care.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await care
             await _quietly(broker.stop())
     finally:
         await _quietly(nc.drain())
