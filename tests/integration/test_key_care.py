@@ -186,8 +186,9 @@ async def test_with_a_root_key_a_forged_first_key_is_ignored_and_the_ledgers_own
 async def test_the_jwks_verifies_tokens_in_an_independent_jose_library(
     services: ServiceRunner, settings_for: Any, alg: str
 ) -> None:
-    """RFC 7517 members only, right types (RS256 once published key_ops as a string)."""
-    settings: Settings = settings_for(algorithm=alg)
+    """RFC 7517 members only, right types (RS256 once published key_ops as a string); the
+    rotated key was written encrypted and the service signs with it."""
+    settings: Settings = settings_for(algorithm=alg, key_passphrase="at rest")  # encrypted keys, end to end
     await services.start(settings)
     client = await LedgerClient.connect(settings.nats_url)
     nc = await connect(settings.nats_url, "test-jwks")
@@ -200,6 +201,7 @@ async def test_the_jwks_verifies_tokens_in_an_independent_jose_library(
         await client.close()
         await nc.drain()
     assert kid_of(before) != kid_of(after)
+    assert b"ENCRYPTED" in (settings.keys_path / f"{kid_of(after)}.pem").read_bytes()
     for jwk in key_set["keys"]:
         assert jwk["use"] == "sig" and jwk["alg"] == alg and "key_ops" not in jwk and "d" not in jwk
     keys = KeySet.import_key_set(key_set)  # type: ignore[arg-type]
