@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,20 +28,9 @@ from ledger.service.keys import ROOT_PUBLIC, create_root_key, generate, key_id, 
 from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
 from ledger.streaming.streams import ensure_streams
-from tests.support.edge import broadcaster, report, verifier
+from tests.support.edge import broadcaster, kid_of, report, verifier
 from tests.support.helpers import all_events
 from tests.support.services import ServiceRunner
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    conn = await connect(settings.nats_url, "test-key-care")
-    yield conn
-    await conn.drain()
-
-
-def kid_of(token: str) -> str:
-    return str(jwt.get_unverified_header(token)["kid"])
 
 
 async def signing_kid(client: LedgerClient) -> str:
