@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -131,7 +130,7 @@ class LedgerService:
     async def rotate(self, req: RotateRequest) -> TokenPair:
         token = refresh.parse(req.refresh_token)
         for _ in range(MAX_CAS_ATTEMPTS):
-            family, cut = await self._read(token.sid)
+            family, cut, complete_to = await self.store.family_and_cut(token.sid)
             now = self.clock()
             outcome = decide.rotate(
                 family,
@@ -148,7 +147,8 @@ class LedgerService:
                     return self._pair(family, outcome.successor, now)
                 if isinstance(outcome, decide.Rotated):
                     seq = await self._append_family(family, outcome.events)
-                    await self._check_user_cut_after(family, seq)
+                    if complete_to is None or seq != complete_to + len(outcome.events):
+                        await self._check_user_cut_after(family, seq)  # something came between
                     rotated = decide.evolve(family, outcome.events[0], seq)
                     return self._pair(rotated, outcome.successor, now)
                 for event in outcome.user_events:  # widest revocation first: a crash can't narrow it
@@ -168,7 +168,7 @@ class LedgerService:
     async def logout(self, req: LogoutRequest) -> Revocation:
         """Revoke the session of a presented refresh token (proof of possession, not just a sid)."""
         token = refresh.parse(req.refresh_token)
-        family, _ = await self._read(token.sid)
+        family, _, _ = await self.store.family_and_cut(token.sid)
         decide.check_genuine(family, token, self.keys, self.settings.max_generations)
         return await self.revoke_session(RevokeSessionRequest(sid=token.sid))
 
@@ -201,17 +201,6 @@ class LedgerService:
         )
         seq = await self.store.append(self.subjects.user(req.sub), event)
         return Revocation(seq=seq, sub=req.sub, revoked_at=now)
-
-    async def _read(self, sid: str) -> tuple[Family | None, int | None]:
-        """The family and its user's cut; both reads at once when the facts are cached."""
-        sub = self.store.cached_sub(sid)
-        if sub is not None:
-            family, cut = await asyncio.gather(self.store.family(sid), self.store.user_cut(sub))
-            return family, cut
-        family = await self.store.family(sid)
-        if family is None:
-            return None, None
-        return family, await self.store.user_cut(family.started.sub)
 
     async def _append_family(self, family: Family, events: tuple[FamilyEvent, ...]) -> int:
         sid = family.started.sid
