@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = "2"  # 2: session_facts and user_cuts, folded by ingest
+SCHEMA_VERSION = "3"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out
+REFOLD_FACTS_FROM = ("1", "2")  # session_facts of these versions are folded again on open
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS events (
@@ -64,7 +65,7 @@ CREATE TABLE IF NOT EXISTS session_facts (  -- one row per sid: a fold of events
     started_at TIMESTAMP,
     idle_ttl_s BIGINT,
     absolute_ttl_s BIGINT,
-    rotations BIGINT NOT NULL,        -- TokenRotated events
+    rotations BIGINT NOT NULL,        -- TokenRotated events the ledger accepted (refused: see the fold)
     last_generation BIGINT,
     last_rotation_at TIMESTAMP,
     end_seq UBIGINT,                  -- the first SessionRevoked / ReuseDetected
@@ -134,6 +135,22 @@ STAGE_COLUMNS = "{seq: 'UBIGINT', subject: 'VARCHAR', ts_us: 'BIGINT', e: 'JSON'
 # the live file and a rebuild from sequence 1 hold identical rows (invariant 6).
 FOLD_SESSIONS = """
 INSERT INTO session_facts
+WITH b AS (SELECT * FROM events WHERE seq > $1 AND sid IS NOT NULL),
+-- A rotation appended after a revoke-all that its session predates was refused: the service's
+-- post-commit cut check answered session_revoked and the edges ignore it (its ssq is below the
+-- cut). Its session's first start and every cut before it have lower seqs, so they are folded
+-- already or are in this batch (user_cuts is folded first): the same answer for any batching.
+starts AS (SELECT sid, start_seq, sub FROM session_facts
+           WHERE start_seq IS NOT NULL AND sid IN (SELECT sid FROM b WHERE type = 'TokenRotated')
+           UNION ALL SELECT sid, seq, sub FROM b WHERE type = 'SessionStarted'),
+first_start AS (SELECT sid, min(start_seq) AS start_seq, arg_min(sub, start_seq) AS sub
+                FROM starts GROUP BY sid),
+refused AS (SELECT r.seq FROM b r JOIN first_start f USING (sid)
+            WHERE r.type = 'TokenRotated'
+              AND EXISTS (SELECT 1 FROM user_cuts u
+                          WHERE u.sub = f.sub AND u.seq > f.start_seq AND u.seq < r.seq)),
+e AS (SELECT b.*, b.type = 'TokenRotated' AND x.seq IS NULL AS rotated
+      FROM b LEFT JOIN refused x USING (seq))
 SELECT sid, min(seq), count(*) FILTER (WHERE type = 'SessionStarted'),
        min(seq) FILTER (WHERE type = 'SessionStarted'),
        arg_min(sub, seq) FILTER (WHERE type = 'SessionStarted'),
@@ -142,15 +159,15 @@ SELECT sid, min(seq), count(*) FILTER (WHERE type = 'SessionStarted'),
        arg_min(occurred_at, seq) FILTER (WHERE type = 'SessionStarted'),
        arg_min(idle_ttl_s, seq) FILTER (WHERE type = 'SessionStarted'),
        arg_min(absolute_ttl_s, seq) FILTER (WHERE type = 'SessionStarted'),
-       count(*) FILTER (WHERE type = 'TokenRotated'),
-       max(generation) FILTER (WHERE type = 'TokenRotated'),
-       max(occurred_at) FILTER (WHERE type = 'TokenRotated'),
+       count(*) FILTER (WHERE rotated),
+       max(generation) FILTER (WHERE rotated),
+       max(occurred_at) FILTER (WHERE rotated),
        min(seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        arg_min(occurred_at, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        arg_min(type, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        arg_min(coalesce(reason, 'reuse'), seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        max(coalesce(occurred_at, 'infinity'::TIMESTAMP))
-FROM events WHERE seq > $1 AND sid IS NOT NULL GROUP BY sid
+FROM e GROUP BY sid
 ON CONFLICT (sid) DO UPDATE SET
     first_seq = least(first_seq, EXCLUDED.first_seq),
     starts = starts + EXCLUDED.starts,
@@ -196,7 +213,7 @@ WITH fast AS (
            rotations, last_generation, last_rotation_at, end_at AS f_at, end_type AS f_type,
            end_reason AS f_reason
     FROM session_facts WHERE starts = 1 AND last_event_at <= t),
-slow AS (SELECT sid, first_seq FROM session_facts
+slow AS (SELECT sid, first_seq, start_seq AS first_start_seq, sub AS first_sub FROM session_facts
          WHERE starts > 0 AND NOT coalesce(starts = 1 AND last_event_at <= t, false)),
 ev AS (SELECT * FROM events
        WHERE occurred_at <= t AND seq >= (SELECT min(first_seq) FROM slow) AND sid IN (SELECT sid FROM slow)),
@@ -204,10 +221,14 @@ started AS (
     SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
            idle_ttl_s, absolute_ttl_s
     FROM ev WHERE type = 'SessionStarted'),
-rot AS (
-    SELECT sid, count(*) AS rotations, max(generation) AS last_generation,
-           max(occurred_at) AS last_rotation_at
-    FROM ev WHERE type = 'TokenRotated' GROUP BY sid),
+rot AS (  -- the rotations the ledger accepted: none after a cut its session predates (as in the fold)
+    SELECT e.sid, count(*) AS rotations, max(e.generation) AS last_generation,
+           max(e.occurred_at) AS last_rotation_at
+    FROM ev e JOIN slow USING (sid)
+    WHERE e.type = 'TokenRotated'
+      AND NOT EXISTS (SELECT 1 FROM user_cuts u
+                      WHERE u.sub = slow.first_sub AND u.seq > slow.first_start_seq AND u.seq < e.seq)
+    GROUP BY e.sid),
 fend AS (
     SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
            arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
@@ -434,26 +455,37 @@ VIEWS = (SESSIONS, REPLAY, REVOCATIONS, METRICS)
 def fold_sessions(conn: duckdb.DuckDBPyConnection, after_seq: int = 0) -> None:
     """Fold the events with seq > ``after_seq`` into ``session_facts`` (ingest calls it in the
     batch's transaction, so the facts move exactly once, with the rows and the checkpoint)."""
+    conn.execute(FOLD_USER_CUTS, [after_seq])  # first: the sessions' fold reads the cuts
     conn.execute(FOLD_SESSIONS, [after_seq])
-    conn.execute(FOLD_USER_CUTS, [after_seq])
 
 
 def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30.0) -> None:
     """Create tables if missing and (re)create every view; idempotent. A file made before a
-    folded table existed gets that table folded from all its events once, here."""
+    folded table existed gets that table folded from all its events once, here; so does a
+    file whose ``session_facts`` an older fold made (version 2 counted refused rotations)."""
     had = {
         row[0]
         for row in conn.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
         ).fetchall()
     }
+    stored = _stored_version(conn) if "analytics_meta" in had else None
     conn.execute(TABLES)
-    for table, fold in (("session_facts", FOLD_SESSIONS), ("user_cuts", FOLD_USER_CUTS)):
-        if table not in had:
-            conn.execute(fold, [0])
+    if "user_cuts" not in had:
+        conn.execute(FOLD_USER_CUTS, [0])
+    if "session_facts" not in had or stored in REFOLD_FACTS_FROM:
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("DELETE FROM session_facts")
+        conn.execute(FOLD_SESSIONS, [0])
+        conn.execute("COMMIT")
     for ddl in VIEWS:
         conn.execute(ddl)
     conn.execute(
         "INSERT OR REPLACE INTO analytics_meta VALUES ('schema_version', ?), ('grace_window_s', ?)",
         [SCHEMA_VERSION, str(grace_window_s)],
     )
+
+
+def _stored_version(conn: duckdb.DuckDBPyConnection) -> str | None:
+    row = conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else str(row[0])

@@ -22,10 +22,17 @@ started AS (
     SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
            idle_ttl_s, absolute_ttl_s
     FROM ev WHERE type = 'SessionStarted'),
-rot AS (
-    SELECT sid, count(*) AS rotations, max(generation) AS last_generation,
-           max(occurred_at) AS last_rotation_at
-    FROM ev WHERE type = 'TokenRotated' GROUP BY sid),
+first_start AS (  -- over the whole log: whether the ledger refused a rotation is a fact of the log
+    SELECT sid, min(seq) AS start_seq, arg_min(sub, seq) AS sub
+    FROM events WHERE type = 'SessionStarted' GROUP BY sid),
+rot AS (  -- a rotation after a user revocation that its session predates was refused
+    SELECT e.sid, count(*) AS rotations, max(e.generation) AS last_generation,
+           max(e.occurred_at) AS last_rotation_at
+    FROM ev e LEFT JOIN first_start f USING (sid)
+    WHERE e.type = 'TokenRotated'
+      AND NOT EXISTS (SELECT 1 FROM events u WHERE u.type = 'UserSessionsRevoked' AND u.sub = f.sub
+                      AND u.seq > f.start_seq AND u.seq < e.seq)
+    GROUP BY e.sid),
 fend AS (
     SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
            arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
@@ -127,6 +134,17 @@ def _ingest(conn: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]], cut
     ],
     [1],
     [100],
+)
+@example(  # a rotation the ledger refused (appended after a revoke-all), seen by both paths
+    [
+        ("SessionStarted", 0, 0, 10, None),
+        ("TokenRotated", 0, 0, 20, None),
+        ("UserSessionsRevoked", 0, 0, 30, "admin"),
+        ("TokenRotated", 0, 0, 25, None),
+        ("SessionRevoked", 0, 0, 40, "logout"),
+    ],
+    [3],
+    [26, 35, 100],
 )
 @given(
     st.lists(event, min_size=1, max_size=30),
