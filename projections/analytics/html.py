@@ -32,7 +32,7 @@ class Scale:
     def fit(cls, peak: float, *, log: bool) -> Scale:
         if log:
             return cls(10 ** math.ceil(math.log10(max(peak, 1.0))), True)
-        return cls(_nice(max(peak, 1e-9)), False)
+        return cls(_nice(peak) if peak > 0 else 1.0, False)  # all zero (empty window): a 0..1 axis
 
     def height(self, v: float) -> float:
         if self.log:
@@ -131,9 +131,9 @@ def charts(conn: duckdb.DuckDBPyConnection, w: Window) -> list[str]:
     latency = build(conn, "revocation", w)[0]
     return [
         bar_chart(
-            f"Replay incidents over time ({replay.title})",
+            f"Replay incidents over time (per {replay.rows[0][1] if replay.rows else 'period'})",
             _period_labels([r[0] for r in replay.rows]),
-            [("incidents", [r[1] for r in replay.rows]), ("users", [r[2] for r in replay.rows])],
+            [("incidents", [r[2] for r in replay.rows]), ("users", [r[3] for r in replay.rows])],
             stacked=False,
             unit="count",
         ),

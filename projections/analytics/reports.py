@@ -3,7 +3,8 @@ text, JSON or CSV, plus one self-contained HTML page with inline SVG charts.
 
 Every report takes a window: sessions that *started* in it (evaluated as of ``until``,
 so still-active sessions are censored, not dropped), incidents *detected* in it,
-revocations *requested* in it. ``until`` defaults to the newest event's time.
+revocations *requested* in it. ``until`` defaults to now (or to the newest event, when
+simulated traffic lies in the future).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class Window:
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
-    """ISO date/time (UTC if no offset) or a relative age like ``30m``, ``24h``, ``7d``."""
+    """``now``, an ISO date/time (UTC if no offset) or a relative age like ``30m``, ``24h``, ``7d``."""
+    if text.strip().lower() == "now":
+        return now.astimezone(UTC).replace(tzinfo=None)
     m = _RELATIVE.fullmatch(text.strip())
     if m:
         unit = {"m": "minutes", "h": "hours", "d": "days"}[m[2]]
@@ -52,14 +55,26 @@ def parse_time(text: str, *, now: datetime) -> datetime:
     return value
 
 
-def window(conn: duckdb.DuckDBPyConnection, since: str | None, until: str | None) -> Window:
-    now = datetime.now(UTC)
-    row = conn.execute("SELECT as_of FROM horizon").fetchone()
-    horizon = row[0] if row and row[0] is not None else now.replace(tzinfo=None)
-    return Window(
+def window(
+    conn: duckdb.DuckDBPyConnection, since: str | None, until: str | None, *, now: datetime | None = None
+) -> Window:
+    """The report window; ``until`` (the state time) defaults to ``default_until``."""
+    now = now or datetime.now(UTC)
+    w = Window(
         since=parse_time(since, now=now) if since else FAR_PAST,
-        until=parse_time(until, now=now) if until else horizon,
+        until=parse_time(until, now=now) if until else default_until(conn, now),
     )
+    if w.since > w.until:
+        raise ValueError(f"--since {w.since.isoformat()} is later than --until {w.until.isoformat()}")
+    return w
+
+
+def default_until(conn: duckdb.DuckDBPyConnection, now: datetime) -> datetime:
+    """Now: after traffic stops, sessions die as time goes on. The newest event instead when it
+    lies in the future (the simulator's clock runs ahead), so a fresh simulation is all in."""
+    row = conn.execute("SELECT as_of FROM horizon").fetchone()
+    plain_now = now.astimezone(UTC).replace(tzinfo=None)
+    return max(plain_now, row[0]) if row and row[0] is not None else plain_now
 
 
 def query(conn: duckdb.DuckDBPyConnection, title: str, sql: str, params: list[Any] | None = None) -> Table:
@@ -100,7 +115,7 @@ agg AS (
            count(*) FILTER (WHERE end_kind = 'user_revoked') AS user_revoked,
            count(*) FILTER (WHERE end_kind = 'idle_expired') AS idle_expired,
            count(*) FILTER (WHERE end_kind = 'absolute_expired') AS absolute_expired,
-           coalesce(sum(rotations), 0) AS rotations, sum(last_generation + 1) AS tokens_issued,
+           coalesce(sum(rotations), 0) AS rotations, coalesce(sum(last_generation + 1), 0) AS tokens_issued,
            count(*) FILTER (WHERE end_kind IN ('idle_expired', 'absolute_expired')) AS tokens_expired_unused,
            tokens_expired_unused / nullif(tokens_issued, 0) AS expiration_rate,
            sum(rotations) / nullif(sum(duration_us) / 86400e6, 0) AS rotations_per_session_day
@@ -147,8 +162,8 @@ def replay(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
         "SELECT min(detected_at), max(detected_at) FROM replay_incidents WHERE detected_at BETWEEN ? AND ?", p
     ).fetchone()
     bucket = _bucket(span)
-    return [
-        query(conn, f"incidents per {bucket}", _OVER_TIME.format(bucket=bucket), p),
+    return [  # a stable title (JSON key); the bucket width is a column
+        query(conn, "incidents over time", _OVER_TIME.format(bucket=bucket), p),
         query(conn, "by user", "SELECT * FROM replay_by_user_at(?, ?)", p),
         query(conn, "by client", "SELECT * FROM replay_by_client_at(?, ?)", p),
         query(
@@ -164,8 +179,8 @@ def replay(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
 
 
 _OVER_TIME = """
-SELECT time_bucket(INTERVAL '{bucket}', detected_at) AS period, count(*) AS incidents,
-       count(DISTINCT sub) AS users
+SELECT time_bucket(INTERVAL '{bucket}', detected_at) AS period, '{bucket}' AS bucket,
+       count(*) AS incidents, count(DISTINCT sub) AS users
 FROM replay_incidents WHERE detected_at BETWEEN ? AND ? GROUP BY ALL ORDER BY period
 """
 

@@ -280,6 +280,11 @@ SELECT sid, sub, client_id, scopes, start_seq, started_at, idle_ttl_s, absolute_
 FROM ended;
 
 CREATE OR REPLACE VIEW sessions AS SELECT * FROM sessions_at((SELECT as_of FROM horizon));
+-- "now" for analysts (UTC; the newest event instead when simulated traffic lies in the future).
+-- Not in `sessions`: a view that moves with the clock could not equal its rebuild.
+CREATE OR REPLACE MACRO state_now() AS
+    greatest(make_timestamp(epoch_us(now())), (SELECT as_of FROM horizon));
+CREATE OR REPLACE VIEW sessions_now AS SELECT * FROM sessions_at(state_now());
 """
 
 REPLAY = """
@@ -390,8 +395,8 @@ SELECT * FROM revocation_latency_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAM
 METRICS = """
 CREATE OR REPLACE MACRO token_expiration_at(since, until) AS TABLE
 SELECT coalesce(client_id, '(none)') AS client_id,
-       sum(last_generation + 1) AS tokens_issued,
-       sum(rotations) AS tokens_used,
+       coalesce(sum(last_generation + 1), 0) AS tokens_issued,
+       coalesce(sum(rotations), 0) AS tokens_used,
        count(*) FILTER (WHERE end_kind IN ('idle_expired', 'absolute_expired')) AS tokens_expired_unused,
        count(*) FILTER (WHERE end_kind IN ('revoked', 'reuse', 'user_revoked')) AS tokens_revoked_unused,
        count(*) FILTER (WHERE censored) AS tokens_live,
@@ -400,8 +405,8 @@ FROM sessions_at(until) WHERE started_at >= since
 GROUP BY ROLLUP (coalesce(client_id, '(none)')) ORDER BY client_id NULLS FIRST;
 
 CREATE OR REPLACE MACRO refresh_usage_at(since, until) AS TABLE
-SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions, sum(rotations) AS rotations,
-       sum(duration_us) / 86400e6 AS session_days,
+SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions,
+       coalesce(sum(rotations), 0) AS rotations, coalesce(sum(duration_us) / 86400e6, 0) AS session_days,
        sum(rotations) / nullif(sum(duration_us) / 86400e6, 0) AS rotations_per_session_day
 FROM sessions_at(until) WHERE started_at >= since
 GROUP BY ROLLUP (coalesce(client_id, '(none)')) ORDER BY client_id NULLS FIRST;
@@ -424,7 +429,9 @@ q AS (SELECT client_id, min(d) FILTER (WHERE survival <= 0.5 + 1e-12) AS p50_s,
 c AS (SELECT client_id, count(*) AS sessions, count(*) FILTER (WHERE died) AS ended,
              count(*) FILTER (WHERE NOT died) AS censored, avg(us) FILTER (WHERE died) / 1e6 AS mean_ended_s,
              max(d) AS max_observed_s
-      FROM g GROUP BY client_id)
+      FROM g GROUP BY client_id
+      UNION ALL  -- the total row, even for an empty window
+      SELECT NULL, 0, 0, 0, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM s))
 SELECT c.client_id, sessions, ended, censored, p50_s, p90_s, p99_s, mean_ended_s, max_observed_s
 FROM c LEFT JOIN q ON c.client_id IS NOT DISTINCT FROM q.client_id ORDER BY c.client_id NULLS FIRST;
 

@@ -66,8 +66,11 @@ def _db_options(*, window: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--db", type=Path, help="DuckDB file (default <data-dir>/analytics.duckdb)")
     if window:
-        p.add_argument("--since", help="start: ISO time (UTC) or age like 24h, 7d")
-        p.add_argument("--until", help="end and as-of time (default: newest event)")
+        p.add_argument("--since", help="start: ISO time (UTC), an age like 24h, 7d, or now")
+        p.add_argument(
+            "--until",
+            help="end and as-of (state) time, same forms (default: now; the newest event if it is later)",
+        )
     return p
 
 
@@ -98,8 +101,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     with conn:
         tables = build(conn, args.name, _window(conn, args))
     print(render(tables, "json" if args.json else args.format))
-    if source == "snapshot":
-        print("(from the snapshot published by the running projection)", file=sys.stderr)
+    note_source(source)
 
 
 def _window(conn: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> Any:
@@ -118,13 +120,20 @@ def cmd_html(args: argparse.Namespace) -> None:
 
 
 def cmd_sql(args: argparse.Namespace) -> None:
-    conn, _ = reader(args)
+    conn, source = reader(args)
     with conn:
         try:
             table = query(conn, "result", args.query)
         except duckdb.Error as err:
             raise BadRequest(f"query failed: {str(err).splitlines()[0]}") from None
     print(render([table], "json" if args.json else args.format))
+    note_source(source)
+
+
+def note_source(source: str) -> None:
+    """Readers may be a few seconds stale while ``up`` writes: say so, on stderr."""
+    if source == "snapshot":
+        print("(from the snapshot published by the running projection)", file=sys.stderr)
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
