@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html import escape
 
 import duckdb
 
-from projections.analytics.reports import FAR_PAST, REPORTS, Table, Window, build, cell_text
+from projections.analytics.reports import FAR_PAST, REPORTS, Table, Window, build, cell_text, valid_at
 
 COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618")
 W, H, PAD_L, PAD_B, PAD_T = 640, 270, 60, 90, 28
@@ -165,10 +165,14 @@ def _period_labels(periods: list[datetime]) -> list[str]:
 
 
 def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
+    travel, w = w.at, replace(w, at=None)  # the reports over the window, then the time travel
     sections = "".join(
         f"<section><h2>{escape(name)}</h2>{''.join(table_html(t) for t in build(conn, name, w))}</section>"
         for name in REPORTS
     )
+    if travel is not None:
+        tables = "".join(table_html(t) for t in valid_at(conn, travel))
+        sections += f"<section><h2>valid at {escape(cell_text(travel))} UTC</h2>{tables}</section>"
     made = datetime.now(UTC).isoformat(timespec="seconds")
     since = "the first event" if w.since == FAR_PAST else cell_text(w.since)
     meta = f"window {since} .. {cell_text(w.until)} UTC · data: {source} · generated {made}"

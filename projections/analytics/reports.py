@@ -39,6 +39,7 @@ class Table:
 class Window:
     since: datetime
     until: datetime
+    at: datetime | None = None  # time travel: the sessions report lists what was valid then
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
@@ -56,13 +57,19 @@ def parse_time(text: str, *, now: datetime) -> datetime:
 
 
 def window(
-    conn: duckdb.DuckDBPyConnection, since: str | None, until: str | None, *, now: datetime | None = None
+    conn: duckdb.DuckDBPyConnection,
+    since: str | None,
+    until: str | None,
+    *,
+    at: str | None = None,
+    now: datetime | None = None,
 ) -> Window:
     """The report window; ``until`` (the state time) defaults to ``default_until``."""
     now = now or datetime.now(UTC)
     w = Window(
         since=parse_time(since, now=now) if since else FAR_PAST,
         until=parse_time(until, now=now) if until else default_until(conn, now),
+        at=parse_time(at, now=now) if at else None,
     )
     if w.since > w.until:
         raise ValueError(f"--since {w.since.isoformat()} is later than --until {w.until.isoformat()}")
@@ -197,6 +204,8 @@ def _bucket(span: tuple[Any, ...] | None) -> str:
 
 
 def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    if w.at is not None:
+        return valid_at(conn, w.at)
     p = [w.since, w.until]
     return [
         query(conn, "durations (Kaplan-Meier; active sessions censored)", _DURATIONS, p),
@@ -210,6 +219,19 @@ def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
                       count(*) AS sessions
                FROM sessions_at($2) WHERE started_at >= $1 GROUP BY ALL ORDER BY sessions DESC, outcome""",
             p,
+        ),
+    ]
+
+
+def valid_at(conn: duckdb.DuckDBPyConnection, at: datetime) -> list[Table]:
+    """Time travel: the sessions, users and clients (devices) valid at ``at``, from the log."""
+    return [
+        query(
+            conn, "valid sessions", "SELECT * FROM valid_sessions_at(?) ORDER BY sub, started_at, sid", [at]
+        ),
+        query(conn, "valid users", "SELECT * FROM valid_users_at(?) ORDER BY sub", [at]),
+        query(
+            conn, "valid devices (by client id)", "SELECT * FROM valid_devices_at(?) ORDER BY client_id", [at]
         ),
     ]
 

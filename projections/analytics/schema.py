@@ -285,6 +285,21 @@ CREATE OR REPLACE VIEW sessions AS SELECT * FROM sessions_at((SELECT as_of FROM 
 CREATE OR REPLACE MACRO state_now() AS
     greatest(make_timestamp(epoch_us(now())), (SELECT as_of FROM horizon));
 CREATE OR REPLACE VIEW sessions_now AS SELECT * FROM sessions_at(state_now());
+
+-- Time travel: what was valid at t (started by t, not ended by t), from the log.
+-- "Device" is the client id until events carry device context (the session-features issue);
+-- then valid_devices_at groups by that instead.
+CREATE OR REPLACE MACRO valid_sessions_at(t) AS TABLE
+SELECT sid, sub, client_id, scopes, started_at, last_activity_at, expires_at, rotations, last_generation
+FROM sessions_at(t) WHERE censored;
+CREATE OR REPLACE MACRO valid_users_at(t) AS TABLE
+SELECT sub, count(*) AS sessions,
+       list(DISTINCT coalesce(client_id, '(none)') ORDER BY coalesce(client_id, '(none)')) AS clients,
+       min(started_at) AS first_started_at, max(last_activity_at) AS last_activity_at
+FROM valid_sessions_at(t) GROUP BY sub;
+CREATE OR REPLACE MACRO valid_devices_at(t) AS TABLE
+SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions, count(DISTINCT sub) AS users
+FROM valid_sessions_at(t) GROUP BY ALL;
 """
 
 REPLAY = """

@@ -37,9 +37,12 @@ def register(sub: Any) -> None:
     for name in REPORTS:
         p = report.add_parser(name, parents=[COMMON, _db_options()], help=f"{name} report")
         p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        if name == "sessions":
+            _at_option(p, "instead: the sessions, users and clients valid at this instant")
         p.set_defaults(func=cmd_report, name=name)
     html = report.add_parser("html", parents=[COMMON, _db_options()], help="one self-contained HTML page")
     html.add_argument("-o", "--output", type=Path, default=Path("report.html"))
+    _at_option(html, "add a section: the sessions, users and clients valid at this instant")
     html.set_defaults(func=cmd_html)
 
     sql = sub.add_parser("sql", parents=[COMMON, _db_options(window=False)], help="ad-hoc read-only SQL")
@@ -74,6 +77,10 @@ def _db_options(*, window: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def _at_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--at", help=f"time travel: ISO time (UTC), an age like 2h, or now; {what}")
+
+
 def _register_simulate(sub: Any) -> None:
     sim = sub.add_parser(
         "simulate", parents=[COMMON], help="drive the ledger with simulated users; print the ground truth"
@@ -106,9 +113,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def _window(conn: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> Any:
     try:
-        return window(conn, args.since, args.until)
+        return window(conn, args.since, args.until, at=getattr(args, "at", None))
     except ValueError as err:
-        raise BadRequest(f"bad --since/--until: {err}") from None
+        raise BadRequest(f"bad --since/--until/--at: {err}") from None
 
 
 def cmd_html(args: argparse.Namespace) -> None:
