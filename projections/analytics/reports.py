@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-REPORTS = ("summary", "replay", "sessions", "expiration", "usage", "revocation")
+REPORTS = ("summary", "replay", "theft", "sessions", "expiration", "usage", "revocation")
 FAR_PAST = datetime(1970, 1, 1)
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 
@@ -203,6 +203,19 @@ def _bucket(span: tuple[Any, ...] | None) -> str:
     return "7 days"
 
 
+def theft(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    """Race or theft: each reuse incident's evidence and verdict, and the likely thefts per user."""
+    p = [w.since, w.until]
+    return [
+        query(conn, "likely thefts per user",
+              "SELECT * FROM thefts_by_user_at(?, ?) ORDER BY likely_thefts DESC, incidents DESC, sub", p),
+        query(conn, "verdicts",
+              "SELECT verdict, count(*) AS incidents, count(DISTINCT sub) AS users "
+              "FROM reuse_verdicts_at(?, ?) GROUP BY ALL ORDER BY verdict", p),
+        query(conn, "incidents: race or theft", "SELECT * FROM reuse_verdicts_at(?, ?) ORDER BY seq", p),
+    ]  # fmt: skip
+
+
 def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
     if w.at is not None:
         return valid_at(conn, w.at)
@@ -292,6 +305,7 @@ FROM revocation_latency_at(?, ?)
 BUILDERS: dict[str, Callable[[duckdb.DuckDBPyConnection, Window], list[Table]]] = {
     "summary": summary,
     "replay": replay,
+    "theft": theft,
     "sessions": sessions,
     "expiration": expiration,
     "usage": usage,

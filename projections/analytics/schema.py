@@ -353,6 +353,63 @@ SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS incidents, count(
 FROM replay_incidents WHERE detected_at >= since AND detected_at <= until
 GROUP BY ALL ORDER BY incidents DESC, client_id;
 
+-- Race or theft? Each incident's evidence and a verdict (the rule is in the README):
+--   benign_race   the immediate predecessor, presented within race_s after the grace window
+--                 closed (a second tab or a retry that just missed it; with grace 0: milliseconds);
+--   likely_theft  a token two or more generations old (its holder never saw the newer ones),
+--                 or presented theft_s or more after it was superseded;
+--   unclear       in between.
+-- When was the presented token superseded? By the rotation to the next generation, whatever
+-- the generation (ReuseDetected carries it for the immediate predecessor only).
+-- Device context hook: presented_device / same_device stay NULL until events carry the
+-- presenter's device (the session-features work); a different device then means likely_theft,
+-- the same device and a close time benign_race.
+CREATE OR REPLACE MACRO reuse_verdicts_at(since, until, race_s := 5.0, theft_s := 300.0) AS TABLE
+WITH i AS (SELECT * FROM replay_incidents WHERE detected_at >= since AND detected_at <= until),
+nxt AS (SELECT i.seq AS rseq, min(f.occurred_at) AS next_at
+        FROM i JOIN events f ON f.type = 'TokenRotated' AND f.sid = i.sid
+                             AND f.generation = i.presented_generation + 1 AND f.seq < i.seq
+        GROUP BY i.seq),
+grace AS (SELECT coalesce(max(TRY_CAST(value AS DOUBLE)), 30) AS grace_s
+          FROM analytics_meta WHERE key = 'grace_window_s'),
+e AS (SELECT i.*, coalesce(i.superseded_at, nxt.next_at) AS presented_superseded_at,
+             epoch(i.detected_at - coalesce(i.superseded_at, nxt.next_at)) AS after_supersession_s,
+             NULL::VARCHAR AS presented_device, NULL::BOOLEAN AS same_device, grace.grace_s
+      FROM i CROSS JOIN grace LEFT JOIN nxt ON nxt.rseq = i.seq)
+SELECT seq, detected_at, sub, sid, client_id, presented_generation, current_generation, generations_behind,
+       presented_superseded_at, round(after_supersession_s, 6) AS after_supersession_s, grace_s,
+       presented_device, same_device,
+       CASE WHEN same_device = false THEN 'likely_theft'
+            WHEN generations_behind >= 2 THEN 'likely_theft'
+            WHEN after_supersession_s >= theft_s THEN 'likely_theft'
+            WHEN generations_behind = 1 AND after_supersession_s <= grace_s + race_s THEN 'benign_race'
+            ELSE 'unclear' END AS verdict,
+       CASE WHEN same_device = false THEN 'presented from another device'
+            WHEN generations_behind >= 2 THEN generations_behind || ' generations old'
+            WHEN after_supersession_s >= theft_s THEN 'presented ' || round(after_supersession_s)
+                                                       || ' s after it was superseded'
+            WHEN generations_behind = 1 AND after_supersession_s <= grace_s + race_s
+                THEN 'the previous token, ' || round(after_supersession_s - grace_s, 3)
+                     || ' s after the grace window'
+            ELSE 'the previous token, ' || coalesce(round(after_supersession_s) || ' s', 'unknown time')
+                 || ' after it was superseded' END AS evidence
+FROM e;
+
+CREATE OR REPLACE MACRO thefts_by_user_at(since, until, race_s := 5.0, theft_s := 300.0) AS TABLE
+SELECT sub, count(*) AS incidents, count(*) FILTER (WHERE verdict = 'likely_theft') AS likely_thefts,
+       count(*) FILTER (WHERE verdict = 'benign_race') AS benign_races,
+       count(*) FILTER (WHERE verdict = 'unclear') AS unclear,
+       min(detected_at) FILTER (WHERE verdict = 'likely_theft') AS first_theft_at,
+       max(detected_at) FILTER (WHERE verdict = 'likely_theft') AS last_theft_at,
+       list(DISTINCT coalesce(client_id, '(none)') ORDER BY coalesce(client_id, '(none)')) AS clients
+FROM reuse_verdicts_at(since, until, race_s := race_s, theft_s := theft_s)
+GROUP BY sub;
+
+CREATE OR REPLACE VIEW reuse_verdicts AS
+SELECT * FROM reuse_verdicts_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+CREATE OR REPLACE VIEW thefts_by_user AS
+SELECT * FROM thefts_by_user_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+
 CREATE OR REPLACE VIEW replay_daily AS
 SELECT * FROM replay_daily_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
 CREATE OR REPLACE VIEW replay_by_user AS
