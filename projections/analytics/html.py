@@ -170,6 +170,9 @@ def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
         f"<section><h2>{escape(name)}</h2>{''.join(table_html(t) for t in build(conn, name, w))}</section>"
         for name in REPORTS
     )
+    if w.whatif is not None:
+        tables = "".join(table_html(t) for t in build(conn, "whatif", w))
+        sections += f"<section><h2>what-if (policy dry-run)</h2>{tables}</section>"
     if travel is not None:
         tables = "".join(table_html(t) for t in valid_at(conn, travel))
         sections += f"<section><h2>valid at {escape(cell_text(travel))} UTC</h2>{tables}</section>"

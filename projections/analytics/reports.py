@@ -20,6 +20,9 @@ from typing import Any
 
 import duckdb
 
+from ledger.domain.decide import ReusePolicy
+from projections.analytics.whatif import EVENT_COLUMNS, Candidate, compare, requests_from
+
 REPORTS = ("summary", "replay", "theft", "sessions", "expiration", "usage", "revocation")
 FAR_PAST = datetime(1970, 1, 1)
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
@@ -40,6 +43,15 @@ class Window:
     since: datetime
     until: datetime
     at: datetime | None = None  # time travel: the sessions report lists what was valid then
+    whatif: WhatIf | None = None  # policy dry-run: the candidate's settings (None: as recorded)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    grace: timedelta | None = None
+    reuse: str | None = None
+    idle_ttl: timedelta | None = None
+    absolute_ttl: timedelta | None = None
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
@@ -216,6 +228,60 @@ def theft(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
     ]  # fmt: skip
 
 
+def whatif(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    """Policy dry-run: the window's recorded requests through ``decide`` under the candidate
+    policy, beside the same replay under the recorded one (``projections.analytics.whatif``)."""
+    rows = conn.execute(_WHATIF_EVENTS, [w.since, w.until]).fetchall()
+    requests = requests_from(dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows)
+    actual = recorded_policy(conn)
+    wanted = w.whatif or WhatIf()
+    candidate = Candidate(
+        grace=actual.grace if wanted.grace is None else wanted.grace,
+        reuse=actual.reuse if wanted.reuse is None else ReusePolicy(wanted.reuse),
+        idle_ttl=wanted.idle_ttl,
+        absolute_ttl=wanted.absolute_ttl,
+    )
+    policies = [
+        ("grace_window_s", actual.grace.total_seconds(), candidate.grace.total_seconds()),
+        ("reuse_policy", actual.reuse.value, candidate.reuse.value),
+        ("idle_ttl_s", "as recorded", _seconds(candidate.idle_ttl)),
+        ("absolute_ttl_s", "as recorded", _seconds(candidate.absolute_ttl)),
+        ("requests_replayed", len(requests), len(requests)),
+    ]
+    return [
+        Table("policies", ["setting", "actual", "candidate"], policies),
+        Table("what-if", ["figure", "actual", "candidate", "change"], compare(requests, actual, candidate)),
+    ]
+
+
+def recorded_policy(conn: duckdb.DuckDBPyConnection) -> Candidate:
+    """The grace window the projection runs with and the reuse policy of the latest incident."""
+    row = conn.execute(_RECORDED_POLICY).fetchone()
+    grace, policy = row or (30.0, "family")
+    return Candidate(grace=timedelta(seconds=float(grace)), reuse=ReusePolicy(policy))
+
+
+def _seconds(value: timedelta | None) -> Any:
+    return "as recorded" if value is None else value.total_seconds()
+
+
+_RECORDED_POLICY = """
+SELECT coalesce((SELECT max(TRY_CAST(value AS DOUBLE)) FROM analytics_meta WHERE key = 'grace_window_s'), 30),
+       coalesce((SELECT arg_max(policy, seq) FROM events WHERE type = 'ReuseDetected'), 'family')
+"""
+
+# The window's sessions (started in it) with their family events, and the window's revoke-alls.
+_WHATIF_EVENTS = f"""
+SELECT {", ".join(EVENT_COLUMNS)} FROM events
+WHERE occurred_at >= $1 AND occurred_at <= $2
+  AND (type = 'UserSessionsRevoked'
+       OR sid IN (SELECT sid FROM events
+                  WHERE type = 'SessionStarted' AND occurred_at >= $1 AND occurred_at <= $2))
+  AND type IN ('SessionStarted', 'TokenRotated', 'ReuseDetected', 'SessionRevoked', 'UserSessionsRevoked')
+ORDER BY seq
+"""  # noqa: S608
+
+
 def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
     if w.at is not None:
         return valid_at(conn, w.at)
@@ -306,6 +372,7 @@ BUILDERS: dict[str, Callable[[duckdb.DuckDBPyConnection, Window], list[Table]]] 
     "summary": summary,
     "replay": replay,
     "theft": theft,
+    "whatif": whatif,
     "sessions": sessions,
     "expiration": expiration,
     "usage": usage,
