@@ -82,6 +82,11 @@ def test_bad_candidate_values_are_usage_errors(tmp_path: Path) -> None:
     assert main(["report", "whatif", "--db", str(db), "--grace", "5s"]) == 0  # an empty log: zeros
     for flags in (["--grace", "soon"], ["--idle", "0"], ["--absolute=-1d"]):
         assert main(["report", "whatif", "--db", str(db), *flags]) == 2, flags
+    page = tmp_path / "r.html"
+    assert main(["report", "html", "--db", str(db), "--policy", "user", "-o", str(page)]) == 0
+    assert "what-if (policy dry-run)" in page.read_text()
+    assert main(["report", "html", "--db", str(db), "-o", str(page)]) == 0
+    assert "what-if" not in page.read_text()  # only when a candidate is given
     with pytest.raises(SystemExit) as exited:
         main(["report", "whatif", "--db", str(db), "--policy", "everyone"])
     assert exited.value.code == 2
