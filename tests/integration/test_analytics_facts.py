@@ -185,3 +185,19 @@ def test_a_file_from_before_the_folded_tables_gets_them_folded_on_open() -> None
     assert _folded(conn) == folded
     create_schema(conn)  # and it never folds twice
     assert _folded(conn) == folded
+
+
+def test_a_version_2_file_gets_session_facts_folded_again_without_refused_rotations() -> None:
+    """Version 2 counted rotations the ledger refused; the writer refolds such a file on open."""
+    conn = duckdb.connect()
+    create_schema(conn)
+    rows = _rows([("SessionStarted", 0, 0, 10, None), ("TokenRotated", 0, 0, 20, None),
+                  ("UserSessionsRevoked", 0, 0, 30, "admin"), ("TokenRotated", 0, 0, 29, None)])  # fmt: skip
+    _ingest(conn, rows, [])
+    right = _folded(conn)
+    assert right["session_facts"][0][10] == 1  # rotations: the refused one left out
+    conn.execute("UPDATE session_facts SET rotations = 2, last_generation = 3")  # what version 2 folded
+    conn.execute("UPDATE analytics_meta SET value = '2' WHERE key = 'schema_version'")
+    create_schema(conn)
+    assert _folded(conn) == right
+    assert conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone() == ("3",)
