@@ -106,7 +106,15 @@ async def start_time(settings: Settings) -> datetime:
 class Simulator:
     """Discrete-event simulation: one pending action per device, attacks and password changes."""
 
-    def __init__(self, cfg: SimConfig, client: LedgerClient, clock: SimClock, grace: timedelta) -> None:
+    def __init__(
+        self,
+        cfg: SimConfig,
+        client: LedgerClient,
+        clock: SimClock,
+        grace: timedelta,
+        *,
+        user_policy: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.client = client
         self.clock = clock
@@ -118,6 +126,7 @@ class Simulator:
         self.truth = Truth(since=clock.start, until=clock.start + timedelta(microseconds=self.end_us))
         self.user_sessions: dict[str, list[SimSession]] = {}
         self.grace_us = us_of(grace)
+        self.user_policy = user_policy  # LEDGER_REUSE_POLICY=user: a replay logs the whole user out
 
     def at(self, t_us: int, kind: str, target: Any) -> None:
         if t_us <= self.end_us:
@@ -223,6 +232,9 @@ class Simulator:
         await self._expect_refusal(s.tokens[stolen], (TokenReused,))
         self.truth.trace.append(Step(now, "replay", s.index, stolen))
         s.end_us, s.end_kind = now, "reuse"
+        for other in self.user_sessions[s.sub] if self.user_policy else ():
+            if other.alive(now, self.cfg):
+                other.end_us, other.end_kind = now, "user_revoked"
         self.truth.replays.append((s.sub, s.client_id, s.rotations - stolen))
 
     async def _call(self, call: Any) -> Any:
@@ -246,7 +258,8 @@ async def simulate(settings: Settings, cfg: SimConfig, *, start: datetime | None
     """Run one simulation against the ledger at ``settings.nats_url``; return the ground truth."""
     clock = SimClock(start or await start_time(settings))
     async with simulated_ledger(sim_settings(settings, cfg), clock) as client:
-        truth = await Simulator(cfg, client, clock, settings.grace_window).run()
+        user_policy = settings.reuse_policy.value == "user"
+        truth = await Simulator(cfg, client, clock, settings.grace_window, user_policy=user_policy).run()
     return truth.summary(cfg)
 
 
