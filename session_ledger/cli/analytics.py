@@ -31,13 +31,23 @@ from session_ledger.cli.common import COMMON, settings_from
 from session_ledger.runtime import Component, run_one
 from session_ledger.sim.simulate import SimConfig, simulate
 
+REPORT_HELP = {
+    "summary": "headline figures of the window",
+    "replay": "replay incidents over time, by user, by client, each incident",
+    "theft": "race or theft: each reuse incident's verdict and evidence, likely thefts per user",
+    "sessions": "durations (Kaplan-Meier), histogram, how sessions ended; --at: valid then",
+    "expiration": "refresh tokens issued and never used",
+    "usage": "rotations per session-day",
+    "revocation": "revocation latency, per verifier",
+}
+
 
 def register(sub: Any) -> None:
     report = sub.add_parser("report", help="analyst reports from DuckDB").add_subparsers(
         dest="report", required=True, metavar="REPORT"
     )
     for name in REPORTS:
-        p = report.add_parser(name, parents=[COMMON, _db_options()], help=f"{name} report")
+        p = report.add_parser(name, parents=[COMMON, _db_options()], help=REPORT_HELP[name])
         p.add_argument("--format", choices=["table", "json", "csv"], default="table")
         if name == "sessions":
             _at_option(p, "instead: the sessions, users and clients valid at this instant")
