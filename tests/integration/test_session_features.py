@@ -244,3 +244,34 @@ async def test_no_raw_ip_in_events_kv_or_duckdb_unless_enabled(
 async def _listed_with_device(client: LedgerClient, sub: str) -> bool:
     got = await client.list_sessions(sub)
     return bool(got.sessions) and got.sessions[0].rotations == 1
+
+
+async def test_readme_session_features_example_and_analyst_queries(
+    settings_for: Any, services: Any, tmp_path: Path
+) -> None:
+    """The README's session-features example runs as written, and its DuckDB queries report
+    sessions per device class and evictions by the cap."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "async def features" in b
+    )
+    settings = settings_for(max_sessions_per_user=2)
+    await services.start(settings)
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    async with await LedgerClient.connect(settings.nats_url) as client, projection(settings):
+        await namespace["features"](client)  # leaves the laptop session alone
+        for _ in range(2):  # the second of these makes the cap of 2 evict the laptop session
+            await client.start_session("alice")
+    db = AnalyticsDB(tmp_path / "a.duckdb")
+    try:
+        await AnalyticsProjection(settings, db).catch_up()
+        queries = re.findall(r"`(SELECT [^`]+)`", readme[readme.index("**Analytics.** The events") :])
+        per_class = dict(db.conn.execute(queries[0]).fetchall())  # type: ignore[arg-type]
+        evictions = db.conn.execute(queries[1]).fetchone()
+    finally:
+        db.close()
+    assert per_class == {"desktop": 1, "mobile": 1, None: 2}
+    assert evictions == (1,)
