@@ -15,7 +15,7 @@ import hmac
 import ipaddress
 from enum import StrEnum
 
-from ledger.domain.events import DeviceInfo
+from ledger.domain.events import DeviceClass, DeviceInfo
 
 MAX_USER_AGENT = 1024
 MAX_LABEL = 64
@@ -45,7 +45,7 @@ def _first(ua: str, table: tuple[tuple[str, str], ...]) -> str | None:
     return next((name for needle, name in table if needle in ua), None)
 
 
-def device_class(ua: str) -> str:
+def device_class(ua: str) -> DeviceClass:
     lowered = ua.lower()
     if any(word in lowered for word in _BOTS):
         return "bot"

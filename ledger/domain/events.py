@@ -53,13 +53,16 @@ class AuthContext(BaseModel):
     auth_time: AwareDatetime | None = None
 
 
+DeviceClass = Literal["desktop", "mobile", "tablet", "bot", "other"]
+
+
 class DeviceInfo(BaseModel):
     """What the ledger keeps of a client context: minimised, never a raw user agent and, unless
     the operator chose ``raw``, never a raw IP (``ledger.domain.device``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    device_class: Literal["desktop", "mobile", "tablet", "bot", "other"] = "other"
+    device_class: DeviceClass = "other"
     ua_family: Annotated[str, Field(max_length=64)] | None = None  # e.g. "Firefox on Linux"
     label: Annotated[str, Field(max_length=64)] | None = None  # chosen by the user or the app
     ip_hint: Annotated[str, Field(max_length=64)] | None = None  # truncated, keyed hash or raw

@@ -99,7 +99,7 @@ def refresh_answer(
         sid=started.sid,
         iss=issuer,
         exp=int(family.refresh_expires_at.timestamp()),
-        iat=int(session.head.occurred_at.timestamp()),
+        iat=int(family.head_issued_at.timestamp()),  # a step-up issues no refresh token
         generation=token.generation,
     )
 
