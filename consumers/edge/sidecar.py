@@ -3,8 +3,8 @@ and Envoy ``ext_authz`` (HTTP service), backed by one ``EdgeVerifier``.
 
 ``<any method> /auth[/...]`` with ``Authorization: Bearer <token>``:
   200 + ``X-Auth-Subject`` / ``X-Auth-Session`` / ``X-Auth-Scopes`` for a valid token, and
-  ``X-Auth-Acr`` / ``X-Auth-Amr`` / ``X-Auth-Time`` when the token carries an authentication
-  context (so the upstream can ask for a step-up, RFC 9470);
+  ``X-Auth-Acr`` / ``X-Auth-Amr`` / ``X-Auth-Time`` (empty without an authentication context),
+  so the upstream can ask for a step-up (RFC 9470);
   401 + ``WWW-Authenticate: Bearer error="invalid_token"`` for any other token (one opaque
   answer, the reason goes to the log and the /healthz counters), or without ``error``
   when no token was sent (RFC 6750 section 3);
@@ -76,16 +76,14 @@ async def authorize(request: web.Request) -> web.Response:
 
 
 def auth_headers(claims: AccessClaims) -> dict[str, str]:
-    """The authentication context for the upstream; absent claims send no header (a client's
-    own ``X-Auth-*`` headers must be stripped by the gateway, as for every forward-auth header)."""
-    headers: dict[str, str] = {}
-    if claims.acr:
-        headers["X-Auth-Acr"] = quote(claims.acr, safe=HEADER_SAFE)
-    if claims.amr:
-        headers["X-Auth-Amr"] = quote(" ".join(claims.amr), safe=HEADER_SAFE + " ")
-    if claims.auth_time is not None:
-        headers["X-Auth-Time"] = str(claims.auth_time)
-    return headers
+    """The authentication context for the upstream, always sent (empty when the token has none):
+    a proxy copying a header only when the auth answer has it would otherwise let a client's own
+    ``X-Auth-Acr: aal3`` through to an upstream that decides step-ups on it."""
+    return {
+        "X-Auth-Acr": quote(claims.acr or "", safe=HEADER_SAFE),
+        "X-Auth-Amr": quote(" ".join(claims.amr), safe=HEADER_SAFE + " "),
+        "X-Auth-Time": "" if claims.auth_time is None else str(claims.auth_time),
+    }
 
 
 def _deny(realm: str, *, invalid: bool) -> web.Response:

@@ -192,6 +192,15 @@ async def test_acr_survives_rotations_step_up_raises_it_and_the_sidecar_tells_up
         async with http.get(f"http://127.0.0.1:{port}/auth", headers=headers) as resp:
             assert resp.status == 200
             assert (resp.headers["X-Auth-Acr"], resp.headers["X-Auth-Amr"]) == ("aal2", "pwd hwk")
+        plain = await client.start_session("frank")  # no context: the headers are still sent, empty,
+        forged = {"Authorization": f"Bearer {plain.access_token}", "X-Auth-Acr": "aal3"}  # so a proxy
+        async with http.get(f"http://127.0.0.1:{port}/auth", headers=forged) as resp:  # replaces a client's
+            assert resp.status == 200
+            assert (resp.headers["X-Auth-Acr"], resp.headers["X-Auth-Amr"], resp.headers["X-Auth-Time"]) == (
+                "",
+                "",
+                "",
+            )
 
 
 IP = "203.0.113.77"
