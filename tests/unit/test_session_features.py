@@ -433,3 +433,28 @@ async def test_endless_admission_contention_is_unavailable(
     monkeypatch.setattr(service.limiter, "_try_admit", lose)
     with pytest.raises(Unavailable):
         await service.start_session(start())
+
+
+@pytest.mark.parametrize("rotating", ["kept", "other"])
+async def test_a_sign_out_others_racing_a_rotation_is_ordered(
+    signer: AccessTokenSigner, rotating: str
+) -> None:
+    """Invariant 8 with an exception: a rotation that read before the sign-out and committed
+    after it is refused for the other sessions, and goes through for the kept one."""
+    service, store, _ = make(signer)
+    kept, other = await service.start_session(start()), await service.start_session(start())
+    pair = kept if rotating == "kept" else other
+    original = store.append
+
+    async def sign_out_first(subject: str, event: Event, *, expect: tuple[str, int] | None = None) -> int:  # type: ignore[valid-type]
+        if type(event).__name__ == "TokenRotated":
+            store.append = original  # type: ignore[method-assign]
+            await service.sign_out_others(SignOutOthersRequest(sub="alice", current_sid=kept.sid))
+        return await original(subject, event, expect=expect)
+
+    store.append = sign_out_first  # type: ignore[method-assign]
+    if rotating == "kept":
+        assert (await service.rotate(RotateRequest(refresh_token=pair.refresh_token))).generation == 1
+    else:
+        with pytest.raises(SessionRevokedError):
+            await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
