@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     # Concurrent sessions per user (0: no cap); over it, evict the oldest or refuse the new one.
     max_sessions_per_user: int = Field(default=0, ge=0, le=1000)
     session_limit_policy: LimitPolicy = LimitPolicy.EVICT_OLDEST
+    session_limit_scope: Literal["user", "client"] = "user"  # client: N per (user, client_id)
 
     edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.edge.sidecar)
     edge_max_staleness: Duration = timedelta(seconds=30)  # then fail closed, unless edge_fail_open

@@ -21,6 +21,7 @@ from ledger.domain.errors import (
     TokenInvalid,
 )
 from ledger.domain.events import (
+    MAX_SESSION_LIMIT,
     AuthContext,
     DeviceInfo,
     FamilyEvent,
@@ -414,15 +415,20 @@ def admit(
     policy: LimitPolicy,
     now: datetime,
     event_id: str,
+    uncounted: Sequence[tuple[str, int]] = (),
 ) -> Admission:
-    """Admit ``sid`` under the cap, given the user's counted sessions that are alive now as
-    ``(sid, start_seq)``; refuse, or evict the oldest (by stream order) to make room."""
+    """Admit ``sid`` under the cap, given the counted sessions that are alive now as
+    ``(sid, start_seq)``; refuse, or evict the oldest (by stream order) to make room.
+    ``uncounted`` (a per-client cap: the user's live sessions of other clients) stay listed."""
     ordered = sorted((x for x in live if x[0] != sid), key=lambda x: x[1])
     excess = len(ordered) + 1 - limit
     if excess > 0 and policy is LimitPolicy.REFUSE:
         raise SessionLimitReached("the user has the maximum number of sessions")
     evict = tuple(s for s, _ in ordered[: max(excess, 0)])
-    kept = (*(s for s, _ in ordered[max(excess, 0) :]), sid)
+    rest = sorted([*ordered[max(excess, 0) :], *(x for x in uncounted if x[0] != sid)], key=lambda x: x[1])
+    kept = (*(s for s, _ in rest), sid)
+    if len(kept) > MAX_SESSION_LIMIT:
+        raise SessionLimitReached("the user has the maximum number of sessions over all clients")
     event = SessionAdmitted(
         event_id=event_id, occurred_at=now, sub=sub, sid=sid, live=kept, evicted=evict, limit=limit
     )

@@ -37,6 +37,7 @@ class SessionLimiter:
         self.subjects = Subjects(settings.subject_prefix)
         self.limit = settings.max_sessions_per_user
         self.policy = settings.session_limit_policy
+        self.per_client = settings.session_limit_scope == "client"
         self.clock = clock
         self.revoke = revoke  # revokes a session with reason session_limit (idempotent)
 
@@ -48,7 +49,7 @@ class SessionLimiter:
             if index is not None and sid in index.live:
                 return  # admitted already (a retried idempotent start, or the racing original)
             try:
-                if await self._try_admit(sub, sid, index, position):
+                if await self._try_admit(family, index, position):
                     return
             except SessionLimitReached:
                 await self.revoke(sid)
@@ -56,11 +57,20 @@ class SessionLimiter:
             await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         raise Unavailable("too many concurrent session starts for this user; retry")
 
-    async def _try_admit(self, sub: str, sid: str, index: SessionAdmitted | None, position: int) -> bool:
-        live = await self._alive(sub, index.live if index is not None else ())
+    async def _try_admit(self, family: Family, index: SessionAdmitted | None, position: int) -> bool:
+        sub, sid, client = family.started.sub, family.started.sid, family.started.client_id
+        alive = await self._alive(sub, index.live if index is not None else ())
+        counts = [
+            (f.started.sid, f.start_seq)
+            for f in alive
+            if not self.per_client or f.started.client_id == client
+        ]
+        others = [
+            (f.started.sid, f.start_seq) for f in alive if self.per_client and f.started.client_id != client
+        ]
         admission = decide.admit(
-            sub=sub, sid=sid, live=live, limit=self.limit, policy=self.policy,
-            now=self.clock(), event_id=new_event_id(),
+            sub=sub, sid=sid, live=counts, limit=self.limit, policy=self.policy,
+            now=self.clock(), event_id=new_event_id(), uncounted=others,
         )  # fmt: skip
         for victim in admission.evict:
             await self.revoke(victim)
@@ -82,8 +92,8 @@ class SessionLimiter:
         index = last.event if last is not None and isinstance(last.event, SessionAdmitted) else None
         return index, position
 
-    async def _alive(self, sub: str, sids: Sequence[str]) -> list[tuple[str, int]]:
-        """``(sid, start_seq)`` of the counted sessions that are alive now."""
+    async def _alive(self, sub: str, sids: Sequence[str]) -> list[Family]:
+        """The listed sessions that are alive now."""
         cut_rec, families = await asyncio.gather(
             self.store.last(self.subjects.user(sub)), asyncio.gather(*(self.store.family(s) for s in sids))
         )
@@ -93,7 +103,7 @@ class SessionLimiter:
         alive = []
         for fam in families:
             if fam is not None and _is_alive(fam, decide.effective_cut(cut, keep, fam.started.sid), now):
-                alive.append((fam.started.sid, fam.start_seq))
+                alive.append(fam)
         return alive
 
 

@@ -458,3 +458,15 @@ async def test_a_sign_out_others_racing_a_rotation_is_ordered(
     else:
         with pytest.raises(SessionRevokedError):
             await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
+
+
+async def test_a_per_client_cap_counts_each_client_apart(signer: AccessTokenSigner) -> None:
+    service, store, _ = make(signer, max_sessions_per_user=2, session_limit_scope="client")
+    web = [await service.start_session(start(client_id="web")) for _ in range(3)]
+    ios = [await service.start_session(start(client_id="ios")) for _ in range(2)]
+    with pytest.raises(SessionRevokedError):  # the oldest web session made room for the third
+        await service.rotate(RotateRequest(refresh_token=web[0].refresh_token))
+    for pair in (*web[1:], *ios):  # the phone's sessions were not counted against the web's
+        await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
+    assert [e.evicted for e in of_type(store, SessionAdmitted)] == [(), (), (web[0].sid,), (), ()]
+    assert len(of_type(store, SessionAdmitted)[-1].live) == 4
