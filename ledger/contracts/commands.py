@@ -38,7 +38,7 @@ def _check_ip(value: str) -> str:
 
 
 def _check_label(value: str) -> str:
-    if not is_printable_id(value.replace(" ", "")):
+    if not value.strip() or not is_printable_id(value.replace(" ", "")):
         raise ValueError("label must be printable characters (spaces allowed)")
     return value
 

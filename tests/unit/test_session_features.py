@@ -237,6 +237,7 @@ async def test_the_operator_chooses_what_is_kept_of_an_ip(
         {"label": "x" * 65},
         {"label": "evil\u202elabel"},
         {"label": "line\nbreak"},
+        {"label": "   "},
         {"extra": "field"},
     ],
 )
