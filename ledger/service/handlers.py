@@ -29,11 +29,19 @@ from ledger.contracts.commands import (
 from ledger.contracts.subjects import Subjects
 from ledger.domain import decide, device, refresh
 from ledger.domain.decide import Family, Ids, Policy
-from ledger.domain.errors import ConcurrencyConflict, SessionRevokedError, TokenReused, Unavailable
+from ledger.domain.errors import (
+    ConcurrencyConflict,
+    ConfigError,
+    SessionRevokedError,
+    TokenReused,
+    Unavailable,
+)
 from ledger.domain.events import DeviceInfo, FamilyEvent, RevokeReason, SigningKeyAdded
 from ledger.domain.ids import new_event_id, new_sid
+from ledger.domain.keys import added_statement
 from ledger.domain.refresh import RefreshToken, TokenKeys
 from ledger.eventstore.base import BaseEventStore
+from ledger.service.keys import ROOT_PRIVATE, SigningKey, load_root_key, sign_statement
 from ledger.service.limits import SessionLimiter
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
@@ -72,12 +80,11 @@ class LedgerService:
         self.policy = Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
         self.limiter = SessionLimiter(store, settings, clock, self._evict)
 
-    async def publish_signing_key(self) -> None:
-        """The ledger's first key: publish the key directory's key when the stream has none
-        (trusted on first use; every later key is signed by its predecessor)."""
+    async def publish_signing_key(self, seen: int) -> None:
+        """The ledger's first key: publish the key directory's key when no trusted key event
+        exists (``seen``: the last key-event sequence, untrusted ones included). Without a
+        root key it is trusted on first use; with one, it carries the root's proof."""
         keys_filter = self.subjects.keys_filter()
-        if await self.store.last(keys_filter) is not None:
-            return
         key = self.signer.current(self.clock()).key
         subject = self.subjects.key(key.kid, "added")
         event = SigningKeyAdded(
@@ -86,9 +93,24 @@ class LedgerService:
             kid=key.kid,
             alg=key.alg,
             public_jwk=key.public_jwk(),
+            proof=self._root_proof(key),
         )
         with contextlib.suppress(ConcurrencyConflict):  # another instance published one first
-            await self.store.append(subject, event, expect=(keys_filter, 0))
+            await self.store.append(subject, event, expect=(keys_filter, seen))
+
+    def _root_proof(self, key: SigningKey) -> str | None:
+        """With a root key configured, verifiers trust nothing on first use: the first key
+        needs the root's signature (``root.pem`` in the key directory for the first start)."""
+        s = self.settings
+        if s.root_key is None:
+            return None
+        root = load_root_key(s.keys_path, s.key_passphrase)
+        if root is None:
+            raise ConfigError(
+                f"LEDGER_ROOT_KEY is set: the ledger's first key needs a proof by the root key; "
+                f"put {ROOT_PRIVATE} in {s.keys_path} for the first start (then take it offline)"
+            )
+        return sign_statement(added_statement(key.kid, key.alg, key.public_jwk(), None), root)
 
     async def start_session(self, req: StartSessionRequest) -> TokenPair:
         """A new session; with an idempotency key, a retry lands on the same one (the family's

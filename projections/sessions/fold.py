@@ -35,6 +35,7 @@ from ledger.domain.events import (
     SessionAdmitted,
     SessionStarted,
     SessionSteppedUp,
+    SigningKeyActivated,
     SigningKeyAdded,
     SigningKeyRetired,
     TokenRotated,
@@ -193,8 +194,10 @@ def _user_cut(current: Record | None, event: UserSessionsRevoked, seq: int) -> U
 
 
 def _signing_key(
-    current: Record | None, event: SigningKeyAdded | SigningKeyRetired, seq: int
+    current: Record | None, event: SigningKeyAdded | SigningKeyActivated | SigningKeyRetired, seq: int
 ) -> Record | None:
+    if isinstance(event, SigningKeyActivated):
+        return None  # when a key starts signing matters to signers, not to what verifies
     if isinstance(event, SigningKeyAdded):
         retired = current.retired_seq if isinstance(current, KeyRecord) else None
         return KeyRecord(
