@@ -34,6 +34,7 @@ from ledger.domain.events import RecordedEvent, decode_event
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
 from ledger.streaming.streams import ensure_streams
+from ledger.telemetry import metrics
 
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"
@@ -70,6 +71,7 @@ class Broadcaster:
             batch=BATCH,
             ack_wait=ack_wait,
             owns_position=False,
+            name="broadcast",
         )
         self.consumer = CheckpointedConsumer(nc, spec, self, timeout=settings.request_timeout)
 
@@ -118,6 +120,7 @@ class Broadcaster:
                         "notice for LEDGER seq %s not published yet: %s", delivery.seq, type(err).__name__
                     )
                     return done  # this one and the rest are redelivered
+                observe_notice(notice, delivery)
             done = delivery.seq
         return done
 
@@ -128,6 +131,12 @@ class Broadcaster:
         headers = {"Nats-Msg-Id": notice.event_id}
         await self.js.publish(subject, notice.encode(), headers=headers, msg_ttl=ttl.total_seconds())
         self.published += 1
+
+
+def observe_notice(notice: Notice, delivery: Delivery) -> None:
+    """Count the notice; its delay runs from the event stored in LEDGER to the notice's ack."""
+    metrics.NOTICES.labels(notice.kind).inc()
+    metrics.BROADCAST_DELAY.observe(max(0.0, time.time() - delivery.time_ns / 1e9))
 
 
 def recorded_from(msg: Msg) -> RecordedEvent:

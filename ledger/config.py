@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +28,10 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+    BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+]
 
 
 class Settings(BaseSettings):
@@ -67,6 +71,11 @@ class Settings(BaseSettings):
     # (a dead broadcaster means revocations stop arriving). Off only for a verifier without one.
     edge_require_broadcaster: bool = True
     edge_verifier_id: str | None = None  # default edge-<host>-<pid>
+
+    # Prometheus /metrics of this process (host:port; "off" or unset: none; `up` picks a default).
+    metrics_listen: str | None = None
+    log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:

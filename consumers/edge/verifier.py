@@ -32,6 +32,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from consumers.edge import metrics as edge_metrics
 from consumers.edge.receipts import ReceiptPublisher
 from consumers.edge.state import Revocations
 from ledger.config import Settings
@@ -58,6 +59,7 @@ from ledger.domain.errors import ConfigError, Unavailable
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import ordered_config
+from ledger.telemetry import metrics
 
 __all__ = ["AccessClaims", "EdgeVerifier", "RejectReason", "TokenRejected", "default_verifier_id"]
 
@@ -202,6 +204,7 @@ class EdgeVerifier:
             reconnected_cb=self._on_reconnected,
         )
         self._connected.set()
+        edge_metrics.watch(self)
         self.receipts = ReceiptPublisher(self.nc, self.verifier_id, self.settings.subject_prefix)
         await self.nc.subscribe(self.subjects.broadcaster_heartbeat, cb=self._on_broadcaster_beat)
         for job in (self._sync_loop(), self._heartbeat_loop(), self._receipts_loop()):
@@ -214,6 +217,7 @@ class EdgeVerifier:
         return self
 
     async def close(self) -> None:
+        edge_metrics.forget(self)
         await cancel_all(self._tasks)
         self._tasks.clear()
         self._live = False
@@ -338,7 +342,13 @@ class EdgeVerifier:
         forget_at = notice.revoked_at.timestamp() + notice_lifetime(self.settings.access_ttl).total_seconds()
         if self.revocations.apply(notice, self.keys, forget_at) and self.receipts is not None:
             self.stats["notices_applied"] += 1
+            self._observe(notice)
             self.receipts.submit(self._receipt(notice))
+
+    def _observe(self, notice: Notice) -> None:
+        metrics.EDGE_NOTICES.labels(notice.kind).inc()
+        if self._live:  # a replay at start-up is not a delay
+            metrics.EDGE_REVOCATION_DELAY.observe(max(0.0, time.time() - notice.revoked_at.timestamp()))
 
     def _receipt(self, notice: Notice) -> Receipt:
         return Receipt(

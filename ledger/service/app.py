@@ -30,6 +30,7 @@ from ledger.contracts.commands import (
 from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
+from ledger.retry import retry
 from ledger.service.handlers import LedgerService, utcnow
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
 from ledger.service.keyset import ServiceKeys
@@ -38,6 +39,7 @@ from ledger.streaming.connection import broker_options, connect
 from ledger.streaming.keys import KeyFollower
 from ledger.streaming.store import EventStore
 from ledger.streaming.streams import ensure_streams
+from ledger.telemetry import metrics
 
 log = logging.getLogger("ledger.service.app")
 QUEUE_GROUP = "ledger-service"
@@ -46,24 +48,35 @@ MAX_IN_FLIGHT = 256
 Req = TypeVar("Req", bound=BaseModel)
 
 
-async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], body: bytes) -> bytes:
+async def handle(
+    model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], body: bytes, command: str = "other"
+) -> bytes:
     """Decode, run, encode: every outcome is a typed reply, never a silent drop."""
+    outcome, began = "ok", time.perf_counter()
     try:
         return ok(await call(parse_request(model, body)))
     except LedgerError as err:
+        outcome = err.code
         return fail(err)
     except Exception as exc:
+        outcome = "internal_error"
         return internal_error(log, "handling a command", exc)
+    finally:
+        metrics.COMMANDS.labels(command, outcome).inc()
+        metrics.COMMAND_SECONDS.labels(command).observe(time.perf_counter() - began)
 
 
 def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
     # Per-message logging roughly halves request/reply throughput: keep it off.
     broker = NatsBroker(
-        **broker_options(settings.nats_url), logger=None, graceful_timeout=5.0, apply_types=False
+        **broker_options(settings.nats_url, "ledger-service-broker"),
+        logger=None,
+        graceful_timeout=5.0,
+        apply_types=False,
     )
     subjects = Subjects(settings.subject_prefix)
     for name, model, call in command_routes(service):
-        _route(broker, subjects.command(name), model, call, settings.reply_prefixes)
+        _route(broker, subjects.command(name), model, call, settings.reply_prefixes, name)
     return broker
 
 
@@ -93,6 +106,7 @@ def inbox_only(prefixes: tuple[str, ...]) -> Callable[[StreamMessage[Any]], Awai
         if is_safe_reply(msg.reply_to, prefixes):
             return bytes(msg.body)
         log.warning("command refused: its reply subject is not an inbox (%d chars)", len(msg.reply_to or ""))
+        metrics.COMMANDS.labels("any", "reply_refused").inc()
         msg.reply_to = ""  # FastStream publishes an answer only when there is a reply subject
         return REFUSED
 
@@ -105,6 +119,7 @@ def _route(
     model: type[BaseModel],
     call: Callable[..., Awaitable[BaseModel]],
     prefixes: tuple[str, ...],
+    name: str = "other",
 ) -> None:
     decoder = inbox_only(prefixes)
 
@@ -112,7 +127,7 @@ def _route(
     async def _handler(body: bytes) -> bytes | None:
         if body is REFUSED:
             return None
-        return await handle(model, call, body)
+        return await handle(model, call, body, name)
 
 
 async def build_service(
@@ -131,19 +146,19 @@ async def build_service(
     )
     follower = KeyFollower(nc, settings)
     service = LedgerService(store, keys, ServiceKeys(follower, settings, bootstrap), settings, clock=clock)
-    give_up = time.monotonic() + deadline
-    while True:
-        try:
-            await ensure_streams(nc, settings)
-            await service.publish_signing_key()
-            await follower.stop()
-            await follower.start()  # every key event so far: which key signs now
-            return service
-        except (Unavailable, nats.errors.Error, TimeoutError) as err:
-            if time.monotonic() > give_up:
-                raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
-            log.info("stream not ready (%s); retrying", type(err).__name__)
-            await asyncio.sleep(0.5)
+
+    async def bootstrap_keys() -> LedgerService:
+        await ensure_streams(nc, settings)
+        await service.publish_signing_key()
+        await follower.stop()
+        await follower.start()  # every key event so far: which key signs now
+        return service
+
+    not_ready = (Unavailable, nats.errors.Error, TimeoutError)
+    try:
+        return await retry(bootstrap_keys, on=not_ready, deadline=deadline, delay=0.5, what="ledger stream")
+    except not_ready as err:
+        raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
 
 
 async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:

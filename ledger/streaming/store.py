@@ -8,7 +8,6 @@ prefix ``<p>.ev.s.<sid>.*``, so "the family's latest event" is one direct get an
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -35,13 +34,16 @@ from ledger.domain.events import (
     encode_event,
 )
 from ledger.eventstore.base import BaseEventStore
+from ledger.retry import retry
 from ledger.streaming.consumer import ordered_config
+from ledger.telemetry import audit
 
 log = logging.getLogger("ledger.streaming.store")
 WRONG_LAST_SEQUENCE = 10071
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
+LOST_ACK = (nats.errors.TimeoutError, nats.errors.NoRespondersError)  # the append may have landed
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -103,21 +105,27 @@ class EventStore(BaseEventStore):
             headers[EXPECTED_SEQ_SUBJECT], seq = expect[0], expect[1]
             headers[EXPECTED_SEQ] = str(seq)
         payload = encode_event(event)
-        for attempt in range(3):
-            try:
-                reply = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                await asyncio.sleep(0.05 * (attempt + 1))
-                continue
-            except nats.errors.ConnectionClosedError:
-                raise Unavailable("not connected to NATS") from None
-            try:
-                return self._ack_seq(reply, subject, expect)
-            except ConcurrencyConflict:
-                if attempt == 0 or expect is None:
-                    raise
-                return await self._landed_seq(event, expect[0])
-        raise Unavailable("event store did not acknowledge the append")
+        tries = 0
+
+        async def send() -> Msg:
+            nonlocal tries
+            tries += 1
+            return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+
+        try:
+            reply = await retry(send, on=LOST_ACK, attempts=3, delay=0.05, backoff=2.0, what="append")
+        except LOST_ACK:
+            raise Unavailable("event store did not acknowledge the append") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
+        try:
+            seq = self._ack_seq(reply, subject, expect)
+        except ConcurrencyConflict:
+            if tries == 1 or expect is None:
+                raise
+            seq = await self._landed_seq(event, expect[0])
+        audit.appended(event, seq)
+        return seq
 
     async def _landed_seq(self, event: Event, filter_: str) -> int:
         """After a lost ack, the CAS check answers before dedup does: did our event land?"""

@@ -100,6 +100,7 @@ class SessionsRunner:
             filters=(self.events_filter,),
             batch=self.options.batch,
             ack_wait=self.options.ack_wait,
+            name="sessions",  # the bucket's name changes with every rebuild, the metric's does not
         )
         self.consumer = CheckpointedConsumer(self.nc, spec, self, timeout=self.settings.request_timeout)
         await self.consumer.bind()
