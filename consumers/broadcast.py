@@ -31,6 +31,7 @@ from ledger.contracts.notices import (
 )
 from ledger.contracts.subjects import Subjects
 from ledger.domain.events import RecordedEvent, decode_event
+from ledger.retry import pause
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
 from ledger.streaming.streams import ensure_streams
@@ -100,8 +101,7 @@ class Broadcaster:
             if healthy_at is not None and time.monotonic() - healthy_at < 3 * FETCH_WAIT:
                 with contextlib.suppress(*TRANSIENT):
                     await self.nc.publish(subject, json.dumps({"at": time.time()}).encode())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HEARTBEAT_EVERY)
+            await pause(HEARTBEAT_EVERY, stop)
 
     async def position(self) -> int:
         return 0  # the server's ack floor is the position

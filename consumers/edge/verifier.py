@@ -57,6 +57,7 @@ from ledger.domain.access import (
 )
 from ledger.domain.errors import ConfigError, Unavailable
 from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
+from ledger.retry import pause, poll_until, raise_if_cancelling
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import ordered_config
 from ledger.telemetry import metrics
@@ -241,11 +242,13 @@ class EdgeVerifier:
             try:
                 await self._follow_once()
             except (nats.errors.Error, TimeoutError, OSError) as err:
+                raise_if_cancelling()  # nats-py answers a cancelled request with TimeoutError
                 log.info("edge verifier resyncing after %s", type(err).__name__)
             except Exception:
+                raise_if_cancelling()
                 log.exception("edge verifier follow failed; resyncing")
             self._live = False
-            await asyncio.sleep(0.2)
+            await pause(0.2)
 
     async def _follow_once(self) -> None:
         """Subscribe from where we stopped, wait until caught up, stay live until a disconnect."""
@@ -287,17 +290,16 @@ class EdgeVerifier:
 
     async def _wait_caught_up(self, limit: float = 30.0) -> None:
         """Caught up = applied at least the last message each source holds right now."""
-        deadline = time.monotonic() + limit
         sources = [
             ("keys", self.settings.stream, self.subjects.keys_filter()),
             ("notices", NOTICES_STREAM, self.subjects.notices),
         ]
-        while time.monotonic() < deadline:
+
+        async def caught_up() -> bool:
             targets = [await self._last_seq(stream, subject) for _, stream, subject in sources]
-            if all(self._seq[name] >= t for (name, _, _), t in zip(sources, targets, strict=True)):
-                return
-            await asyncio.sleep(0.02)
-        raise TimeoutError
+            return all(self._seq[name] >= t for (name, _, _), t in zip(sources, targets, strict=True))
+
+        await poll_until(caught_up, deadline=limit, interval=0.02, what="edge verifier caught up")
 
     async def _last_seq(self, stream: str, subject: str) -> int:
         """Sequence of the last message on ``subject`` (direct get), 0 if none."""

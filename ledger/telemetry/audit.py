@@ -22,9 +22,8 @@ log = logging.getLogger("ledger.audit")
 
 
 def revocation_of(event: Event) -> tuple[str, str] | None:
-    """(kind, reason) of a revoking event, None for the others."""
-    if isinstance(event, ReuseDetected):
-        return "session", "reuse"
+    """(kind, reason) of a revoking event, None for the others. A ``ReuseDetected`` is a
+    detection: the revocation it causes is its own event (session or user, reason reuse)."""
     if isinstance(event, SessionRevoked):
         return "session", str(event.reason)
     if isinstance(event, UserSessionsRevoked):

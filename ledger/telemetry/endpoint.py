@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ledger.domain.errors import ConfigError
@@ -36,7 +37,7 @@ def add_metrics_route(app: web.Application, path: str = "/metrics") -> None:
     app.router.add_get(path, metrics_handler)
 
 
-def http_metrics(server: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def http_metrics(server: str) -> Middleware:
     """aiohttp middleware: ``ledger_http_requests_total{server,route,status}`` and a duration
     histogram. The route is the pattern (``/auth/{tail}``), never the path: bounded labels."""
 
