@@ -42,6 +42,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """The classic line; tracebacks too are scrubbed (an exception's text may quote input)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -56,14 +66,14 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__  # the type only: a message may quote input
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
     """Replace the root handlers by one on stderr with this level and format."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ContextFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
