@@ -24,6 +24,7 @@ TOKEN_SHAPES = re.compile(
     r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWT (JOSE header starts with {")
 )
 NOISY = ("nats", "faststream", "aiohttp", "asyncio")  # their INFO is not ours to show
+HANDLER_NAME = "session-ledger"
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(component)s] %(name)s: %(message)s"
 
 
@@ -69,13 +70,30 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(line, default=str))
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is emitted (a test may swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
-    """Replace the root handlers by one on stderr with this level and format."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """One handler on stderr (or ``stream``) with this level and format, replacing the one a
+    previous call installed; handlers installed by others (pytest's) stay."""
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

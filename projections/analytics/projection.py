@@ -145,7 +145,11 @@ class AnalyticsProjection:
 
     async def _wait_for_stream(self, js: Any, stop: asyncio.Event) -> None:
         """Started before the ledger service (``analytics run`` alone): wait for its stream."""
-        log.info("analytics: waiting for stream %s", self.settings.stream)
+        try:
+            await js.stream_info(self.settings.stream)
+            return
+        except NotFoundError:
+            log.info("analytics: waiting for stream %s", self.settings.stream)
         with contextlib.suppress(Stopped):
             await retry(lambda: js.stream_info(self.settings.stream), on=NotFoundError, stop=stop, delay=1.0)
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -108,7 +109,9 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         configure_logging(args)  # the flag wins over the environment
         assert root.level == logging.WARNING
-        assert isinstance(root.handlers[0].formatter, logs.JsonFormatter)
+        [ours] = [h for h in root.handlers if h.get_name() == logs.HANDLER_NAME]
+        assert isinstance(ours.formatter, logs.JsonFormatter)
+        assert ours.stream is sys.stderr  # whatever stderr is when a line goes out
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
