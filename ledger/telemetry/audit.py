@@ -1,8 +1,9 @@
 """What an appended event means to an operator: counters, and one log line with its ids.
 
-Called by the event store once per acknowledged append. Revocations and reuse are
-logged at INFO/WARNING with ``event_id``, ``sid``, ``seq`` (structured fields in the JSON
-format), every other event at DEBUG; a token or a keyed hash never reaches a line.
+Called by the event store once per acknowledged append. Revocations and reuse are logged
+at INFO (the service warns about a reuse itself) with ``event_id``, ``sid``, ``seq``
+(structured fields in the JSON format), every other event at DEBUG; a token or a keyed
+hash never reaches a line.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def appended(event: Event, seq: int) -> None:
     revocation = revocation_of(event)
     if isinstance(event, ReuseDetected):
         metrics.REUSE_DETECTIONS.labels(event.policy).inc()
-        log.warning("reuse detected (policy %s)", event.policy, extra=fields(event, seq))
+        log.info("reuse detected (policy %s)", event.policy, extra=fields(event, seq))
     if revocation is not None:
         metrics.REVOCATIONS.labels(*revocation).inc()
         log.info("revoked: %s (%s)", *revocation, extra=fields(event, seq))

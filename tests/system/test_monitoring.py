@@ -66,7 +66,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "--nats-port", str(port), "--metrics-listen", f"127.0.0.1:{metrics}",
             "--nats-monitor-port", str(monitor)]  # fmt: skip
     with open(stderr, "w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        proc = subprocess.Popen(  # its own process group: the test can press "Ctrl-C" on it
+            argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True
+        )
     try:
         banner = wait_banner(proc)
         urls = (
@@ -178,13 +180,17 @@ def test_up_metrics_move_with_real_traffic(stack: Stack) -> None:
     varz = json.loads(urllib.request.urlopen(f"{stack.monitor}/varz", timeout=5).read())  # noqa: S310
     assert varz["server_name"] == "ledger-nats" and varz["connections"] >= 5
 
-    stack.proc.send_signal(signal.SIGINT)
+    os.killpg(stack.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
     stack.proc.communicate(timeout=30)
     assert stack.proc.returncode == 130
     lines = [json.loads(line) for line in stack.stderr.read_text().splitlines() if line.strip()]
     reuse = [x for x in lines if x["msg"].startswith("reuse detected")]
     assert reuse and reuse[0]["component"] == "ledger-service" and reuse[0]["sid"] == secrets["sid"]
-    assert reuse[0]["event_id"] and reuse[0]["level"] == "WARNING"
+    assert reuse[0]["event_id"] and reuse[0]["event_type"] == "ReuseDetected"
+    [warning] = [x for x in lines if x["level"] == "WARNING" and "reuse" in str(x["msg"])]
+    assert warning["sid"] == secrets["sid"] and warning["logger"] == "ledger.service.handlers"
     assert {x["component"] for x in lines} >= {"ledger-service", "sessions", "edge"}
+    trouble = [x for x in lines if x["level"] in ("WARNING", "ERROR") and x is not warning]
+    assert not trouble, trouble  # a clean stop: no consumer saw its server go away first
     log_text = stack.stderr.read_text()
     assert secrets["refresh"] not in log_text and secrets["access"] not in log_text
