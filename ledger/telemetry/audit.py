@@ -52,5 +52,5 @@ def appended(event: Event, seq: int) -> None:
     if revocation is not None:
         metrics.REVOCATIONS.labels(*revocation).inc()
         log.info("revoked: %s (%s)", *revocation, extra=fields(event, seq))
-    else:
+    elif log.isEnabledFor(logging.DEBUG):  # the hot path: no extra dict unless it is shown
         log.debug("appended %s", event.type, extra=fields(event, seq))
