@@ -117,9 +117,13 @@ class CheckpointedConsumer:
         self.applied = 0
         self._puller: Puller | None = None
         self._next: asyncio.Task[list[Msg]] | None = None
+        self._bound_once = False
         self.healthy_at: float | None = None  # monotonic time of the last step that went through
 
     async def bind(self) -> None:
+        if self._bound_once:  # NATS was away, a batch was not applied, or it stopped mid-batch
+            metrics.CONSUMER_RETRIES.labels(self.spec.label).inc()
+        self._bound_once = True
         await self._unbind()
         if self.spec.owns_position:
             self.applied = await self.sink.position()
@@ -211,7 +215,6 @@ class CheckpointedConsumer:
             except TRANSIENT as err:
                 raise_if_cancelling()
                 log.warning("%s: %s (%s); re-binding", self.spec.durable, type(err).__name__, err)
-                metrics.CONSUMER_RETRIES.labels(self.spec.label).inc()
                 await pause(retry, stop)
                 with contextlib.suppress(*TRANSIENT):
                     await self.bind()

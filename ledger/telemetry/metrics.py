@@ -46,7 +46,9 @@ CONSUMER_LAG = Gauge(
 )
 CONSUMER_EVENTS = Counter("ledger_projection_events", "Events applied by a consumer", ["projection"])
 CONSUMER_RETRIES = Counter(
-    "ledger_projection_retries", "Batches not applied because NATS was away (re-bound)", ["projection"]
+    "ledger_projection_retries",
+    "Re-binds of a consumer after its first: NATS was away, or a batch was not (fully) applied",
+    ["projection"],
 )
 CONSUMER_PROGRESS_AT = Gauge(
     "ledger_projection_last_step_timestamp_seconds",

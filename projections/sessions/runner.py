@@ -143,7 +143,7 @@ class SessionsRunner:
         except TRANSIENT as exc:
             raise_if_cancelling()
             log.warning("sessions projection: batch not applied yet: %s", type(exc).__name__)
-            await asyncio.sleep(0.05)
+            await pause(0.05, self._stop)
             with contextlib.suppress(*TRANSIENT):
                 await self._consumer().bind()  # the batch comes again from the checkpoint + 1
             return 0

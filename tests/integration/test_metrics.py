@@ -68,6 +68,9 @@ async def test_lag_is_what_the_server_still_holds_for_the_consumer(settings: Set
             pass
         assert sample("ledger_projection_lag_events", projection=name) == 0
         assert sample("ledger_projection_events_total", projection=name) == 300
+        assert sample("ledger_projection_retries_total", projection=name) == 0
+        await consumer.bind()  # what the consumer does after a failure
+        assert sample("ledger_projection_retries_total", projection=name) == 1
         await consumer.close()
     finally:
         await nc.drain()
