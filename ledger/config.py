@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     metrics_listen: str | None = None
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
+    traces: Literal["off", "console", "otlp"] = "off"  # OpenTelemetry spans (ledger.telemetry.traces)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import nats.errors
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
@@ -39,7 +40,7 @@ from ledger.streaming.connection import broker_options, connect
 from ledger.streaming.keys import KeyFollower
 from ledger.streaming.store import EventStore
 from ledger.streaming.streams import ensure_streams
-from ledger.telemetry import metrics
+from ledger.telemetry import metrics, traces
 
 log = logging.getLogger("ledger.service.app")
 QUEUE_GROUP = "ledger-service"
@@ -73,6 +74,7 @@ def build_broker(service: LedgerService, settings: Settings) -> NatsBroker:
         logger=None,
         graceful_timeout=5.0,
         apply_types=False,
+        middlewares=[NatsTelemetryMiddleware(tracer_provider=traces.provider())] if traces.enabled() else (),
     )
     subjects = Subjects(settings.subject_prefix)
     for name, model, call in command_routes(service):

@@ -36,7 +36,7 @@ from ledger.domain.events import (
 from ledger.eventstore.base import BaseEventStore
 from ledger.retry import retry
 from ledger.streaming.consumer import ordered_config
-from ledger.telemetry import audit
+from ledger.telemetry import audit, traces
 
 log = logging.getLogger("ledger.streaming.store")
 WRONG_LAST_SEQUENCE = 10071
@@ -104,6 +104,15 @@ class EventStore(BaseEventStore):
         if expect is not None:
             headers[EXPECTED_SEQ_SUBJECT], seq = expect[0], expect[1]
             headers[EXPECTED_SEQ] = str(seq)
+        with traces.append_span(event.type) as span:
+            seq = await self._append(subject, event, headers, expect)
+            span.set_attribute("ledger.seq", seq)
+        audit.appended(event, seq)
+        return seq
+
+    async def _append(
+        self, subject: str, event: Event, headers: dict[str, str], expect: tuple[str, int] | None
+    ) -> int:
         payload = encode_event(event)
         tries = 0
 
@@ -123,8 +132,7 @@ class EventStore(BaseEventStore):
         except ConcurrencyConflict:
             if tries == 1 or expect is None:
                 raise
-            seq = await self._landed_seq(event, expect[0])
-        audit.appended(event, seq)
+            return await self._landed_seq(event, expect[0])
         return seq
 
     async def _landed_seq(self, event: Event, filter_: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import sys
 import time
@@ -24,7 +25,7 @@ from ledger.config import Settings
 from ledger.domain.errors import BadRequest, ConfigError, Unavailable
 from ledger.streaming.connection import connect
 from ledger.streaming.credentials import role_url
-from ledger.telemetry import logs
+from ledger.telemetry import logs, traces
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -114,9 +115,12 @@ SERVING = serving_options()
 
 
 def configure_logging(args: argparse.Namespace) -> None:
-    """Level and format from the flags, else the environment (every command, before it runs)."""
+    """Level and format from the flags, else the environment (every command, before it runs);
+    traces too (``LEDGER_TRACES``), flushed when the command ends."""
     settings = settings_from(args)
     logs.configure(settings.log_level, settings.log_format)
+    if (provider := traces.configure(settings.traces)) is not None:
+        atexit.register(provider.shutdown)
 
 
 def validation_summary(err: BaseException) -> str:
