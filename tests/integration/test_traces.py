@@ -47,7 +47,9 @@ async def test_a_rotation_is_one_trace_from_the_client_to_the_append(
         rotated = await client.rotate(pair.refresh_token)
 
     def rotation_appended() -> bool:
-        return any(s.attributes.get("ledger.event_type") == "TokenRotated" for s in spans.get_finished_spans())
+        return any(
+            s.attributes.get("ledger.event_type") == "TokenRotated" for s in spans.get_finished_spans()
+        )
 
     await poll_until(rotation_appended, deadline=30)
     finished = spans.get_finished_spans()
@@ -67,6 +69,8 @@ async def test_a_rotation_is_one_trace_from_the_client_to_the_append(
 
 def test_off_installs_nothing_and_console_installs_a_provider() -> None:
     assert traces.configure("off") is None and not traces.enabled()
+    with traces.client_span("ledger.cmd.rotate") as headers:
+        assert headers is None  # nothing records: no span, no header, next to no cost
     provider = traces.configure("console")
     try:
         assert provider is not None and traces.enabled() and traces.provider() is provider
