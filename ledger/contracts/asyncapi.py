@@ -3,9 +3,10 @@
 A module-level ``app`` whose broker declares every subject session-ledger answers or
 publishes on, with the pydantic models that travel there: commands and queries
 (request/reply), ledger events, revocation notices, the broadcaster's heartbeat and
-edge receipts. It is never started: the running service wires the same models into its
-own broker (``ledger.service.app``, without per-message dependency injection), and a test
-checks that both list the same commands. Subjects use the default prefix ``ledger``.
+edge receipts, the verifiers' key acknowledgements. It is never started: the running service
+answers on plain nats-py subscriptions with the same models (``ledger.service.app``, where
+FastStream's per-message path cost more than a rotation), and a test checks that both list the
+same commands and that every subject of ``Subjects`` is here. Default prefix ``ledger``.
 
     python -m ledger.contracts.asyncapi docs            # write docs/asyncapi.json + docs/schemas/
     python -m ledger.contracts.asyncapi docs --check    # exit 1 when they drift from the code
@@ -47,12 +48,13 @@ from ledger.contracts.queries import (
     SessionList,
     SessionView,
 )
-from ledger.contracts.receipts import Receipt
+from ledger.contracts.receipts import KeyAck, Receipt
 from ledger.domain.events import (
     Event,
     ReuseDetected,
     SessionRevoked,
     SessionStarted,
+    SigningKeyActivated,
     SigningKeyAdded,
     SigningKeyRetired,
     TokenRotated,
@@ -85,6 +87,12 @@ class Heartbeat(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     at: float
+
+
+class Ping(BaseModel):
+    """The key-acknowledgement ping: an empty body (every live verifier answers a ``KeyAck``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class RebuildRequest(BaseModel):
@@ -197,6 +205,17 @@ async def analytics_rebuild(request: RebuildRequest) -> RebuildAnswer:
     return _no_body()  # type: ignore[no-any-return]
 
 
+@_documented(
+    "ledger.verifiers.ping",
+    "verifiers_ping",
+    "Sent by the ledger service (only it may): every live edge verifier answers with the key ids it "
+    "trusts; a new signing key starts signing once all of them list it.",
+    "",
+)
+async def verifiers_ping(request: Ping) -> KeyAck:
+    return _no_body()  # type: ignore[no-any-return]
+
+
 # -- what is published: events, notices, heartbeats, receipts --------------------------------
 def _publishes(subject: str, title: str, description: str, schema: Any) -> None:
     broker.publisher(subject, title=title, description=description, schema=schema)
@@ -209,6 +228,11 @@ EVENTS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("ledger.ev.s.{sid}.revoked", SessionRevoked, "The session was revoked (logout, reuse, admin, ...)."),
     ("ledger.ev.u.{sub_b64}.revoked", UserSessionsRevoked, "Every session of the user before this is dead."),
     ("ledger.ev.k.{kid}.added", SigningKeyAdded, "A signing key's public JWK, signed by a trusted key."),
+    (
+        "ledger.ev.k.{kid}.activated",
+        SigningKeyActivated,
+        "A published key signs from now on (all verifiers have it).",
+    ),
     ("ledger.ev.k.{kid}.retired", SigningKeyRetired, "A signing key no longer signs nor verifies."),
 )
 for _subject, _model, _about in EVENTS:
@@ -241,7 +265,7 @@ app = FastStream(
 _MODELS: tuple[type[BaseModel], ...] = (
         StartSessionRequest, RotateRequest, RevokeSessionRequest, LogoutRequest, RevokeUserRequest,
         TokenPair, Revocation, ErrorBody, Reply, ListSessionsRequest, GetSessionRequest, IntrospectRequest,
-        SessionView, SessionList, Introspection, Notice, Receipt, Heartbeat, RebuildRequest,
+        SessionView, SessionList, Introspection, Notice, Receipt, KeyAck, Heartbeat, RebuildRequest, Ping,
         *(model for _, model, _ in EVENTS),
 )  # fmt: skip
 WIRE_MODELS: dict[str, Any] = {model.__name__: model for model in _MODELS}

@@ -12,6 +12,8 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.receipt.<verifier>``       propagation receipts (stream LEDGER_RECEIPTS)
 ``<p>.analytics.rebuild``        rebuild requests to the running analytics projection
 ``<p>.heartbeat.broadcast``      the broadcaster's liveness (core NATS, no stream)
+``<p>.verifiers.ping``           "which keys do you trust?" to every live verifier (core NATS;
+                                 each answers a ``KeyAck``): a new key signs once all have it
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Subjects:
         self.receipts = f"{prefix}.receipt.>"
         self.analytics_rebuild = f"{prefix}.analytics.rebuild"
         self.broadcaster_heartbeat = f"{prefix}.heartbeat.broadcast"
+        self.verifiers_ping = f"{prefix}.verifiers.ping"
 
     def family_event(self, sid: str, kind: str) -> str:
         return f"{self.prefix}.ev.s.{sid}.{kind}"

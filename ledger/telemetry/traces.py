@@ -1,11 +1,11 @@
 """OpenTelemetry spans from the client through the service to the append (optional).
 
-``LEDGER_TRACES=off`` (default) installs nothing: the spans below are the API's no-op
-spans and the service's broker gets no middleware. ``console`` prints finished spans to
+``LEDGER_TRACES=off`` (default) installs nothing, and no span is made unless an application
+set a global provider. ``console`` prints finished spans to
 stderr; ``otlp`` sends them to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (needs
 ``opentelemetry-exporter-otlp-proto-http``). An application that configures OpenTelemetry
 itself gets the client's spans, and their W3C ``traceparent`` travels in the NATS headers
-of every command, so the service's spans join the caller's trace.
+of every command, so the service's span (``server_span``) joins the caller's trace.
 
 Span names and attributes carry subjects' kinds, event types and sequences: never a token.
 """
@@ -91,6 +91,22 @@ def client_span(subject: str) -> Iterator[dict[str, str] | None]:
         headers: dict[str, str] = {}
         propagate.inject(headers)
         yield headers or None
+
+
+@contextlib.contextmanager
+def server_span(subject: str, headers: dict[str, str] | None) -> Iterator[None]:
+    """The service's span for a request, a child of the caller's span when its headers carry one."""
+    if not recording():
+        yield
+        return
+    parent = propagate.extract(headers or {})
+    kind = ".".join(subject.split(".")[-2:])
+    with tracer().start_as_current_span(
+        f"ledger {kind} process", context=parent, kind=SpanKind.SERVER
+    ) as span:
+        span.set_attribute("messaging.system", "nats")
+        span.set_attribute("messaging.destination.name", subject)
+        yield
 
 
 @contextlib.contextmanager

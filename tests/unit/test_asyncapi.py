@@ -11,6 +11,7 @@ import pytest
 
 from ledger.contracts import asyncapi
 from ledger.contracts.asyncapi import Answer, Refusal
+from ledger.contracts.subjects import COMMANDS, QUERIES, Subjects
 from ledger.service.app import command_routes
 from ledger.service.handlers import LedgerService
 from projections.sessions.queries import SessionQueries
@@ -110,3 +111,11 @@ def test_every_wire_model_has_a_json_schema_that_names_its_fields() -> None:
             continue
         assert set(schema.get("properties", {})) == set(model.model_fields), name
         assert schema.get("additionalProperties") is False or name == "Reply" or not model.model_fields
+
+
+def test_every_subject_of_the_contract_is_documented(doc: dict[str, Any]) -> None:
+    """A subject added to ``Subjects`` without its AsyncAPI channel fails here."""
+    addresses = {c.get("address") for c in doc["channels"].values()}
+    fixed = {v for v in vars(Subjects("ledger")).values() if isinstance(v, str) and not v.endswith(">")}
+    assert fixed - {"ledger"} <= addresses
+    assert {f"ledger.cmd.{c}" for c in COMMANDS} | {f"ledger.q.{q}" for q in QUERIES} <= addresses
