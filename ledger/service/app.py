@@ -18,10 +18,13 @@ from pydantic import BaseModel
 from ledger.config import Settings
 from ledger.contracts.commands import (
     LogoutRequest,
+    RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
+    SignOutOthersRequest,
     StartSessionRequest,
+    StepUpRequest,
     fail,
     internal_error,
     ok,
@@ -78,6 +81,9 @@ def command_routes(service: LedgerService) -> list[Route]:
         ("revoke", RevokeSessionRequest, service.revoke_session),
         ("logout", LogoutRequest, service.logout),
         ("revoke_user", RevokeUserRequest, service.revoke_user),
+        ("step_up", StepUpRequest, service.step_up),
+        ("revoke_own", RevokeOwnSessionRequest, service.revoke_own),
+        ("sign_out_others", SignOutOthersRequest, service.sign_out_others),
     ]
 
 
