@@ -29,14 +29,19 @@ from faststream.specification import AsyncAPI
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from ledger.contracts.commands import (
+    ClientContext,
     ErrorBody,
     LogoutRequest,
     Reply,
     Revocation,
+    RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
+    SignOutOthersRequest,
     StartSessionRequest,
+    StepUp,
+    StepUpRequest,
     TokenPair,
 )
 from ledger.contracts.notices import Notice
@@ -52,8 +57,10 @@ from ledger.contracts.receipts import KeyAck, Receipt
 from ledger.domain.events import (
     Event,
     ReuseDetected,
+    SessionAdmitted,
     SessionRevoked,
     SessionStarted,
+    SessionSteppedUp,
     SigningKeyActivated,
     SigningKeyAdded,
     SigningKeyRetired,
@@ -174,6 +181,36 @@ async def revoke_user(request: RevokeUserRequest) -> Answer[Revocation] | Refusa
     return _no_body()  # type: ignore[no-any-return]
 
 
+@_documented(
+    "ledger.cmd.step_up",
+    "step_up",
+    "The backend re-authenticated the user of a session (e.g. MFA): its next access tokens carry acr/amr.",
+    SERVICE,
+)
+async def step_up(request: StepUpRequest) -> Answer[StepUp] | Refusal:
+    return _no_body()  # type: ignore[no-any-return]
+
+
+@_documented(
+    "ledger.cmd.revoke_own",
+    "revoke_own",
+    "Self-service: the user revokes another of their own sessions.",
+    SERVICE,
+)
+async def revoke_own(request: RevokeOwnSessionRequest) -> Answer[Revocation] | Refusal:
+    return _no_body()  # type: ignore[no-any-return]
+
+
+@_documented(
+    "ledger.cmd.sign_out_others",
+    "sign_out_others",
+    "Self-service: revoke every session of the user except the current one (this device).",
+    SERVICE,
+)
+async def sign_out_others(request: SignOutOthersRequest) -> Answer[Revocation] | Refusal:
+    return _no_body()  # type: ignore[no-any-return]
+
+
 # -- queries (sessions projection, queue group ledger-queries) -------------------------------
 QUERIES = "ledger-queries"
 
@@ -224,9 +261,11 @@ def _publishes(subject: str, title: str, description: str, schema: Any) -> None:
 EVENTS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("ledger.ev.s.{sid}.started", SessionStarted, "A session began (generation 0, keyed token hash)."),
     ("ledger.ev.s.{sid}.rotated", TokenRotated, "The family advanced one generation."),
+    ("ledger.ev.s.{sid}.stepup", SessionSteppedUp, "The user re-authenticated: new acr/amr for the family."),
     ("ledger.ev.s.{sid}.reuse", ReuseDetected, "A superseded token was presented outside the grace window."),
     ("ledger.ev.s.{sid}.revoked", SessionRevoked, "The session was revoked (logout, reuse, admin, ...)."),
     ("ledger.ev.u.{sub_b64}.revoked", UserSessionsRevoked, "Every session of the user before this is dead."),
+    ("ledger.ev.u.{sub_b64}.admitted", SessionAdmitted, "The per-user session cap admitted a session."),
     ("ledger.ev.k.{kid}.added", SigningKeyAdded, "A signing key's public JWK, signed by a trusted key."),
     (
         "ledger.ev.k.{kid}.activated",
@@ -264,6 +303,7 @@ app = FastStream(
 # Every model that travels on a subject, for docs/schemas/<name>.json.
 _MODELS: tuple[type[BaseModel], ...] = (
         StartSessionRequest, RotateRequest, RevokeSessionRequest, LogoutRequest, RevokeUserRequest,
+        StepUpRequest, StepUp, RevokeOwnSessionRequest, SignOutOthersRequest, ClientContext,
         TokenPair, Revocation, ErrorBody, Reply, ListSessionsRequest, GetSessionRequest, IntrospectRequest,
         SessionView, SessionList, Introspection, Notice, Receipt, KeyAck, Heartbeat, RebuildRequest, Ping,
         *(model for _, model, _ in EVENTS),
