@@ -31,9 +31,11 @@ from ledger.contracts.notices import (
 )
 from ledger.contracts.subjects import Subjects
 from ledger.domain.events import RecordedEvent, decode_event
+from ledger.retry import pause
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery
 from ledger.streaming.streams import ensure_streams
+from ledger.telemetry import metrics
 
 log = logging.getLogger("consumers.broadcast")
 DURABLE = "ledger-revocation-broadcast"
@@ -70,6 +72,7 @@ class Broadcaster:
             batch=BATCH,
             ack_wait=ack_wait,
             owns_position=False,
+            name="broadcast",
         )
         self.consumer = CheckpointedConsumer(nc, spec, self, timeout=settings.request_timeout)
 
@@ -98,8 +101,7 @@ class Broadcaster:
             if healthy_at is not None and time.monotonic() - healthy_at < 3 * FETCH_WAIT:
                 with contextlib.suppress(*TRANSIENT):
                     await self.nc.publish(subject, json.dumps({"at": time.time()}).encode())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HEARTBEAT_EVERY)
+            await pause(HEARTBEAT_EVERY, stop)
 
     async def position(self) -> int:
         return 0  # the server's ack floor is the position
@@ -118,6 +120,7 @@ class Broadcaster:
                         "notice for LEDGER seq %s not published yet: %s", delivery.seq, type(err).__name__
                     )
                     return done  # this one and the rest are redelivered
+                observe_notice(notice, delivery)
             done = delivery.seq
         return done
 
@@ -128,6 +131,12 @@ class Broadcaster:
         headers = {"Nats-Msg-Id": notice.event_id}
         await self.js.publish(subject, notice.encode(), headers=headers, msg_ttl=ttl.total_seconds())
         self.published += 1
+
+
+def observe_notice(notice: Notice, delivery: Delivery) -> None:
+    """Count the notice; its delay runs from the event stored in LEDGER to the notice's ack."""
+    metrics.NOTICES.labels(notice.kind).inc()
+    metrics.BROADCAST_DELAY.observe(max(0.0, time.time() - delivery.time_ns / 1e9))
 
 
 def recorded_from(msg: Msg) -> RecordedEvent:

@@ -39,6 +39,7 @@ from ledger.contracts.subjects import Subjects
 from ledger.domain.errors import BadRequest, LedgerError, Unavailable, error_from_code
 from ledger.domain.events import RevokeReason
 from ledger.streaming.connection import connect
+from ledger.telemetry import traces
 
 __all__ = ["LedgerClient"]
 
@@ -199,7 +200,8 @@ class LedgerClient:
 
     async def _send_to(self, subject: str, body: bytes) -> dict[str, Any]:
         try:
-            msg = await self.nc.request(subject, body, timeout=self.timeout)
+            with traces.client_span(subject) as headers:  # the service's spans join this trace
+                msg = await self.nc.request(subject, body, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise Unavailable(f"nothing answers on {subject}: is the ledger running?") from None
         except nats.errors.TimeoutError:

@@ -29,6 +29,10 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+    BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+]
 
 
 class Settings(BaseSettings):
@@ -80,6 +84,12 @@ class Settings(BaseSettings):
     # (a dead broadcaster means revocations stop arriving). Off only for a verifier without one.
     edge_require_broadcaster: bool = True
     edge_verifier_id: str | None = None  # default edge-<host>-<pid>
+
+    # Prometheus /metrics of this process (host:port; "off" or unset: none; `up` picks a default).
+    metrics_listen: str | None = None
+    log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    traces: Literal["off", "console", "otlp"] = "off"  # OpenTelemetry spans (ledger.telemetry.traces)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:

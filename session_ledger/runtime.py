@@ -17,6 +17,9 @@ from typing import Any, NamedTuple
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.streaming.connection import parse_url
+from ledger.telemetry.endpoint import serve_if_enabled
+from ledger.telemetry.logs import COMPONENT
+from ledger.telemetry.metrics import COMPONENT_UP
 
 Runner = Callable[[Settings, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
 READY_TIMEOUT = 30.0
@@ -55,7 +58,11 @@ async def start(
 ) -> asyncio.Task[None]:
     """Start ``runner`` as a task and return once it is ready; its start-up error is raised."""
     ready = asyncio.Event()
-    task = asyncio.create_task(runner(settings, stop, ready), name=name)
+    label = COMPONENT.set(name)  # the task copies the context: its log lines name the component
+    try:
+        task = asyncio.create_task(runner(settings, stop, ready), name=name)
+    finally:
+        COMPONENT.reset(label)
     waiter = asyncio.create_task(ready.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
@@ -66,6 +73,7 @@ async def start(
         stop.set()
         task.cancel()
         raise Unavailable(f"{name} did not become ready in {timeout:.0f}s")
+    COMPONENT_UP.labels(name).set(1)
     return task
 
 
@@ -74,6 +82,7 @@ async def finish(tasks: Sequence[asyncio.Task[None]], timeout: float = 15.0) -> 
     for task in reversed(tasks):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout)
+        COMPONENT_UP.labels(task.get_name()).set(0)
 
 
 def announce(line: str) -> None:
@@ -93,7 +102,10 @@ async def run_components(
     stop, received = asyncio.Event(), list[int]()
     stop_on_signals(stop, received)
     tasks: list[asyncio.Task[None]] = []
+    exposition = await serve_if_enabled(settings.metrics_listen)
     try:
+        if exposition is not None:
+            announce(f"{'metrics':<16} {exposition.url}")
         for c in components:
             own = settings if urls is None else settings.model_copy(update={"nats_url": urls[c.role]})
             tasks.append(await start(c.name, c.runner, own, stop))
@@ -105,6 +117,8 @@ async def run_components(
     finally:
         stop.set()
         await finish(tasks)
+        if exposition is not None:
+            await exposition.close()
     if signal.SIGINT in received:
         raise Interrupted
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from ledger.contracts.receipts import Receipt, receipt_subject
+from ledger.retry import retry
 
 log = logging.getLogger("consumers.receipts")
 QUEUE_LIMIT = 10_000
+NOT_SENT = (nats.errors.Error, TimeoutError)
 
 
 class ReceiptPublisher:
@@ -37,17 +40,12 @@ class ReceiptPublisher:
         js = self.nc.jetstream(timeout=2.0)
         while True:
             receipt = await self.queue.get()
-            while not await self._send(js, receipt):
-                await asyncio.sleep(0.5)
+            # in order, until it is stored: no stream yet (the ledger creates it) or NATS away
+            await retry(
+                partial(self._send, js, receipt), on=NOT_SENT, forever=True, delay=0.5, what="receipt"
+            )
             self.sent += 1
 
-    async def _send(self, js: nats.js.JetStreamContext, receipt: Receipt) -> bool:
+    async def _send(self, js: nats.js.JetStreamContext, receipt: Receipt) -> None:
         msg_id = f"{receipt.verifier}:{receipt.event_id}"
-        try:
-            await js.publish(self.subject, receipt.encode(), headers={"Nats-Msg-Id": msg_id})
-        except nats.errors.NoRespondersError:  # no stream yet (the ledger creates it) or JetStream away
-            return False
-        except (nats.errors.Error, TimeoutError) as err:
-            log.debug("receipt not sent yet: %s", type(err).__name__)
-            return False
-        return True
+        await js.publish(self.subject, receipt.encode(), headers={"Nats-Msg-Id": msg_id})

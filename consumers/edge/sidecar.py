@@ -26,6 +26,7 @@ from aiohttp import web
 
 from consumers.edge.verifier import AccessClaims, EdgeVerifier, TokenRejected
 from ledger.config import Settings
+from ledger.telemetry.endpoint import http_metrics
 
 log = logging.getLogger("consumers.edge.sidecar")
 
@@ -103,7 +104,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_app(verifier: EdgeVerifier) -> web.Application:
     limits = {"max_field_size": MAX_FIELD, "max_line_size": MAX_LINE, "max_headers": MAX_HEADERS}
-    app = web.Application(client_max_size=MAX_BODY, handler_args=limits)
+    app = web.Application(client_max_size=MAX_BODY, handler_args=limits, middlewares=[http_metrics("edge")])
     app[VERIFIER_KEY] = verifier
     app.on_response_prepare.append(_hide_server)
     app.router.add_get("/healthz", healthz)

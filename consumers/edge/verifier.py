@@ -32,6 +32,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from consumers.edge import metrics as edge_metrics
 from consumers.edge.receipts import ReceiptPublisher
 from consumers.edge.state import Revocations
 from ledger.config import Settings
@@ -55,9 +56,11 @@ from ledger.domain.access import (
 from ledger.domain.errors import ConfigError, Unavailable
 from ledger.domain.events import SigningKeyActivated, SigningKeyAdded, SigningKeyRetired, decode_event
 from ledger.domain.keys import KeyBook
+from ledger.retry import pause, poll_until, raise_if_cancelling
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import ordered_config
 from ledger.streaming.keys import fold_key_event, trust_ring
+from ledger.telemetry import metrics
 
 __all__ = ["AccessClaims", "EdgeVerifier", "RejectReason", "TokenRejected", "default_verifier_id"]
 
@@ -202,6 +205,7 @@ class EdgeVerifier:
             reconnected_cb=self._on_reconnected,
         )
         self._connected.set()
+        edge_metrics.watch(self)
         self.receipts = ReceiptPublisher(self.nc, self.verifier_id, self.settings.subject_prefix)
         await self.nc.subscribe(self.subjects.broadcaster_heartbeat, cb=self._on_broadcaster_beat)
         await self.nc.subscribe(self.subjects.verifiers_ping, cb=self._on_ping)
@@ -215,6 +219,7 @@ class EdgeVerifier:
         return self
 
     async def close(self) -> None:
+        edge_metrics.forget(self)
         await cancel_all(self._tasks)
         self._tasks.clear()
         self._live = False
@@ -238,11 +243,13 @@ class EdgeVerifier:
             try:
                 await self._follow_once()
             except (nats.errors.Error, TimeoutError, OSError) as err:
+                raise_if_cancelling()  # nats-py answers a cancelled request with TimeoutError
                 log.info("edge verifier resyncing after %s", type(err).__name__)
             except Exception:
+                raise_if_cancelling()
                 log.exception("edge verifier follow failed; resyncing")
             self._live = False
-            await asyncio.sleep(0.2)
+            await pause(0.2)
 
     async def _follow_once(self) -> None:
         """Subscribe from where we stopped, wait until caught up, stay live until a disconnect."""
@@ -284,17 +291,16 @@ class EdgeVerifier:
 
     async def _wait_caught_up(self, limit: float = 30.0) -> None:
         """Caught up = applied at least the last message each source holds right now."""
-        deadline = time.monotonic() + limit
         sources = [
             ("keys", self.settings.stream, self.subjects.keys_filter()),
             ("notices", NOTICES_STREAM, self.subjects.notices),
         ]
-        while time.monotonic() < deadline:
+
+        async def caught_up() -> bool:
             targets = [await self._last_seq(stream, subject) for _, stream, subject in sources]
-            if all(self._seq[name] >= t for (name, _, _), t in zip(sources, targets, strict=True)):
-                return
-            await asyncio.sleep(0.02)
-        raise TimeoutError
+            return all(self._seq[name] >= t for (name, _, _), t in zip(sources, targets, strict=True))
+
+        await poll_until(caught_up, deadline=limit, interval=0.02, what="edge verifier caught up")
 
     async def _last_seq(self, stream: str, subject: str) -> int:
         """Sequence of the last message on ``subject`` (direct get), 0 if none."""
@@ -344,7 +350,13 @@ class EdgeVerifier:
         forget_at = notice.revoked_at.timestamp() + notice_lifetime(self.settings.access_ttl).total_seconds()
         if self.revocations.apply(notice, self.keys, forget_at) and self.receipts is not None:
             self.stats["notices_applied"] += 1
+            self._observe(notice)
             self.receipts.submit(self._receipt(notice))
+
+    def _observe(self, notice: Notice) -> None:
+        metrics.EDGE_NOTICES.labels(notice.kind).inc()
+        if self._live:  # a replay at start-up is not a delay
+            metrics.EDGE_REVOCATION_DELAY.observe(max(0.0, time.time() - notice.revoked_at.timestamp()))
 
     def _receipt(self, notice: Notice) -> Receipt:
         return Receipt(

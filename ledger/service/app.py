@@ -33,6 +33,7 @@ from ledger.contracts.commands import (
 from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
+from ledger.retry import retry
 from ledger.service.handlers import LedgerService, utcnow
 from ledger.service.keycare import KeyCare
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
@@ -42,6 +43,7 @@ from ledger.streaming.connection import connect
 from ledger.streaming.keys import KeyFollower
 from ledger.streaming.store import EventStore
 from ledger.streaming.streams import ensure_streams
+from ledger.telemetry import metrics, traces
 
 log = logging.getLogger("ledger.service.app")
 QUEUE_GROUP = "ledger-service"
@@ -50,14 +52,22 @@ MAX_IN_FLIGHT = 256
 Req = TypeVar("Req", bound=BaseModel)
 
 
-async def handle(model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], body: bytes) -> bytes:
+async def handle(
+    model: type[Req], call: Callable[[Req], Awaitable[BaseModel]], body: bytes, command: str = "other"
+) -> bytes:
     """Decode, run, encode: every outcome is a typed reply, never a silent drop."""
+    outcome, began = "ok", time.perf_counter()
     try:
         return ok(await call(parse_request(model, body)))
     except LedgerError as err:
+        outcome = err.code
         return fail(err)
     except Exception as exc:
+        outcome = "internal_error"
         return internal_error(log, "handling a command", exc)
+    finally:
+        metrics.COMMANDS.labels(command, outcome).inc()
+        metrics.COMMAND_SECONDS.labels(command).observe(time.perf_counter() - began)
 
 
 Route = tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]
@@ -100,32 +110,34 @@ class CommandServer:
 
     async def start(self) -> CommandServer:
         for name, model, call in self.routes:
-            cb = self._receiver(model, call)
+            cb = self._receiver(name, model, call)
             self._subs.append(await self.nc.subscribe(self.subjects.command(name), queue=QUEUE_GROUP, cb=cb))
         await self.nc.flush()
         return self
 
     def _receiver(
-        self, model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]]
+        self, name: str, model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]]
     ) -> Callable[[Msg], Awaitable[None]]:
         async def receive(msg: Msg) -> None:
             if not is_safe_reply(msg.reply, self.settings.reply_prefixes):
                 log.warning(
                     "command refused: its reply subject is not an inbox (%d chars)", len(msg.reply or "")
                 )
+                metrics.COMMANDS.labels(name, "reply_refused").inc()
                 return
             await self._slots.acquire()  # back-pressure: the subscription waits, nothing is dropped here
-            task = asyncio.create_task(self._answer(msg, model, call))
+            task = asyncio.create_task(self._answer(msg, name, model, call))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         return receive
 
     async def _answer(
-        self, msg: Msg, model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]]
+        self, msg: Msg, name: str, model: type[BaseModel], call: Callable[..., Awaitable[BaseModel]]
     ) -> None:
         try:
-            reply = await handle(model, call, msg.data)
+            with traces.server_span(msg.subject, msg.headers):  # continues the caller's trace
+                reply = await handle(model, call, msg.data, name)
             with contextlib.suppress(nats.errors.Error):  # the caller's retry gets the same answer
                 await self.nc.publish(msg.reply, reply)
         finally:
@@ -159,22 +171,22 @@ async def build_service(
     )
     follower = KeyFollower(nc, settings)
     service = LedgerService(store, keys, ServiceKeys(follower, settings, bootstrap), settings, clock=clock)
-    give_up = time.monotonic() + deadline
-    while True:
-        try:
-            await ensure_streams(nc, settings)
+
+    async def bootstrap_keys() -> LedgerService:
+        await ensure_streams(nc, settings)
+        await follower.stop()
+        await follower.start()  # every key event so far: which key signs now
+        if not follower.book.added:  # no trusted key yet (forged ones do not count)
+            await service.publish_signing_key(follower.seq)
             await follower.stop()
-            await follower.start()  # every key event so far: which key signs now
-            if not follower.book.added:  # no trusted key yet (forged ones do not count)
-                await service.publish_signing_key(follower.seq)
-                await follower.stop()
-                await follower.start()
-            return service
-        except (Unavailable, nats.errors.Error, TimeoutError) as err:
-            if time.monotonic() > give_up:
-                raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
-            log.info("stream not ready (%s); retrying", type(err).__name__)
-            await asyncio.sleep(0.5)
+            await follower.start()
+        return service
+
+    not_ready = (Unavailable, nats.errors.Error, TimeoutError)
+    try:
+        return await retry(bootstrap_keys, on=not_ready, deadline=deadline, delay=0.5, what="ledger stream")
+    except not_ready as err:
+        raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
 
 
 async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:

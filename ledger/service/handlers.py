@@ -205,6 +205,7 @@ class LedgerService:
                     family.started.sid,
                     token.generation,
                     family.head.generation,
+                    extra={"sid": family.started.sid},
                 )
                 raise TokenReused("refresh token reuse detected; session revoked")
             except ConcurrencyConflict:

@@ -30,6 +30,7 @@ from ledger.domain.errors import ConcurrencyConflict, Unavailable
 from ledger.domain.events import KeyEvent, SigningKeyActivated, SigningKeyRetired
 from ledger.domain.ids import new_event_id
 from ledger.domain.keys import activated_statement, retired_statement
+from ledger.retry import pause, raise_if_cancelling
 from ledger.service.keyops import append_key_event, longest_token, rotate_key
 from ledger.service.keys import sign_statement
 from ledger.service.keyset import ServiceKeys
@@ -113,6 +114,6 @@ class KeyCare:
             except ConcurrencyConflict:
                 log.debug("key care: another instance took this step")
             except (Unavailable, nats.errors.Error, TimeoutError) as err:
+                raise_if_cancelling()  # nats-py answers a cancelled request with TimeoutError
                 log.info("key care: skipped (%s)", type(err).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await pause(interval, stop)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +15,15 @@ from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.domain.errors import ConfigError, Unavailable
+from ledger.retry import retry
 from ledger.streaming.connection import connect
 from ledger.streaming.credentials import with_user
 from ledger.streaming.embedded import NatsServer, free_port
 from ledger.streaming.store import EventStore
 
 CLUSTER_NAME = "ledger-cluster"
+
+NOT_READY = (TimeoutError, nats.errors.Error)  # a cluster still electing its leaders
 
 
 @dataclass
@@ -88,15 +90,10 @@ class Cluster:
 async def wait_jetstream(url: str, timeout: float) -> None:
     """Until the JetStream meta leader is elected: the account info request then succeeds."""
     nc = await connect(url, "ledger-cluster-probe", deadline=timeout)
-    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            try:
-                await nc.jetstream().account_info()
-                return
-            except (TimeoutError, nats.errors.Error):
-                await asyncio.sleep(0.2)
-        raise Unavailable(f"JetStream cluster not ready within {timeout}s")
+        await retry(nc.jetstream().account_info, on=NOT_READY, deadline=timeout, delay=0.2, what="JetStream")
+    except NOT_READY:
+        raise Unavailable(f"JetStream cluster not ready within {timeout}s") from None
     finally:
         await nc.close()
 
@@ -109,17 +106,15 @@ async def ensure_stream_ready(settings: Settings, timeout: float = 30.0) -> None
     """
     nc = await connect(settings.nats_url, "ledger-cluster-probe", deadline=timeout)
     store = EventStore(nc, settings)
-    deadline = time.monotonic() + timeout
+
+    async def answers() -> None:
+        await store.ensure_stream()
+        await store.last(store.subjects.keys_filter())
+
     try:
-        while True:
-            try:
-                await store.ensure_stream()
-                await store.last(store.subjects.keys_filter())
-                return
-            except (TimeoutError, Unavailable, nats.errors.Error):
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"stream {settings.stream} not ready within {timeout}s") from None
-                await asyncio.sleep(0.25)
+        await retry(answers, on=(*NOT_READY, Unavailable), deadline=timeout, delay=0.25, what="stream")
+    except (*NOT_READY, Unavailable):
+        raise Unavailable(f"stream {settings.stream} not ready within {timeout}s") from None
     finally:
         await nc.close()
 

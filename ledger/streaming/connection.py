@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -14,6 +15,7 @@ from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NATS
 
 from ledger.domain.errors import Unavailable
+from ledger.telemetry import metrics
 
 log = logging.getLogger("ledger.nats")
 _USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -60,7 +62,7 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(tuple(servers), user, password)
 
 
-def broker_options(url: str) -> dict[str, Any]:
+def broker_options(url: str, name: str = "faststream") -> dict[str, Any]:
     """The same servers, credentials and inbox for a FastStream ``NatsBroker``."""
     endpoint = parse_url(url)
     opts: dict[str, Any] = {
@@ -68,6 +70,7 @@ def broker_options(url: str) -> dict[str, Any]:
         "inbox_prefix": endpoint.inbox_prefix,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
+        **counted_callbacks(name, {}),
     }
     if endpoint.user is not None:
         opts["security"] = NatsUserPassword(endpoint.user, endpoint.password or "")
@@ -76,6 +79,27 @@ def broker_options(url: str) -> dict[str, Any]:
 
 async def _quiet_error(exc: Exception) -> None:
     log.debug("nats: %s: %s", type(exc).__name__, exc)
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+def counted_callbacks(name: str, options: dict[str, Any]) -> dict[str, Callback]:
+    """``disconnected_cb``/``reconnected_cb`` that count into the NATS metrics, then call the
+    callbacks given in ``options`` (if any)."""
+
+    def counting(counter: Any, inner: Callback | None) -> Callback:
+        async def callback() -> None:
+            counter.labels(name).inc()
+            if inner is not None:
+                await inner()
+
+        return callback
+
+    return {
+        "disconnected_cb": counting(metrics.NATS_DISCONNECTS, options.get("disconnected_cb")),
+        "reconnected_cb": counting(metrics.NATS_RECONNECTS, options.get("reconnected_cb")),
+    }
 
 
 async def connect(url: str, name: str, *, deadline: float = 10.0, **options: Any) -> NATS:
@@ -88,6 +112,7 @@ async def connect(url: str, name: str, *, deadline: float = 10.0, **options: Any
     options.setdefault("reconnect_time_wait", 0.25)
     options.setdefault("connect_timeout", 2)
     options.setdefault("error_cb", _quiet_error)
+    options.update(counted_callbacks(name, options))
     endpoint = parse_url(url)
     for key, value in endpoint.options().items():
         options.setdefault(key, value)

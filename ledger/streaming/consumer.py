@@ -33,10 +33,18 @@ from pydantic import ValidationError
 
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import RecordedEvent, decode_event
+from ledger.retry import pause, raise_if_cancelling
 from ledger.streaming.pull import Puller
+from ledger.telemetry import metrics
 
 log = logging.getLogger("ledger.streaming.consumer")
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, Unavailable)
+
+
+def ack_pending(reply: str) -> int:
+    """Messages still pending for the consumer after this one (from the ack subject)."""
+    tokens = reply.split(".")
+    return int(tokens[8] if len(tokens) == 9 else tokens[10])
 
 
 def ack_position(reply: str) -> tuple[int, int]:
@@ -93,6 +101,11 @@ class ConsumerSpec:
     ack_wait: float = 30.0
     owns_position: bool = True
     prefetch: bool = False  # fetch the next batch while this one is applied
+    name: str | None = None  # its name in the metrics (default: the durable's)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.durable
 
 
 class CheckpointedConsumer:
@@ -104,9 +117,13 @@ class CheckpointedConsumer:
         self.applied = 0
         self._puller: Puller | None = None
         self._next: asyncio.Task[list[Msg]] | None = None
+        self._bound_once = False
         self.healthy_at: float | None = None  # monotonic time of the last step that went through
 
     async def bind(self) -> None:
+        if self._bound_once:  # NATS was away, a batch was not applied, or it stopped mid-batch
+            metrics.CONSUMER_RETRIES.labels(self.spec.label).inc()
+        self._bound_once = True
         await self._unbind()
         if self.spec.owns_position:
             self.applied = await self.sink.position()
@@ -133,7 +150,9 @@ class CheckpointedConsumer:
     async def step(self, wait: float | None = None) -> int:
         """Apply one batch (waiting up to ``wait`` s for one); the number of events applied."""
         msgs = await self._fetch(wait)
-        if not msgs:
+        metrics.CONSUMER_PROGRESS_AT.labels(self.spec.label).set_to_current_time()
+        if not msgs:  # nothing was waiting for this consumer
+            metrics.CONSUMER_LAG.labels(self.spec.label).set(0)
             return 0
         batch = self._new(msgs)
         if self.spec.prefetch:
@@ -142,7 +161,18 @@ class CheckpointedConsumer:
         if self.spec.owns_position:
             self.applied = max(self.applied, done)
         await self._settle(msgs, done)
-        return sum(d.seq <= done for d in batch)
+        applied = sum(d.seq <= done for d in batch)
+        self._observe(msgs, applied, len(batch) - applied)
+        return applied
+
+    def _observe(self, msgs: list[Msg], applied: int, left: int) -> None:
+        label = self.spec.label
+        metrics.CONSUMER_EVENTS.labels(label).inc(applied)
+        metrics.CONSUMER_LAG.labels(label).set(ack_pending(msgs[-1].reply) + left)
+        if self.spec.owns_position:
+            metrics.CONSUMER_APPLIED_SEQ.labels(label).set(self.applied)
+        else:
+            metrics.CONSUMER_APPLIED_SEQ.labels(label).set(max(ack_position(m.reply)[0] for m in msgs))
 
     async def _fetch(self, wait: float | None) -> list[Msg]:
         if self._next is not None:
@@ -183,9 +213,9 @@ class CheckpointedConsumer:
                 await self.step(wait)
                 self.healthy_at = time.monotonic()
             except TRANSIENT as err:
-                log.warning("%s: %s; re-binding", self.spec.durable, type(err).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), retry)
+                raise_if_cancelling()
+                log.warning("%s: %s (%s); re-binding", self.spec.durable, type(err).__name__, err)
+                await pause(retry, stop)
                 with contextlib.suppress(*TRANSIENT):
                     await self.bind()
 

@@ -66,16 +66,22 @@ class NatsServer:
     routes: list[int] = field(default_factory=list)
     sync_always: bool = False
     extra_config: str = ""
+    monitor_port: int | None = None  # HTTP monitoring (/varz, /jsz, /connz, /healthz) on the same host
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def monitor_url(self) -> str | None:
+        return f"http://{self.host}:{self.monitor_port}" if self.monitor_port else None
+
     def config_text(self) -> str:
         lines = [
             f'server_name: "{self.name}"',
             f'listen: "{self.host}:{self.port}"',
+            *([f'http: "{self.host}:{self.monitor_port}"'] if self.monitor_port else []),
             "jetstream {",
             f'  store_dir: "{self.store_dir}"',
             "  max_file_store: 8GB",
@@ -108,6 +114,7 @@ class NatsServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            process_group=0,  # Ctrl-C reaches the parent only, which stops its clients first
         )
         log.close()
         self._wait_ready(timeout)

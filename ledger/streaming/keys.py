@@ -7,7 +7,6 @@ key signed is logged and ignored, so a forged ``SigningKeyAdded`` changes nothin
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -31,6 +30,7 @@ from ledger.domain.events import (
     decode_event,
 )
 from ledger.domain.keys import KeyBook
+from ledger.retry import poll_until
 from ledger.streaming.consumer import ordered_config
 
 log = logging.getLogger("ledger.streaming.keys")
@@ -95,11 +95,9 @@ class KeyFollower:
             subject, stream=self.settings.stream, cb=self._on_msg, ordered_consumer=True,
             config=ordered_config(deliver_policy=DeliverPolicy.ALL),
         )  # fmt: skip
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.seq < target:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("key events not replayed in time")
-            await asyncio.sleep(0.01)
+        await poll_until(
+            lambda: self.seq >= target, deadline=timeout, interval=0.01, what="key events replayed"
+        )
         return self
 
     async def _last_seq(self, subject: str) -> int:

@@ -38,13 +38,16 @@ from ledger.domain.events import (
     encode_event,
 )
 from ledger.eventstore.base import BaseEventStore
+from ledger.retry import retry
 from ledger.streaming.consumer import ordered_config
+from ledger.telemetry import audit, traces
 
 log = logging.getLogger("ledger.streaming.store")
 WRONG_LAST_SEQUENCE = 10071
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
+LOST_ACK = (nats.errors.TimeoutError, nats.errors.NoRespondersError)  # the append may have landed
 MAX_BATCH = 16  # a family has four event subjects, a user one cut subject
 
 
@@ -109,22 +112,36 @@ class EventStore(BaseEventStore):
         if expect is not None:
             headers[EXPECTED_SEQ_SUBJECT], seq = expect[0], expect[1]
             headers[EXPECTED_SEQ] = str(seq)
+        with traces.append_span(event.type) as span:
+            seq = await self._append(subject, event, headers, expect)
+            span.set_attribute("ledger.seq", seq)
+        audit.appended(event, seq)
+        return seq
+
+    async def _append(
+        self, subject: str, event: Event, headers: dict[str, str], expect: tuple[str, int] | None
+    ) -> int:
         payload = encode_event(event)
-        for attempt in range(3):
-            try:
-                reply = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                await asyncio.sleep(0.05 * (attempt + 1))
-                continue
-            except nats.errors.ConnectionClosedError:
-                raise Unavailable("not connected to NATS") from None
-            try:
-                return self._ack_seq(reply, subject, expect)
-            except ConcurrencyConflict:
-                if attempt == 0 or expect is None:
-                    raise
-                return await self._landed_seq(event, expect[0])
-        raise Unavailable("event store did not acknowledge the append")
+        tries = 0
+
+        async def send() -> Msg:
+            nonlocal tries
+            tries += 1
+            return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+
+        try:
+            reply = await retry(send, on=LOST_ACK, attempts=3, delay=0.05, backoff=2.0, what="append")
+        except LOST_ACK:
+            raise Unavailable("event store did not acknowledge the append") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
+        try:
+            seq = self._ack_seq(reply, subject, expect)
+        except ConcurrencyConflict:
+            if tries == 1 or expect is None:
+                raise
+            return await self._landed_seq(event, expect[0])
+        return seq
 
     async def _landed_seq(self, event: Event, filter_: str) -> int:
         """After a lost ack, the CAS check answers before dedup does: did our event land?"""

@@ -27,6 +27,7 @@ from nats.js.errors import NotFoundError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import RECEIPTS_STREAM, Subjects, is_safe_reply
+from ledger.retry import Stopped, pause, raise_if_cancelling, retry
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery, ack_position
 from projections.analytics.db import (
@@ -135,23 +136,22 @@ class AnalyticsProjection:
                 try:
                     await self._step(js, follow=True)
                 except TRANSIENT as err:  # NATS away: retry, never die
+                    raise_if_cancelling()
                     log.warning("analytics: %s; retrying", type(err).__name__)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                    await pause(1.0, stop)
                     await self.rebind()
         finally:
             await self._finish(nc)
 
     async def _wait_for_stream(self, js: Any, stop: asyncio.Event) -> None:
         """Started before the ledger service (``analytics run`` alone): wait for its stream."""
-        while not stop.is_set():
-            try:
-                await js.stream_info(self.settings.stream)
-                return
-            except NotFoundError:
-                log.info("analytics: waiting for stream %s", self.settings.stream)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+        try:
+            await js.stream_info(self.settings.stream)
+            return
+        except NotFoundError:
+            log.info("analytics: waiting for stream %s", self.settings.stream)
+        with contextlib.suppress(Stopped):
+            await retry(lambda: js.stream_info(self.settings.stream), on=NotFoundError, stop=stop, delay=1.0)
 
     async def _rebuild_requests_append(self, msg: Msg) -> None:
         if not is_safe_reply(msg.reply, self.settings.reply_prefixes):

@@ -22,6 +22,7 @@ from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
 from ledger.domain.errors import LedgerError, Unavailable
 from ledger.domain.refresh import TokenKeys
+from ledger.retry import pause, raise_if_cancelling, retry
 from ledger.service.keys import load_or_create_master
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import TRANSIENT as CONSUMER_TRANSIENT
@@ -84,13 +85,15 @@ class SessionsRunner:
 
     async def _wait_for_stream(self, attempts: int = 60) -> None:
         """The ledger service creates the stream; a projector may not (nats.conf denies it)."""
-        for _ in range(attempts):
-            try:
-                await self.js.stream_info(self.settings.stream)
-                return
-            except jserr.NotFoundError:
-                await asyncio.sleep(0.5)
-        raise Unavailable(f"stream {self.settings.stream} does not exist; start the ledger service first")
+        try:
+            await retry(
+                lambda: self.js.stream_info(self.settings.stream), on=jserr.NotFoundError, attempts=attempts,
+                delay=0.5, what="ledger stream",
+            )  # fmt: skip
+        except jserr.NotFoundError:
+            raise Unavailable(
+                f"stream {self.settings.stream} does not exist; start the ledger service first"
+            ) from None
 
     async def _attach(self, bucket: str) -> None:
         self.store = await SessionStore.open(self.js, bucket, replicas=self.settings.replicas)
@@ -100,6 +103,7 @@ class SessionsRunner:
             filters=(self.events_filter,),
             batch=self.options.batch,
             ack_wait=self.options.ack_wait,
+            name="sessions",  # the bucket's name changes with every rebuild, the metric's does not
         )
         self.consumer = CheckpointedConsumer(self.nc, spec, self, timeout=self.settings.request_timeout)
         await self.consumer.bind()
@@ -137,8 +141,9 @@ class SessionsRunner:
         try:
             return await self._consumer().step(self.options.fetch_timeout)
         except TRANSIENT as exc:
+            raise_if_cancelling()
             log.warning("sessions projection: batch not applied yet: %s", type(exc).__name__)
-            await asyncio.sleep(0.05)
+            await pause(0.05, self._stop)
             with contextlib.suppress(*TRANSIENT):
                 await self._consumer().bind()  # the batch comes again from the checkpoint + 1
             return 0
@@ -214,9 +219,9 @@ async def _keep_running(runner: SessionsRunner, stop: asyncio.Event) -> None:
         try:
             await runner.run(stop)
         except Exception:
+            raise_if_cancelling()
             log.exception("sessions projection failed; restarting from its checkpoint")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), runner.options.restart_delay)
+            await pause(runner.options.restart_delay, stop)
             with contextlib.suppress(Exception):
                 await runner.close()
                 await runner.start()

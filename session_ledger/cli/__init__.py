@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from ledger.domain.errors import LedgerError
 from session_ledger.cli import analytics, edge, keys, projections, session, sessions, up
-from session_ledger.cli.common import EXIT_INTERRUPTED, EXIT_OK, exit_code, validation_summary
+from session_ledger.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    configure_logging,
+    exit_code,
+    validation_summary,
+)
 
 # The command groups, in the order ``--help`` lists them. Each has ``register(subparsers)``.
 GROUPS = (session, up, analytics, sessions, projections, edge, keys)
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        configure_logging(args)
         args.func(args)
     except (LedgerError, ValidationError) as err:
         code = getattr(err, "code", "bad_request")

@@ -27,7 +27,7 @@ from projections.analytics.projection import BATCH, AnalyticsDB, db_path_for, op
 from projections.analytics.rebuild import rebuild_anywhere, run_analytics
 from projections.analytics.reports import REPORTS, Table, WhatIf, build, query, render, window
 from projections.sessions.rebuild import RebuildResult
-from session_ledger.cli.common import COMMON, settings_from
+from session_ledger.cli.common import COMMON, SERVING, settings_from
 from session_ledger.runtime import Component, run_one
 from session_ledger.sim.simulate import SimConfig, simulate
 
@@ -75,7 +75,9 @@ def register(sub: Any) -> None:
     analytics = sub.add_parser("analytics", help="the DuckDB analytics projection").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    run = analytics.add_parser("run", parents=[COMMON, _db_options(window=False)], help="follow the stream")
+    run = analytics.add_parser(
+        "run", parents=[COMMON, SERVING, _db_options(window=False)], help="follow the stream"
+    )
     run.add_argument("--batch", type=int, default=BATCH, help=f"events per transaction (default {BATCH})")
     run.set_defaults(func=cmd_run)
     rb = analytics.add_parser(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from ledger.config import Settings
 from ledger.domain.errors import BadRequest, ConfigError, Unavailable
 from ledger.streaming.connection import connect
 from ledger.streaming.credentials import role_url
+from ledger.telemetry import logs, traces
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -31,11 +33,9 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2,
 def settings_from(args: argparse.Namespace, role: str | None = None) -> Settings:
     """The settings for this command; connecting as ``role`` (a nats.conf user) with the
     credentials the embedded ``up`` generated in the data dir, when the URL has none."""
-    overrides = {
-        k: v
-        for k, v in {"nats_url": args.nats_url, "data_dir": getattr(args, "data_dir", None)}.items()
-        if v is not None
-    }
+    given = {"nats_url": args.nats_url, "data_dir": getattr(args, "data_dir", None)}
+    given |= {name: getattr(args, name, None) for name in ("log_level", "log_format", "metrics_listen")}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
     if role is None:
         return settings
@@ -84,10 +84,43 @@ def common_options() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     common.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (env LEDGER_LOG_LEVEL; default INFO)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or JSON lines (env LEDGER_LOG_FORMAT; default text)",
+    )
     return common
 
 
+def serving_options() -> argparse.ArgumentParser:
+    """Options of the long-running commands (up, service, edge, broadcast, projections/analytics run)."""
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there, or `off` (env LEDGER_METRICS_LISTEN; default: off, "
+        "except `up`: 127.0.0.1:9464, or a free port when that one is taken)",
+    )
+    return serving
+
+
 COMMON = common_options()
+SERVING = serving_options()
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Level and format from the flags, else the environment (every command, before it runs);
+    traces too (``LEDGER_TRACES``), flushed when the command ends."""
+    settings = settings_from(args)
+    logs.configure(settings.log_level, settings.log_format)
+    if (provider := traces.configure(settings.traces)) is not None:
+        atexit.register(provider.shutdown)
 
 
 def validation_summary(err: BaseException) -> str:

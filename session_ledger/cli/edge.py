@@ -7,14 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 from ledger.config import Settings
-from session_ledger.cli.common import COMMON, settings_from
+from session_ledger.cli.common import COMMON, SERVING, settings_from
 from session_ledger.components import BROADCAST, EDGE
 from session_ledger.runtime import run_one
 
 
 def register(sub: Any) -> None:
     edge = sub.add_parser(
-        "edge", parents=[COMMON], help="run an edge verifier as a forward-auth HTTP sidecar"
+        "edge", parents=[COMMON, SERVING], help="run an edge verifier as a forward-auth HTTP sidecar"
     )
     edge.add_argument("--listen", help="host:port to serve (env LEDGER_EDGE_LISTEN; default 127.0.0.1:8081)")
     edge.add_argument("--max-staleness", type=float, help="seconds without NATS before failing closed")
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     edge.add_argument("--verifier-id", help="name in propagation receipts (default edge-<host>-<pid>)")
     edge.set_defaults(func=cmd_edge)
     broadcast = sub.add_parser(
-        "broadcast", parents=[COMMON], help="derive revocation notices from the ledger stream"
+        "broadcast", parents=[COMMON, SERVING], help="derive revocation notices from the ledger stream"
     )
     broadcast.set_defaults(func=cmd_broadcast)
 

@@ -7,7 +7,6 @@ there; every service instance must share it). Each change is one signed key even
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -18,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from ledger.config import Settings, parse_duration
 from ledger.domain.errors import ConfigError, Unavailable
+from ledger.retry import poll_until
 from ledger.service.keyops import follow, jwks, key_rows, retire_key, rotate_key
 from ledger.service.keys import ROOT_PRIVATE, ROOT_PUBLIC, create_root_key, load_root_key
 from session_ledger.cli.common import COMMON, emit, run_nats, settings_from
@@ -130,13 +130,17 @@ async def wait_active(nc: NATS, settings: Settings, kid: str, started: float) ->
     """Seconds from ``started`` until ``kid`` is the active key (bounded by its deadline)."""
     follower = await follow(nc, settings)
     try:
-        limit = time.monotonic() + settings.edge_max_staleness.total_seconds() + 30
-        while time.monotonic() < limit:
-            active = follower.book.active(datetime.now(UTC))
-            if active is not None and active.kid == kid:
-                return time.monotonic() - started
-            await asyncio.sleep(0.02)
-        raise Unavailable(f"{kid} is not active yet: is a ledger service running?")
+        limit = settings.edge_max_staleness.total_seconds() + 30
+
+        def active() -> bool:
+            key = follower.book.active(datetime.now(UTC))
+            return key is not None and key.kid == kid
+
+        try:
+            await poll_until(active, deadline=limit, interval=0.02, what=f"{kid} active")
+        except TimeoutError:
+            raise Unavailable(f"{kid} is not active yet: is a ledger service running?") from None
+        return time.monotonic() - started
     finally:
         await follower.stop()
 

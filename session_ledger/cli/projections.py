@@ -14,7 +14,7 @@ from ledger.streaming.store import EventStore
 from projections.sessions.rebuild import RebuildResult, rebuild_sessions
 from projections.sessions.store import sessions_checkpoint
 from session_ledger.cli.analytics import analytics_checkpoint, rebuild_analytics
-from session_ledger.cli.common import COMMON, ProgressBar, emit, run_nats, settings_from
+from session_ledger.cli.common import COMMON, SERVING, ProgressBar, emit, run_nats, settings_from
 from session_ledger.components import ANALYTICS, SESSIONS
 from session_ledger.runtime import Component, run_one
 
@@ -47,7 +47,9 @@ def register(sub: Any) -> None:
     rebuild.add_argument("name", choices=sorted(PROJECTIONS))
     rebuild.set_defaults(func=cmd_rebuild)
     run = proj.add_parser(
-        "run", parents=[COMMON], help="run one projection process (and its queries) until SIGINT/SIGTERM"
+        "run",
+        parents=[COMMON, SERVING],
+        help="run one projection process (and its queries) until SIGINT/SIGTERM",
     )
     run.add_argument("name", choices=sorted(PROJECTIONS))
     run.set_defaults(func=cmd_run)

@@ -25,14 +25,19 @@ from ledger.streaming.credentials import (
     server_auth,
     with_user,
 )
-from ledger.streaming.embedded import NatsServer, port_answers
-from session_ledger.cli.common import COMMON, settings_from
+from ledger.streaming.embedded import NatsServer, free_port, port_answers
+from session_ledger.cli.common import COMMON, SERVING, settings_from
 from session_ledger.components import COMPONENTS, DEMO, SERVICE
 from session_ledger.runtime import Component, run_components, run_one
 
+DEFAULT_METRICS_PORT = 9464  # the port of OpenTelemetry's Prometheus exporter
+DEFAULT_MONITOR_PORT = 8222  # nats-server's usual monitoring port
+
 
 def register(sub: Any) -> None:
-    up = sub.add_parser("up", parents=[COMMON], help="run the ledger with an embedded NATS JetStream server")
+    up = sub.add_parser(
+        "up", parents=[COMMON, SERVING], help="run the ledger with an embedded NATS JetStream server"
+    )
     up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (default 4222)")
     up.add_argument(
         "--sync-always", action="store_true", help="fsync every write (survives power loss; slower)"
@@ -47,10 +52,17 @@ def register(sub: Any) -> None:
         help="run only this component (repeat)",
     )
     up.add_argument("--demo", action="store_true", help="also run the traffic simulator once (see simulate)")
+    up.add_argument(
+        "--nats-monitor-port",
+        type=int,
+        metavar="PORT",
+        help="the embedded nats-server's HTTP monitoring port on 127.0.0.1, 0 = off "
+        f"(default {DEFAULT_MONITOR_PORT}, or a free port when that one is taken)",
+    )
     up.set_defaults(func=cmd_up)
 
     service = sub.add_parser(
-        "service", parents=[COMMON], help="run one ledger service instance against an existing NATS"
+        "service", parents=[COMMON, SERVING], help="run one ledger service instance against an existing NATS"
     )
     service.set_defaults(func=cmd_service)
 
@@ -78,7 +90,7 @@ def chosen(only: list[str] | None, demo: bool) -> list[Component]:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    settings = settings_from(args)
+    settings = with_default_metrics(settings_from(args))
     components = chosen(args.only, args.demo)
     if args.nats_url is not None or _env_has_url():  # an existing NATS: connect as the roles
         urls = {user: role_url(settings.nats_url, settings.data_dir, user) for user in USERS}
@@ -114,9 +126,30 @@ def _embedded(args: argparse.Namespace, settings: Settings, auth: str) -> NatsSe
         port=args.nats_port,
         sync_always=args.sync_always,
         extra_config=auth,
+        monitor_port=loopback_port(args.nats_monitor_port, DEFAULT_MONITOR_PORT, "--nats-monitor-port"),
     )
     print(f"starting nats-server (JetStream) on {server.url}, store {server.store_dir}", flush=True)
-    return server.start()
+    server.start()
+    print(f"{'nats monitor':<16} {server.monitor_url or 'off'}", flush=True)
+    return server
+
+
+def loopback_port(asked: int | None, default: int, flag: str) -> int:
+    """The port asked for (refused when it already answers), else ``default`` when it is
+    free, else any free port: the banner prints the one in use. 0 means off."""
+    if asked is not None:
+        if asked and port_answers("127.0.0.1", asked):
+            raise ConfigError(f"port {asked} already answers; pass another {flag} (or 0 for off)")
+        return asked
+    return default if not port_answers("127.0.0.1", default) else free_port()
+
+
+def with_default_metrics(settings: Settings) -> Settings:
+    """``up`` serves /metrics unless told otherwise (``--metrics-listen off``)."""
+    if settings.metrics_listen is not None:
+        return settings
+    port = loopback_port(None, DEFAULT_METRICS_PORT, "--metrics-listen")
+    return settings.model_copy(update={"metrics_listen": f"127.0.0.1:{port}"})
 
 
 def _password(settings: Settings) -> str:
