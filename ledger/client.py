@@ -13,6 +13,7 @@ from ledger.contracts.commands import (
     LogoutRequest,
     Reply,
     Revocation,
+    RevokeAccessRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
@@ -103,17 +104,23 @@ class LedgerClient:
         req = _build(StartSessionRequest, sub=sub, client_id=client_id, scopes=tuple(scopes))
         return _answer(TokenPair, await self._call("start", req))
 
-    async def rotate(self, refresh_token: str) -> TokenPair:
-        req = _build(RotateRequest, refresh_token=refresh_token)
+    async def rotate(self, refresh_token: str, *, client_id: str | None = None) -> TokenPair:
+        """``client_id``: refuse (``invalid_token``) a token of another client's session."""
+        req = _build(RotateRequest, refresh_token=refresh_token, client_id=client_id)
         return _answer(TokenPair, await self._call("rotate", req))
 
     async def revoke_session(self, sid: str, reason: RevokeReason | str = RevokeReason.LOGOUT) -> Revocation:
         req = _build(RevokeSessionRequest, sid=sid, reason=reason)
         return _answer(Revocation, await self._call("revoke", req))
 
-    async def logout(self, refresh_token: str) -> Revocation:
-        req = _build(LogoutRequest, refresh_token=refresh_token)
+    async def logout(self, refresh_token: str, *, client_id: str | None = None) -> Revocation:
+        req = _build(LogoutRequest, refresh_token=refresh_token, client_id=client_id)
         return _answer(Revocation, await self._call("logout", req))
+
+    async def revoke_access(self, access_token: str) -> Revocation:
+        """Revoke one access token alone (its ``jti``); every edge rejects it within milliseconds."""
+        req = _build(RevokeAccessRequest, access_token=access_token)
+        return _answer(Revocation, await self._call("revoke_access", req))
 
     async def revoke_user(self, sub: str, reason: RevokeReason | str = RevokeReason.ADMIN) -> Revocation:
         req = _build(RevokeUserRequest, sub=sub, reason=reason)

@@ -6,6 +6,7 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.ev.s.<sid>.<kind>``        a session family's events (one family = one prefix)
 ``<p>.ev.u.<sub>.revoked``       user-wide revocations (sub encoded)
 ``<p>.ev.k.<kid>.<kind>``        signing-key lifecycle
+``<p>.ev.t.<jti>.revoked``       one access token revoked alone (RFC 7009)
 ``<p>.cmd.<name>``               commands (request/reply, queue group ``ledger-service``)
 ``<p>.q.<name>``                 queries (request/reply, the sessions projection)
 ``<p>.revoked.<kind>.<id>``      revocation notices (stream LEDGER_REVOCATIONS)
@@ -23,7 +24,7 @@ from ledger.domain.ids import NAME_RE
 EVENTS_STREAM = "LEDGER"  # default; ``Settings.stream`` may rename it
 NOTICES_STREAM = "LEDGER_REVOCATIONS"
 RECEIPTS_STREAM = "LEDGER_RECEIPTS"
-COMMANDS = ("start", "rotate", "revoke", "logout", "revoke_user")
+COMMANDS = ("start", "rotate", "revoke", "logout", "revoke_user", "revoke_access")
 QUERIES = ("sessions", "session", "introspect")
 
 
@@ -61,13 +62,20 @@ class Subjects:
     def key(self, kid: str, kind: str) -> str:
         return f"{self.prefix}.ev.k.{kid}.{kind}"
 
+    def access_token(self, jti: str) -> str:
+        """``jti`` matches ``NAME_PATTERN`` (checked by the event model): subject-safe."""
+        return f"{self.prefix}.ev.t.{jti}.revoked"
+
     def keys_filter(self) -> str:
         return f"{self.prefix}.ev.k.>"
 
     def revoking(self) -> list[str]:
         """The event subjects whose events revoke something (the broadcaster's filters)."""
         p = self.prefix
-        return [f"{p}.ev.s.*.revoked", f"{p}.ev.s.*.reuse", f"{p}.ev.u.*.revoked", f"{p}.ev.k.*.retired"]
+        return [
+            f"{p}.ev.s.*.revoked", f"{p}.ev.s.*.reuse", f"{p}.ev.u.*.revoked", f"{p}.ev.k.*.retired",
+            f"{p}.ev.t.*.revoked",
+        ]  # fmt: skip
 
     def command(self, name: str) -> str:
         return f"{self.prefix}.cmd.{name}"

@@ -7,11 +7,13 @@ arguments, which is what makes this the easiest code in the project to test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from ledger.domain.access import AccessClaims
 from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevokedError, TokenInvalid
 from ledger.domain.events import (
+    AccessTokenRevoked,
     FamilyEvent,
     ReuseDetected,
     RevokeReason,
@@ -266,4 +268,19 @@ def revoke_user(
         reason=reason,
         not_before=now,
         requested_at=requested_at,
+    )
+
+
+def revoke_access(claims: AccessClaims, *, now: datetime, event_id: str) -> AccessTokenRevoked | None:
+    """Revoke one verified access token; None when it has expired already (nothing to do)."""
+    expires_at = datetime.fromtimestamp(claims.exp, tz=UTC)
+    if expires_at <= now:
+        return None
+    return AccessTokenRevoked(
+        event_id=event_id,
+        occurred_at=now,
+        jti=claims.jti,
+        sid=claims.sid,
+        sub=claims.sub,
+        expires_at=expires_at,
     )

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ledger.config import Settings
 from ledger.contracts.commands import (
     LogoutRequest,
+    RevokeAccessRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
@@ -78,6 +79,7 @@ def command_routes(service: LedgerService) -> list[Route]:
         ("revoke", RevokeSessionRequest, service.revoke_session),
         ("logout", LogoutRequest, service.logout),
         ("revoke_user", RevokeUserRequest, service.revoke_user),
+        ("revoke_access", RevokeAccessRequest, service.revoke_access),
     ]
 
 
@@ -130,7 +132,8 @@ async def build_service(
         signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
     )
     follower = KeyFollower(nc, settings)
-    service = LedgerService(store, keys, ServiceKeys(follower, settings, bootstrap), settings, clock=clock)
+    signer = ServiceKeys(follower, settings, bootstrap)
+    service = LedgerService(store, keys, signer, settings, clock=clock, ring=follower.ring)
     give_up = time.monotonic() + deadline
     while True:
         try:

@@ -15,6 +15,7 @@ from ledger.config import Settings
 from ledger.contracts.commands import (
     LogoutRequest,
     Revocation,
+    RevokeAccessRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
@@ -23,8 +24,15 @@ from ledger.contracts.commands import (
 )
 from ledger.contracts.subjects import Subjects
 from ledger.domain import decide, refresh
+from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_signature
 from ledger.domain.decide import Family, Ids, Policy
-from ledger.domain.errors import ConcurrencyConflict, SessionRevokedError, TokenReused, Unavailable
+from ledger.domain.errors import (
+    ConcurrencyConflict,
+    SessionRevokedError,
+    TokenInvalid,
+    TokenReused,
+    Unavailable,
+)
 from ledger.domain.events import FamilyEvent, SigningKeyAdded
 from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.refresh import RefreshToken, TokenKeys
@@ -55,6 +63,7 @@ class LedgerService:
         *,
         clock: Callable[[], datetime] = utcnow,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        ring: KeyRing | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -64,6 +73,8 @@ class LedgerService:
         self.clock = clock
         self.random_bytes = random_bytes
         self.policy = Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
+        self.ring = ring  # the trusted public keys (the key events), to judge revoke_access tokens
+        self.expect = Expectations(settings.issuer, settings.audience)
 
     async def publish_signing_key(self) -> None:
         """The ledger's first key: publish the key directory's key when the stream has none
@@ -110,6 +121,7 @@ class LedgerService:
         token = refresh.parse(req.refresh_token)
         for _ in range(MAX_CAS_ATTEMPTS):
             family, cut = await self._read(token.sid)
+            _check_client(family, req.client_id)
             now = self.clock()
             outcome = decide.rotate(
                 family,
@@ -147,6 +159,7 @@ class LedgerService:
         """Revoke the session of a presented refresh token (proof of possession, not just a sid)."""
         token = refresh.parse(req.refresh_token)
         family, _ = await self._read(token.sid)
+        _check_client(family, req.client_id)
         decide.check_genuine(family, token, self.keys, self.settings.max_generations)
         return await self.revoke_session(RevokeSessionRequest(sid=token.sid))
 
@@ -179,6 +192,27 @@ class LedgerService:
         )
         seq = await self.store.append(self.subjects.user(req.sub), event)
         return Revocation(seq=seq, sub=req.sub, revoked_at=now)
+
+    async def revoke_access(self, req: RevokeAccessRequest) -> Revocation:
+        """Revoke one access token (RFC 7009): judged by the one verifier, then its ``jti`` is
+        appended once (compare-and-set on its own subject; a repeat is ``already_revoked``)."""
+        now = self.clock()
+        if self.ring is None:
+            raise Unavailable("this instance follows no key events")
+        try:
+            claims = check_signature(req.access_token, self.ring, self.expect, now=now.timestamp())
+        except TokenRejected:
+            raise TokenInvalid("invalid access token") from None
+        event_id = hashlib.sha256(claims.jti.encode()).hexdigest()[:32]  # a retry is deduplicated
+        event = decide.revoke_access(claims, now=now, event_id=event_id)
+        if event is None:
+            return Revocation(seq=None, already_revoked=True, sid=claims.sid, sub=claims.sub, revoked_at=now)
+        subject = self.subjects.access_token(claims.jti)
+        try:
+            seq = await self.store.append(subject, event, expect=(subject, 0))
+        except ConcurrencyConflict:
+            return Revocation(seq=None, already_revoked=True, sid=claims.sid, sub=claims.sub, revoked_at=now)
+        return Revocation(seq=seq, sid=claims.sid, sub=claims.sub, revoked_at=now)
 
     async def _read(self, sid: str) -> tuple[Family | None, int | None]:
         """The family and its user's cut; both reads at once when the facts are cached."""
@@ -227,6 +261,12 @@ class LedgerService:
             refresh_expires_at=family.refresh_expires_at,
             session_expires_at=family.expires_at,
         )
+
+
+def _check_client(family: Family | None, client_id: str | None) -> None:
+    """A client presents only its own sessions' tokens; a mismatch looks like any bad token."""
+    if client_id is not None and family is not None and family.started.client_id != client_id:
+        raise TokenInvalid("invalid refresh token")
 
 
 _KIND = {
