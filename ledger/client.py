@@ -117,9 +117,9 @@ class LedgerClient:
         req = _build(LogoutRequest, refresh_token=refresh_token, client_id=client_id)
         return _answer(Revocation, await self._call("logout", req))
 
-    async def revoke_access(self, access_token: str) -> Revocation:
+    async def revoke_access(self, access_token: str, *, client_id: str | None = None) -> Revocation:
         """Revoke one access token alone (its ``jti``); every edge rejects it within milliseconds."""
-        req = _build(RevokeAccessRequest, access_token=access_token)
+        req = _build(RevokeAccessRequest, access_token=access_token, client_id=client_id)
         return _answer(Revocation, await self._call("revoke_access", req))
 
     async def revoke_user(self, sub: str, reason: RevokeReason | str = RevokeReason.ADMIN) -> Revocation:

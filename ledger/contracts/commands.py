@@ -55,6 +55,7 @@ class RevokeAccessRequest(_Model):
     """Revoke one access token (its ``jti``) alone: proof of possession, like logout."""
 
     access_token: Annotated[str, Field(max_length=8192)] = Field(repr=False)
+    client_id: ClientId | None = None  # when set, the token must have been issued to this client
 
 
 class RevokeUserRequest(_Model):

@@ -13,6 +13,7 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.receipt.<verifier>``       propagation receipts (stream LEDGER_RECEIPTS)
 ``<p>.analytics.rebuild``        rebuild requests to the running analytics projection
 ``<p>.heartbeat.broadcast``      the broadcaster's liveness (core NATS, no stream)
+``<p>.rate.<scope>.<key>.<win>`` the HTTP gateways' shared rate counters (stream LEDGER_GATEWAY_RATE)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ledger.domain.ids import NAME_RE
 EVENTS_STREAM = "LEDGER"  # default; ``Settings.stream`` may rename it
 NOTICES_STREAM = "LEDGER_REVOCATIONS"
 RECEIPTS_STREAM = "LEDGER_RECEIPTS"
+RATE_STREAM = "LEDGER_GATEWAY_RATE"
 COMMANDS = ("start", "rotate", "revoke", "logout", "revoke_user", "revoke_access")
 QUERIES = ("sessions", "session", "introspect")
 
@@ -49,6 +51,13 @@ class Subjects:
         self.receipts = f"{prefix}.receipt.>"
         self.analytics_rebuild = f"{prefix}.analytics.rebuild"
         self.broadcaster_heartbeat = f"{prefix}.heartbeat.broadcast"
+        self.rate = f"{prefix}.rate.>"
+
+    def rate_counter(self, scope: str, key: str, window: int) -> str:
+        """``scope`` and ``key`` are ``[A-Za-z0-9_-]`` (a name and a hash): subject-safe."""
+        if not (NAME_RE.fullmatch(scope) and NAME_RE.fullmatch(key)):
+            raise ValueError("rate scope and key must be 1-64 characters of [A-Za-z0-9_-]")
+        return f"{self.prefix}.rate.{scope}.{key}.{window}"
 
     def family_event(self, sid: str, kind: str) -> str:
         return f"{self.prefix}.ev.s.{sid}.{kind}"

@@ -203,6 +203,8 @@ class LedgerService:
             claims = check_signature(req.access_token, self.ring, self.expect, now=now.timestamp())
         except TokenRejected:
             raise TokenInvalid("invalid access token") from None
+        if req.client_id is not None and claims.client_id != req.client_id:
+            raise TokenInvalid("invalid access token")
         event_id = hashlib.sha256(claims.jti.encode()).hexdigest()[:32]  # a retry is deduplicated
         event = decide.revoke_access(claims, now=now, event_id=event_id)
         if event is None:

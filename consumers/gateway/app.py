@@ -1,0 +1,126 @@
+"""The gateway's HTTP server: routes, error answers, headers on every response, and the
+component runner for ``session-ledger gateway`` / ``up``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from consumers.gateway import backend, browser, discovery, oauth
+from consumers.gateway.clients import load_registry
+from consumers.gateway.context import GATEWAY, Gateway
+from consumers.gateway.errors import OAuthError, error_response
+from consumers.gateway.headers import security_headers
+from consumers.gateway.ratelimit import RateLimiter
+from consumers.gateway.responses import json_response
+from consumers.gateway.settings import GatewaySettings
+from ledger.client import LedgerClient
+from ledger.config import Settings
+from ledger.streaming.connection import connect
+from ledger.streaming.keys import KeyFollower
+
+log = logging.getLogger("consumers.gateway")
+
+MAX_LINE = 8 * 1024
+MAX_FIELD = 8 * 1024
+MAX_HEADERS = 64
+MAX_BODY = 64 * 1024  # aiohttp's own ceiling; every route reads at most its own, smaller limit
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure is a JSON answer: OAuth errors as RFC 6749 section 5.2, HTTP errors by
+    status, anything unexpected as 500 with its type in the log and nothing in the body."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except OAuthError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response(
+            {"error": exc.reason.lower().replace(" ", "_")}, status=exc.status, headers=_allow(exc)
+        )
+    except Exception as exc:
+        log.error("gateway error on %s: %s", request.path[:64], type(exc).__name__)
+        return json_response({"error": "server_error"}, status=500)
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    limits = {"max_field_size": MAX_FIELD, "max_line_size": MAX_LINE, "max_headers": MAX_HEADERS}
+    app = web.Application(client_max_size=MAX_BODY, handler_args=limits, middlewares=[errors])
+    app[GATEWAY] = gateway
+    app.on_response_prepare.append(_headers)
+    for module in (oauth, browser, backend, discovery):
+        module.register(app)
+    return app
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.pop("Server", None)
+    response.headers.update(security_headers(response.headers, hsts=request.app[GATEWAY].config.hsts))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"listen address must be host:port, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+async def open_gateway(settings: Settings, config: GatewaySettings) -> Gateway:
+    """Connect as the ``gateway`` user, follow the key events, load the client registry."""
+    nc = await connect(settings.nats_url, "ledger-gateway")
+    try:
+        keys = await KeyFollower(nc, settings).start()
+    except BaseException:
+        await nc.close()
+        raise
+    ledger = LedgerClient(nc, prefix=settings.subject_prefix, timeout=settings.request_timeout)
+    limiter = RateLimiter(nc, settings.subject_prefix, config.rate_window.total_seconds())
+    registry = load_registry(config.clients_path(settings.data_dir))
+    return Gateway(settings, config, ledger, keys, limiter, registry)
+
+
+async def close_gateway(gateway: Gateway) -> None:
+    await gateway.keys.stop()
+    if not gateway.ledger.nc.is_closed:
+        await gateway.ledger.nc.drain()
+
+
+async def serve(gateway: Gateway) -> web.AppRunner:
+    """Start the HTTP server (access log off: requests carry tokens and cookies)."""
+    runner = web.AppRunner(build_app(gateway), access_log=None)
+    await runner.setup()
+    host, port = parse_listen(gateway.config.listen)
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    return runner
+
+
+async def run_gateway(
+    settings: Settings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    *,
+    config: GatewaySettings | None = None,
+) -> None:
+    """Runner for ``session-ledger up`` / ``session-ledger gateway``."""
+    gateway = await open_gateway(settings, config or GatewaySettings())
+    try:
+        runner = await serve(gateway)
+        try:
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+    finally:
+        await close_gateway(gateway)

@@ -1,0 +1,68 @@
+"""What every route shares: the ledger client, the key follower, the registry, the limiter."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from consumers.gateway.clients import Registry
+from consumers.gateway.errors import OAuthError
+from consumers.gateway.ratelimit import RateLimiter
+from consumers.gateway.settings import GatewaySettings
+from ledger.client import LedgerClient
+from ledger.config import Settings
+from ledger.domain import refresh
+from ledger.domain.errors import TokenInvalid
+from ledger.streaming.keys import KeyFollower
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    config: GatewaySettings
+    ledger: LedgerClient
+    keys: KeyFollower
+    limiter: RateLimiter
+    registry: Registry
+    clock: Callable[[], float] = field(default=time.time)
+
+    def client_ip(self, request: web.Request) -> str:
+        """The peer; behind a trusted proxy, the address it names in ``X-Real-IP``."""
+        peer = request.remote or "unknown"
+        forwarded = request.headers.get("X-Real-IP", "")
+        if peer in self.config.trusted_proxies and forwarded:
+            try:
+                return str(ipaddress.ip_address(forwarded.strip()))
+            except ValueError:
+                return peer
+        return peer
+
+    async def limit(self, request: web.Request, token: str | None) -> None:
+        """Per client IP, then per session (the sid a refresh token names): 429 + Retry-After."""
+        now = self.clock()
+        wait = await self.limiter.hit("ip", self.client_ip(request), self.config.rate_per_ip, now=now)
+        sid = sid_of(token)
+        if wait is None and sid is not None:
+            wait = await self.limiter.hit("session", sid, self.config.rate_per_session, now=now)
+        if wait is not None:
+            raise OAuthError("rate_limited", "too many requests; retry later", status=429, retry_after=wait)
+
+
+def is_refresh_token(token: str) -> bool:
+    return token.startswith(f"{refresh.PREFIX}.")
+
+
+def sid_of(token: str | None) -> str | None:
+    if not token or not is_refresh_token(token):
+        return None
+    try:
+        return refresh.parse(token).sid
+    except TokenInvalid:
+        return None
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
