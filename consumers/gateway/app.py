@@ -12,8 +12,9 @@ from aiohttp import web
 from consumers.gateway import backend, browser, discovery, oauth
 from consumers.gateway.clients import load_registry
 from consumers.gateway.context import GATEWAY, Gateway
+from consumers.gateway.cookies import PATH as COOKIE_PATH
 from consumers.gateway.errors import OAuthError, error_response
-from consumers.gateway.headers import security_headers
+from consumers.gateway.headers import cors_headers, security_headers
 from consumers.gateway.ratelimit import RateLimiter
 from consumers.gateway.responses import json_response
 from consumers.gateway.settings import GatewaySettings
@@ -65,8 +66,15 @@ def build_app(gateway: Gateway) -> web.Application:
 
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Security headers on every answer; on the cookie flow's answers (errors included) CORS for
+    an allowed origin, so the application can read a 401 or 403 instead of a network error."""
+    config = request.app[GATEWAY].config
     response.headers.pop("Server", None)
-    response.headers.update(security_headers(response.headers, hsts=request.app[GATEWAY].config.hsts))
+    response.headers.update(security_headers(response.headers, hsts=config.hsts))
+    if request.path.startswith(COOKIE_PATH + "/"):
+        response.headers.update(
+            cors_headers(request.headers.get("Origin"), config.cors_origins, credentials=True)
+        )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

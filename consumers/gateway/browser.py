@@ -15,7 +15,7 @@ from aiohttp import web
 from consumers.gateway.context import GATEWAY
 from consumers.gateway.cookies import clear_refresh_cookie, set_refresh_cookie
 from consumers.gateway.errors import OAuthError
-from consumers.gateway.headers import cors_headers, csrf_refusal, preflight_headers
+from consumers.gateway.headers import csrf_refusal, preflight_headers
 from consumers.gateway.responses import json_response, token_body
 from ledger.domain.errors import LedgerError, Unavailable
 
@@ -41,15 +41,6 @@ def cookie_of(request: web.Request) -> str | None:
     return value if value and len(value) <= 256 else None
 
 
-def with_cors(request: web.Request, response: web.Response) -> web.Response:
-    response.headers.update(
-        cors_headers(
-            request.headers.get("Origin"), request.app[GATEWAY].config.cors_origins, credentials=True
-        )
-    )
-    return response
-
-
 async def refresh(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     check_csrf(request)
@@ -57,7 +48,7 @@ async def refresh(request: web.Request) -> web.Response:
     raw = cookie_of(request)
     await gw.limit(request, raw)
     if raw is None:
-        return with_cors(request, json_response({"error": "login_required"}, status=401))
+        return json_response({"error": "login_required"}, status=401)
     try:
         pair = await gw.ledger.rotate(raw, client_id=gw.config.browser_client_id)
     except Unavailable:
@@ -67,13 +58,13 @@ async def refresh(request: web.Request) -> web.Response:
     except LedgerError:
         response = json_response({"error": "login_required"}, status=401)
         clear_refresh_cookie(response, gw.config.cookie_name)
-        return with_cors(request, response)
+        return response
     now = datetime.now(UTC)
     response = json_response(token_body(pair, gw.clock(), refresh_token=False))
     set_refresh_cookie(
         response, gw.config.cookie_name, pair.refresh_token, expires_at=pair.refresh_expires_at, now=now
     )
-    return with_cors(request, response)
+    return response
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -92,7 +83,7 @@ async def logout(request: web.Request) -> web.Response:
             pass  # already ended: the cookie goes all the same
     response = json_response({"ok": True})
     clear_refresh_cookie(response, gw.config.cookie_name)
-    return with_cors(request, response)
+    return response
 
 
 async def preflight(request: web.Request) -> web.Response:
