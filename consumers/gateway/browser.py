@@ -9,6 +9,7 @@ and clears the cookie. Both need the CSRF header and pass the Origin/Sec-Fetch-S
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -21,6 +22,12 @@ from ledger.domain.errors import LedgerError, Unavailable
 
 
 def own_origin(request: web.Request) -> str:
+    """The origin browsers see: the configured public URL's (behind a proxy, where the scheme
+    and host the gateway sees are the proxy's), else the request's own."""
+    public = request.app[GATEWAY].config.public_url
+    if public is not None:
+        parts = urlsplit(public)
+        return f"{parts.scheme}://{parts.netloc}"
     return f"{request.scheme}://{request.host}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from collections.abc import Callable
@@ -42,14 +43,17 @@ class Gateway:
         return peer
 
     async def limit(self, request: web.Request, token: str | None) -> None:
-        """Per client IP, then per session (the sid a refresh token names): 429 + Retry-After."""
-        now = self.clock()
-        wait = await self.limiter.hit("ip", self.client_ip(request), self.config.rate_per_ip, now=now)
-        sid = sid_of(token)
-        if wait is None and sid is not None:
-            wait = await self.limiter.hit("session", sid, self.config.rate_per_session, now=now)
-        if wait is not None:
-            raise OAuthError("rate_limited", "too many requests; retry later", status=429, retry_after=wait)
+        """Per client IP and per session (the sid a refresh token names), both counted at once:
+        429 + Retry-After when either is over its limit."""
+        now, config, sid = self.clock(), self.config, sid_of(token)
+        counts = [self.limiter.hit("ip", self.client_ip(request), config.rate_per_ip, now=now)]
+        if sid is not None:
+            counts.append(self.limiter.hit("session", sid, config.rate_per_session, now=now))
+        waits = [w for w in await asyncio.gather(*counts) if w is not None]
+        if waits:
+            raise OAuthError(
+                "rate_limited", "too many requests; retry later", status=429, retry_after=max(waits)
+            )
 
 
 def is_refresh_token(token: str) -> bool:
