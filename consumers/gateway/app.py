@@ -46,7 +46,9 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
             {"error": exc.reason.lower().replace(" ", "_")}, status=exc.status, headers=_allow(exc)
         )
     except Exception as exc:
-        log.error("gateway error on %s: %s", request.path[:64], type(exc).__name__)
+        route = request.match_info.route.resource
+        where = route.canonical if route is not None else "?"  # never the raw path: it is the caller's
+        log.error("gateway error on %s: %s", where, type(exc).__name__)
         return json_response({"error": "server_error"}, status=500)
 
 

@@ -66,6 +66,7 @@ async def refresh(request: web.Request) -> web.Response:
         response = json_response({"error": "login_required"}, status=401)
         clear_refresh_cookie(response, gw.config.cookie_name)
         return response
+    await gw.accepted(raw)
     now = datetime.now(UTC)
     response = json_response(token_body(pair, gw.clock(), refresh_token=False))
     set_refresh_cookie(

@@ -43,17 +43,24 @@ class Gateway:
         return peer
 
     async def limit(self, request: web.Request, token: str | None) -> None:
-        """Per client IP and per session (the sid a refresh token names), both counted at once:
-        429 + Retry-After when either is over its limit."""
+        """Count the client IP, and check the session's count (the sid a refresh token names),
+        at once: 429 + Retry-After when either is over its limit. The session's count grows only
+        by what the ledger accepted (``accepted``), so forged tokens naming a sid spend nothing."""
         now, config, sid = self.clock(), self.config, sid_of(token)
-        counts = [self.limiter.hit("ip", self.client_ip(request), config.rate_per_ip, now=now)]
+        checks = [self.limiter.hit("ip", self.client_ip(request), config.rate_per_ip, now=now)]
         if sid is not None:
-            counts.append(self.limiter.hit("session", sid, config.rate_per_session, now=now))
-        waits = [w for w in await asyncio.gather(*counts) if w is not None]
+            checks.append(self.limiter.peek("session", sid, config.rate_per_session, now=now))
+        waits = [w for w in await asyncio.gather(*checks) if w is not None]
         if waits:
             raise OAuthError(
                 "rate_limited", "too many requests; retry later", status=429, retry_after=max(waits)
             )
+
+    async def accepted(self, token: str) -> None:
+        """The ledger accepted ``token``: count it against its session."""
+        sid = sid_of(token)
+        if sid is not None:
+            await self.limiter.hit("session", sid, self.config.rate_per_session, now=self.clock())
 
 
 def is_refresh_token(token: str) -> bool:

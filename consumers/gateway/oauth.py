@@ -12,8 +12,6 @@ from consumers.gateway.forms import read_form
 from consumers.gateway.responses import json_response, token_body
 from ledger.domain.errors import LedgerError, Unavailable
 
-HINTS = ("refresh_token", "access_token")
-
 
 def required(form: dict[str, str], name: str) -> str:
     value = form.get(name)
@@ -37,6 +35,7 @@ async def token(request: web.Request) -> web.Response:
         pair = await gw.ledger.rotate(raw, client_id=client.client_id)
     except LedgerError as err:
         raise from_ledger(err) from None
+    await gw.accepted(raw)
     return json_response(token_body(pair, gw.clock()))
 
 
@@ -46,9 +45,7 @@ async def revoke(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     form = await read_form(request)
     client = authenticate(gw.registry, request.headers.get("Authorization"), form)
-    raw = required(form, "token")
-    if form.get("token_type_hint", HINTS[0]) not in HINTS:
-        raise OAuthError("unsupported_token_type", "token_type_hint must be refresh_token or access_token")
+    raw = required(form, "token")  # token_type_hint is not needed: the two formats differ
     await gw.limit(request, raw)
     try:
         if is_refresh_token(raw):

@@ -160,6 +160,7 @@ GATEWAY = Role(
         "ledger.cmd.revoke_access",
         "ledger.q.introspect",
         "ledger.rate.>",
+        f"$JS.API.DIRECT.GET.{RATE}.ledger.rate.>",
         "$JS.API.INFO",
         *stream_admin(STREAM, "INFO"),
         f"$JS.API.DIRECT.GET.{STREAM}.ledger.ev.k.>",  # key events only: the JWKS

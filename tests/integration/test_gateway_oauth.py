@@ -227,11 +227,9 @@ async def test_revoke_and_introspect_errors(
     assert res.status_code == 200  # another client's token: nothing happens
     assert await store.last_seq() == before
     res = await http.post(
-        f"{base}/oauth/revoke",
-        data={"token": pair["refresh_token"], "token_type_hint": "id_token"},
-        auth=auth,
+        f"{base}/oauth/revoke", data={"token": "x", "token_type_hint": "id_token"}, auth=auth
     )
-    assert res.status_code == 400 and res.json()["error"] == "unsupported_token_type"
+    assert res.status_code == 200  # a hint the server does not know is ignored (RFC 7009 2.1)
     res = await http.post(f"{base}/oauth/revoke", data={"token_type_hint": "refresh_token"}, auth=auth)
     assert res.status_code == 400 and res.json()["error"] == "invalid_request"
     res = await http.post(f"{base}/oauth/introspect", data={"token": pair["access_token"]}, auth=auth)

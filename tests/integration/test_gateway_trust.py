@@ -111,6 +111,16 @@ async def test_the_gateway_serves_as_its_own_user_and_two_instances_share_one_li
                 assert res.status_code == 429 and res.json()["error"] == "rate_limited"
                 assert 1 <= int(res.headers["Retry-After"]) <= 600
         assert statuses == [200] * limit + [429] * 4, statuses
+        victim = await app.start_session("carol", client_id="svc")
+        forged = f"rt1.{victim.sid}.0.{'A' * 43}"  # knows the sid, not the token
+        for _ in range(limit + 2):
+            form = {"grant_type": "refresh_token", "refresh_token": forged}
+            res = await http.post(f"{one}/oauth/token", data=form, auth=auth)
+            assert res.status_code == 400 and res.json()["error"] == "invalid_grant"
+        form = {"grant_type": "refresh_token", "refresh_token": victim.refresh_token}
+        assert (
+            await http.post(f"{two}/oauth/token", data=form, auth=auth)
+        ).status_code == 200  # not locked out
         other = await app.start_session("bob", client_id="svc")  # another session is not limited
         form = {"grant_type": "refresh_token", "refresh_token": other.refresh_token}
         res = await http.post(f"{two}/oauth/token", data=form, auth=auth)
