@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     secret.add_argument("client_id", help="the client's id")
     secret.add_argument("--introspect", action="store_true", help="the client may call /oauth/introspect")
     secret.add_argument(
-        "--start-sessions-for", action="append", default=[], help="client ids it may start sessions for"
+        "--start-sessions-for", action="append", help="a client id it may start sessions for (repeatable)"
     )
     secret.set_defaults(func=cmd_secret, json=True)
 
@@ -74,5 +74,5 @@ def cmd_gateway(args: argparse.Namespace) -> None:
 def cmd_secret(args: argparse.Namespace) -> None:
     secret = new_secret()
     entry = {"client_id": args.client_id, "secret_hash": hash_secret(secret), "introspect": args.introspect,
-             "start_sessions_for": args.start_sessions_for}  # fmt: skip
+             "start_sessions_for": args.start_sessions_for or []}  # fmt: skip
     print(json.dumps({"client_secret": secret, "registry_entry": entry}, indent=2))

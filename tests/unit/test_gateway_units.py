@@ -23,6 +23,7 @@ from ledger.domain.errors import BadRequest, ConfigError, TokenReused, Unavailab
 from ledger.domain.events import AccessTokenRevoked, RecordedEvent, decode_event, encode_event
 from ledger.streaming import credentials
 from projections.sessions.fold import EMPTY, RevokedTokenRecord, apply
+from session_ledger.cli import main
 
 OWN, APP = "http://gw.example", "https://app.example"
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -167,3 +168,14 @@ def test_a_data_dir_from_before_the_gateway_user_gets_its_password_added(tmp_pat
     assert {k: passwords[k] for k in old} == old and passwords["gateway"].startswith("p")
     assert path.stat().st_mode & 0o777 == 0o600
     assert credentials.load_or_create(tmp_path) == passwords
+
+
+def test_gateway_secret_prints_a_secret_and_an_entry_the_registry_accepts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["gateway-secret", "backend", "--start-sessions-for", "web", "--introspect"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    client = Registry.model_validate({"clients": [out["registry_entry"]]}).clients[0]
+    assert client.secret_hash is not None and secret_matches(out["client_secret"], client.secret_hash)
+    assert client.start_sessions_for == ("web",) and client.introspect
+    assert out["client_secret"] not in json.dumps(out["registry_entry"])
