@@ -20,10 +20,13 @@ async def read_body(request: web.Request, limit: int = MAX_FORM_BYTES) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise OAuthError("invalid_request", f"body larger than {limit} bytes", status=413)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise OAuthError("invalid_request", f"body larger than {limit} bytes", status=413)
-    return body
+    chunks, size = [], 0
+    while chunk := await request.content.read(limit + 1 - size):  # bounded: stops past the limit
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise OAuthError("invalid_request", f"body larger than {limit} bytes", status=413)
+    return b"".join(chunks)
 
 
 def parse_form(body: bytes) -> dict[str, str]:

@@ -329,3 +329,26 @@ async def test_pair_model_matches_the_token_answer(
     )
     TokenPair.model_validate({**pair, "sub": "alice"})
     assert body["session_expires_at"] >= body["idle_expires_at"] > time.time()
+
+
+async def test_chunked_bodies_are_read_whole_and_bounded(
+    base: str, http: httpx.AsyncClient, registry: Registry, store: EventStore
+) -> None:
+    pair = await start(http, base, registry, "svc")
+    form = f"grant_type=refresh_token&refresh_token={pair['refresh_token']}".encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    auth = ("svc", registry.secrets["svc"])
+
+    async def pieces(data: bytes, size: int) -> Any:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+            await asyncio.sleep(0.01)  # separate TCP segments: the server must keep reading
+
+    res = await http.post(f"{base}/oauth/token", content=pieces(form, 7), headers=headers, auth=auth)
+    assert res.status_code == 200 and res.json()["generation"] == 1, res.text
+    before = await store.last_seq()
+    res = await http.post(
+        f"{base}/oauth/token", content=pieces(b"a" * 40_000, 4096), headers=headers, auth=auth
+    )
+    assert res.status_code == 413 and res.json()["error"] == "invalid_request"
+    assert await store.last_seq() == before
