@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+import nats.errors
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
 from consumers.gateway import backend, browser, discovery, oauth
 from consumers.gateway.clients import load_registry
@@ -20,6 +23,7 @@ from consumers.gateway.responses import json_response
 from consumers.gateway.settings import GatewaySettings
 from ledger.client import LedgerClient
 from ledger.config import Settings
+from ledger.domain.errors import Unavailable
 from ledger.streaming.connection import connect
 from ledger.streaming.keys import KeyFollower
 
@@ -90,7 +94,7 @@ async def open_gateway(settings: Settings, config: GatewaySettings) -> Gateway:
     """Connect as the ``gateway`` user, follow the key events, load the client registry."""
     nc = await connect(settings.nats_url, "ledger-gateway")
     try:
-        keys = await KeyFollower(nc, settings).start()
+        keys = await follow_keys(nc, settings)
     except BaseException:
         await nc.close()
         raise
@@ -98,6 +102,22 @@ async def open_gateway(settings: Settings, config: GatewaySettings) -> Gateway:
     limiter = RateLimiter(nc, settings.subject_prefix, config.rate_window.total_seconds())
     registry = load_registry(config.clients_path(settings.data_dir))
     return Gateway(settings, config, ledger, keys, limiter, registry)
+
+
+async def follow_keys(nc: NATS, settings: Settings, deadline: float = 60.0) -> KeyFollower:
+    """The key events, once the ledger service has made its stream (a gateway started first
+    waits for it, as an edge does, rather than failing)."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return await KeyFollower(nc, settings).start()
+        except (nats.errors.Error, TimeoutError) as err:
+            if time.monotonic() > give_up:
+                raise Unavailable(
+                    "no ledger stream to read keys from: is the ledger service running?"
+                ) from err
+            log.info("gateway waiting for the ledger stream (%s)", type(err).__name__)
+            await asyncio.sleep(0.5)
 
 
 async def close_gateway(gateway: Gateway) -> None:

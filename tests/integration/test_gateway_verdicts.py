@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,11 +17,13 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from consumers.gateway.app import build_app
+from consumers.gateway.app import build_app, run_gateway
 from consumers.gateway.context import Gateway
 from ledger.client import LedgerClient
 from ledger.config import Settings
+from ledger.service.keyops import rotate_key
 from ledger.service.keys import SigningKey, generate, key_id
+from ledger.streaming.connection import connect
 from projections.sessions.runner import run_sessions
 from tests.support.edge import broadcaster, claims_for, reason_of, running, service_key, sign, verifier
 from tests.support.gateway import Registry, gateway, gateway_config, write_registry
@@ -148,3 +151,29 @@ def _other_key(settings: Settings) -> SigningKey:
     """A key of the same algorithm that the ledger never published."""
     private = generate(settings.algorithm)
     return SigningKey(key_id(private.public_key()), settings.algorithm, private)
+
+
+async def test_a_gateway_started_first_waits_for_the_ledger_and_its_jwks_follows_rotation(
+    settings: Settings, services: Any, registry: Registry, nats_server: Any
+) -> None:
+    config = gateway_config(registry)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_gateway(settings, stop, ready, config=config))
+    try:
+        await services.start(settings)  # the ledger (and its stream) only now
+        await asyncio.wait_for(ready.wait(), 60)
+        assert not task.done()
+        nc = await connect(settings.nats_url, "test-operator")
+        try:
+            added = await rotate_key(nc, settings, now=datetime.now(UTC), activate_in=timedelta(seconds=30))
+        finally:
+            await nc.close()
+        async with httpx.AsyncClient(timeout=10) as http:
+            deadline = time.monotonic() + 15
+            url = f"http://{config.listen}/.well-known/jwks.json"
+            while added.kid not in {k["kid"] for k in (await http.get(url)).json()["keys"]}:
+                assert time.monotonic() < deadline, "the JWKS never showed the next key"
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
