@@ -19,6 +19,7 @@ from ledger.domain.errors import LedgerError
 
 async def start_session(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    await gw.limit(request, None)
     authorization = request.headers.get("Authorization")
     if authorization is None:
         raise OAuthError("invalid_client", "backends authenticate with HTTP Basic", status=401)
@@ -32,7 +33,6 @@ async def start_session(request: web.Request) -> web.Response:
         raise OAuthError(
             "unauthorized_client", "this backend may not start sessions for that client", status=403
         )
-    await gw.limit(request, None)
     try:
         pair = await gw.ledger.start_session(req.sub, client_id=req.client_id, scopes=req.scopes)
     except LedgerError as err:

@@ -23,6 +23,7 @@ def required(form: dict[str, str], name: str) -> str:
 async def token(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     form = await read_form(request)
+    await gw.limit(request, form.get("refresh_token"))  # before authentication: failures count too
     client = authenticate(gw.registry, request.headers.get("Authorization"), form)
     grant = required(form, "grant_type")
     if grant != "refresh_token":
@@ -30,7 +31,6 @@ async def token(request: web.Request) -> web.Response:
     raw = required(form, "refresh_token")
     if "scope" in form:
         raise OAuthError("invalid_scope", "a refresh keeps the session's scopes; omit scope")
-    await gw.limit(request, raw)
     try:
         pair = await gw.ledger.rotate(raw, client_id=client.client_id)
     except LedgerError as err:
@@ -44,9 +44,9 @@ async def revoke(request: web.Request) -> web.Response:
     unknown token is answered 200 too (RFC 7009 section 2.2): nothing to learn from it."""
     gw = request.app[GATEWAY]
     form = await read_form(request)
+    await gw.limit(request, form.get("token"))
     client = authenticate(gw.registry, request.headers.get("Authorization"), form)
     raw = required(form, "token")  # token_type_hint is not needed: the two formats differ
-    await gw.limit(request, raw)
     try:
         if is_refresh_token(raw):
             await gw.ledger.logout(raw, client_id=client.client_id)
@@ -66,6 +66,7 @@ async def introspect(request: web.Request) -> web.Response:
     introspection answer plus ``expires_in``."""
     gw = request.app[GATEWAY]
     form = await read_form(request)
+    await gw.limit(request, None)
     client = authenticate(gw.registry, request.headers.get("Authorization"), form)
     if not client.introspect:
         raise OAuthError("invalid_client", "this client may not introspect", status=401)
