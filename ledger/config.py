@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".ledger")
     key_dir: Path | None = None  # default: <data_dir>/keys
     key_passphrase: str | None = Field(default=None, repr=False)
+    # The operator's root public key (a JWK file): verifiers then trust no key on first use;
+    # every key event needs a proof by the root or by a key already trusted.
+    root_key: Path | None = None
+    key_rotation: Duration | None = None  # scheduled rotation of the signing key, e.g. 30d
+    key_maintenance_interval: Duration = timedelta(seconds=1)  # activation/retirement checks
 
     request_timeout: float = Field(default=5.0, gt=0, le=60)
     # Responders answer only to reply subjects under these prefixes (reply-subject injection).
@@ -83,6 +88,8 @@ class Settings(BaseSettings):
             raise ConfigError("access_ttl must not exceed session_absolute_ttl")
         if self.grace_window >= self.refresh_idle_ttl:
             raise ConfigError("grace_window must be shorter than refresh_idle_ttl")
+        if self.key_rotation is not None and self.key_rotation <= self.access_ttl + self.edge_max_staleness:
+            raise ConfigError("key_rotation must be longer than access_ttl + edge_max_staleness")
         if not self.stream.isalnum():
             raise ConfigError("stream name must be alphanumeric")
         if not self.reply_prefixes or not all(

@@ -41,23 +41,23 @@ from ledger.contracts.notices import (
     decode_notice,
     notice_lifetime,
 )
-from ledger.contracts.receipts import Receipt
+from ledger.contracts.receipts import KeyAck, Receipt
 from ledger.contracts.subjects import NOTICES_STREAM, Subjects
 from ledger.domain.access import (
     DEFAULT_LEEWAY,
     AccessClaims,
     Expectations,
-    KeyNotTrusted,
-    KeyRing,
     RejectReason,
     TokenRejected,
     check_signature,
     check_times,
 )
 from ledger.domain.errors import ConfigError, Unavailable
-from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
+from ledger.domain.events import SigningKeyActivated, SigningKeyAdded, SigningKeyRetired, decode_event
+from ledger.domain.keys import KeyBook
 from ledger.streaming.connection import connect
 from ledger.streaming.consumer import ordered_config
+from ledger.streaming.keys import fold_key_event, trust_ring
 
 __all__ = ["AccessClaims", "EdgeVerifier", "RejectReason", "TokenRejected", "default_verifier_id"]
 
@@ -106,7 +106,7 @@ class EdgeVerifier:
         self.expect = Expectations(settings.issuer, settings.audience, leeway.total_seconds())
         self.heartbeat, self.reconnect_wait, self.clock = heartbeat, reconnect_wait, clock
         self.subjects = Subjects(settings.subject_prefix)
-        self.keys, self.revocations = KeyRing(), Revocations()
+        self.keys, self.key_book, self.revocations = trust_ring(settings), KeyBook(), Revocations()
         self.stats: Counter[str] = Counter()
         self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
         self._seq = {"keys": 0, "notices": 0}
@@ -204,6 +204,7 @@ class EdgeVerifier:
         self._connected.set()
         self.receipts = ReceiptPublisher(self.nc, self.verifier_id, self.settings.subject_prefix)
         await self.nc.subscribe(self.subjects.broadcaster_heartbeat, cb=self._on_broadcaster_beat)
+        await self.nc.subscribe(self.subjects.verifiers_ping, cb=self._on_ping)
         for job in (self._sync_loop(), self._heartbeat_loop(), self._receipts_loop()):
             self._tasks.append(asyncio.create_task(job))
         try:
@@ -309,16 +310,21 @@ class EdgeVerifier:
     async def _on_broadcaster_beat(self, msg: Msg) -> None:
         self._broadcaster_at = time.monotonic()
 
+    async def _on_ping(self, msg: Msg) -> None:
+        """Acknowledge the keys this verifier trusts, so a new key signs only once we have it."""
+        if not msg.reply:
+            return
+        kids = sorted(set(self.keys.keys) - self.keys.retired)
+        ack = KeyAck(verifier=self.verifier_id, kids=kids[-64:], keys_seq=self._seq["keys"])
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(ack.encode())
+
     async def _on_key(self, msg: Msg) -> None:
         self._seq["keys"] = max(self._seq["keys"], msg.metadata.sequence.stream)
         try:
             event = decode_event(msg.data)
-            if isinstance(event, SigningKeyAdded):
-                self.keys.add_event(event)  # only with a proof by a key it already trusts
-            elif isinstance(event, SigningKeyRetired):
-                self.keys.retire_event(event)
-        except KeyNotTrusted as err:
-            log.warning("ignoring key event for %s: no trusted key signed it", err)
+            if isinstance(event, SigningKeyAdded | SigningKeyActivated | SigningKeyRetired):
+                fold_key_event(self.keys, self.key_book, event)  # only with a trusted proof
         except Exception as err:  # a bad key event must not stop the verifier
             log.error(
                 "ignoring unusable key event at seq %s: %s", msg.metadata.sequence.stream, type(err).__name__

@@ -45,6 +45,23 @@ class Receipt(BaseModel):
         return self.model_dump_json().encode()
 
 
+MAX_ACK_KIDS = 64
+
+
+class KeyAck(BaseModel):
+    """A live verifier's answer to ``<p>.verifiers.ping``: the key ids it trusts now. A new
+    key starts signing once every verifier that answers lists it (``ledger.service.keycare``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    verifier: Annotated[str, Field(pattern=NAME_PATTERN)]
+    kids: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=MAX_ACK_KIDS)]
+    keys_seq: Annotated[int, Field(ge=0)]
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
 def receipt_subject(verifier_id: str, prefix: str = "ledger") -> str:
     return Subjects(prefix).receipt(verifier_id)
 

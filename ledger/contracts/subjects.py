@@ -13,6 +13,8 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.receipt.<verifier>``       propagation receipts (stream LEDGER_RECEIPTS)
 ``<p>.analytics.rebuild``        rebuild requests to the running analytics projection
 ``<p>.heartbeat.broadcast``      the broadcaster's liveness (core NATS, no stream)
+``<p>.verifiers.ping``           "which keys do you trust?" to every live verifier (core NATS;
+                                 each answers a ``KeyAck``): a new key signs once all have it
 ``<p>.rate.<scope>.<key>.<win>`` the HTTP gateways' shared rate counters (stream LEDGER_GATEWAY_RATE)
 """
 
@@ -51,6 +53,7 @@ class Subjects:
         self.receipts = f"{prefix}.receipt.>"
         self.analytics_rebuild = f"{prefix}.analytics.rebuild"
         self.broadcaster_heartbeat = f"{prefix}.heartbeat.broadcast"
+        self.verifiers_ping = f"{prefix}.verifiers.ping"
         self.rate = f"{prefix}.rate.>"
 
     def rate_counter(self, scope: str, key: str, window: int) -> str:

@@ -122,6 +122,17 @@ class SigningKeyRetired(_Event):
     proof: Annotated[str, Field(max_length=4096)] | None = None
 
 
+class SigningKeyActivated(_Event):
+    """A published key signs from now on, ahead of its ``activates_at``: every live verifier
+    acknowledged it. Signed like the other key events (an unsigned one changes nothing)."""
+
+    type: Literal["SigningKeyActivated"] = "SigningKeyActivated"
+    kid: Annotated[str, Field(pattern=KID_PATTERN)]
+    verifiers: Annotated[int, Field(ge=0)] = 0  # how many live verifiers had acknowledged it
+    proof: Annotated[str, Field(max_length=4096)] | None = None
+
+
+KeyEvent = SigningKeyAdded | SigningKeyActivated | SigningKeyRetired
 FamilyEvent = SessionStarted | TokenRotated | ReuseDetected | SessionRevoked
 Event = Annotated[
     SessionStarted
@@ -131,6 +142,7 @@ Event = Annotated[
     | UserSessionsRevoked
     | AccessTokenRevoked
     | SigningKeyAdded
+    | SigningKeyActivated
     | SigningKeyRetired,
     Field(discriminator="type"),
 ]

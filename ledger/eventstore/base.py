@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -103,6 +104,23 @@ class BaseEventStore(ABC):
         if len(self._facts) > FACTS_CACHE_SIZE:
             self._facts.popitem(last=False)
         return facts
+
+    async def family_and_cut(self, sid: str) -> tuple[Family | None, int | None, int | None]:
+        """The family, its user's cut, and the stream sequence this view is complete up to.
+
+        The third value lets a writer skip the post-commit cut check (invariant 8) when its
+        append landed right after the view (nothing, so no revoke-all, came between); None
+        means unknown, and the check must re-read the cut. Both reads go out at once when
+        the family's user is cached.
+        """
+        sub = self.cached_sub(sid)
+        if sub is not None:
+            family, cut = await asyncio.gather(self.family(sid), self.user_cut(sub))
+            return family, cut, None
+        family = await self.family(sid)
+        if family is None:
+            return None, None, None
+        return family, await self.user_cut(family.started.sub), None
 
     async def user_cut(self, sub: str) -> int | None:
         """Stream sequence of the user's latest revoke-all: sessions started before it are dead."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -28,6 +27,7 @@ from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_sig
 from ledger.domain.decide import Family, Ids, Policy
 from ledger.domain.errors import (
     ConcurrencyConflict,
+    ConfigError,
     SessionRevokedError,
     TokenInvalid,
     TokenReused,
@@ -35,8 +35,10 @@ from ledger.domain.errors import (
 )
 from ledger.domain.events import FamilyEvent, SigningKeyAdded
 from ledger.domain.ids import new_event_id, new_sid
+from ledger.domain.keys import added_statement
 from ledger.domain.refresh import RefreshToken, TokenKeys
 from ledger.eventstore.base import BaseEventStore
+from ledger.service.keys import ROOT_PRIVATE, SigningKey, load_root_key, sign_statement
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
 log = logging.getLogger("ledger.service.handlers")
@@ -76,12 +78,11 @@ class LedgerService:
         self.ring = ring  # the trusted public keys (the key events), to judge revoke_access tokens
         self.expect = Expectations(settings.issuer, settings.audience)
 
-    async def publish_signing_key(self) -> None:
-        """The ledger's first key: publish the key directory's key when the stream has none
-        (trusted on first use; every later key is signed by its predecessor)."""
+    async def publish_signing_key(self, seen: int) -> None:
+        """The ledger's first key: publish the key directory's key when no trusted key event
+        exists (``seen``: the last key-event sequence, untrusted ones included). Without a
+        root key it is trusted on first use; with one, it carries the root's proof."""
         keys_filter = self.subjects.keys_filter()
-        if await self.store.last(keys_filter) is not None:
-            return
         key = self.signer.current(self.clock()).key
         subject = self.subjects.key(key.kid, "added")
         event = SigningKeyAdded(
@@ -90,9 +91,24 @@ class LedgerService:
             kid=key.kid,
             alg=key.alg,
             public_jwk=key.public_jwk(),
+            proof=self._root_proof(key),
         )
         with contextlib.suppress(ConcurrencyConflict):  # another instance published one first
-            await self.store.append(subject, event, expect=(keys_filter, 0))
+            await self.store.append(subject, event, expect=(keys_filter, seen))
+
+    def _root_proof(self, key: SigningKey) -> str | None:
+        """With a root key configured, verifiers trust nothing on first use: the first key
+        needs the root's signature (``root.pem`` in the key directory for the first start)."""
+        s = self.settings
+        if s.root_key is None:
+            return None
+        root = load_root_key(s.keys_path, s.key_passphrase)
+        if root is None:
+            raise ConfigError(
+                f"LEDGER_ROOT_KEY is set: the ledger's first key needs a proof by the root key; "
+                f"put {ROOT_PRIVATE} in {s.keys_path} for the first start (then take it offline)"
+            )
+        return sign_statement(added_statement(key.kid, key.alg, key.public_jwk(), None), root)
 
     async def start_session(self, req: StartSessionRequest) -> TokenPair:
         now = self.clock()
@@ -120,7 +136,7 @@ class LedgerService:
     async def rotate(self, req: RotateRequest) -> TokenPair:
         token = refresh.parse(req.refresh_token)
         for _ in range(MAX_CAS_ATTEMPTS):
-            family, cut = await self._read(token.sid)
+            family, cut, complete_to = await self.store.family_and_cut(token.sid)
             _check_client(family, req.client_id)
             now = self.clock()
             outcome = decide.rotate(
@@ -138,7 +154,8 @@ class LedgerService:
                     return self._pair(family, outcome.successor, now)
                 if isinstance(outcome, decide.Rotated):
                     seq = await self._append_family(family, outcome.events)
-                    await self._check_user_cut_after(family, seq)
+                    if complete_to is None or seq != complete_to + len(outcome.events):
+                        await self._check_user_cut_after(family, seq)  # something came between
                     rotated = decide.evolve(family, outcome.events[0], seq)
                     return self._pair(rotated, outcome.successor, now)
                 for event in outcome.user_events:  # widest revocation first: a crash can't narrow it
@@ -158,7 +175,7 @@ class LedgerService:
     async def logout(self, req: LogoutRequest) -> Revocation:
         """Revoke the session of a presented refresh token (proof of possession, not just a sid)."""
         token = refresh.parse(req.refresh_token)
-        family, _ = await self._read(token.sid)
+        family, _, _ = await self.store.family_and_cut(token.sid)
         _check_client(family, req.client_id)
         decide.check_genuine(family, token, self.keys, self.settings.max_generations)
         return await self.revoke_session(RevokeSessionRequest(sid=token.sid))
@@ -215,17 +232,6 @@ class LedgerService:
         except ConcurrencyConflict:
             return Revocation(seq=None, already_revoked=True, sid=claims.sid, sub=claims.sub, revoked_at=now)
         return Revocation(seq=seq, sid=claims.sid, sub=claims.sub, revoked_at=now)
-
-    async def _read(self, sid: str) -> tuple[Family | None, int | None]:
-        """The family and its user's cut; both reads at once when the facts are cached."""
-        sub = self.store.cached_sub(sid)
-        if sub is not None:
-            family, cut = await asyncio.gather(self.store.family(sid), self.store.user_cut(sub))
-            return family, cut
-        family = await self.store.family(sid)
-        if family is None:
-            return None, None
-        return family, await self.store.user_cut(family.started.sub)
 
     async def _append_family(self, family: Family, events: tuple[FamilyEvent, ...]) -> int:
         sid = family.started.sid

@@ -4,17 +4,19 @@ cannot add two keys for one rotation."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from ledger.config import Settings
-from ledger.domain.errors import BadRequest, SessionNotFound
-from ledger.domain.events import SigningKeyAdded, SigningKeyRetired
+from ledger.domain.access import DEFAULT_LEEWAY
+from ledger.domain.errors import BadRequest, ConcurrencyConflict, SessionNotFound
+from ledger.domain.events import KeyEvent, SigningKeyActivated, SigningKeyAdded, SigningKeyRetired
 from ledger.domain.ids import new_event_id
 from ledger.domain.keys import KeyBook, added_statement, retired_statement
-from ledger.service.keys import create_signing_key, sign_statement
+from ledger.service.keys import SigningKey, create_signing_key, sign_statement
 from ledger.service.keyset import ServiceKeys
 from ledger.streaming.keys import KeyFollower
 from ledger.streaming.store import EventStore
@@ -22,6 +24,11 @@ from ledger.streaming.store import EventStore
 
 async def follow(nc: NATS, settings: Settings) -> KeyFollower:
     return await KeyFollower(nc, settings).start()
+
+
+def longest_token(settings: Settings) -> timedelta:
+    """How long after a key stops signing a token it signed may still be accepted somewhere."""
+    return settings.access_ttl + DEFAULT_LEEWAY
 
 
 def key_rows(book: KeyBook, now: datetime) -> list[dict[str, Any]]:
@@ -42,12 +49,21 @@ def jwks(book: KeyBook) -> dict[str, list[dict[str, str]]]:
 
 
 async def rotate_key(
-    nc: NATS, settings: Settings, *, now: datetime, activate_in: timedelta
+    nc: NATS,
+    settings: Settings,
+    *,
+    now: datetime,
+    activate_in: timedelta,
+    seen: int | None = None,
+    by_root: SigningKey | None = None,
 ) -> SigningKeyAdded:
-    """A new key, published now (stream + JWKS), signing from ``now + activate_in`` on."""
+    """A new key, published now (stream + JWKS), signing from ``now + activate_in`` on, or
+    earlier once every live verifier has it (``ledger.service.keycare``). ``seen``: append only
+    if the key events still end there (the state a scheduled rotation was decided on).
+    ``by_root``: the operator's root key vouches for it (recovery: no usable key is left)."""
     keys = await follow(nc, settings)
     try:
-        current = ServiceKeys(keys, settings, None).current(now).key
+        current = by_root if by_root is not None else ServiceKeys(keys, settings, None).current(now).key
         new = create_signing_key(settings.keys_path, settings.algorithm, settings.key_passphrase)
         activates = now + activate_in
         jwk = new.public_jwk()
@@ -56,7 +72,12 @@ async def rotate_key(
             event_id=new_event_id(), occurred_at=now, kid=new.kid, alg=new.alg, public_jwk=jwk,
             activates_at=activates, proof=proof,
         )  # fmt: skip
-        await _append(nc, settings, new.kid, "added", event, keys.seq)
+        try:
+            await append_key_event(nc, settings, event, keys.seq if seen is None else seen)
+        except ConcurrencyConflict:  # another operator or instance rotated first: drop ours
+            with contextlib.suppress(OSError):
+                (settings.keys_path / f"{new.kid}.pem").unlink()
+            raise
         return event
     finally:
         await keys.stop()
@@ -81,7 +102,7 @@ async def retire_key(
             keys = await follow(nc, settings)
         elif not immediately:
             superseded = keys.book.superseded_at(kid) or now
-            safe = superseded + settings.access_ttl + timedelta(seconds=60)
+            safe = superseded + longest_token(settings)
             if now < safe:
                 raise BadRequest(f"tokens {kid} signed may live until {safe.isoformat()}: wait, or --now")
         signer = ServiceKeys(keys, settings, None).current(now).key
@@ -90,15 +111,17 @@ async def retire_key(
         event = SigningKeyRetired(
             event_id=new_event_id(), occurred_at=now, kid=kid, reason=reason, proof=proof
         )
-        await _append(nc, settings, kid, "retired", event, keys.seq)
+        await append_key_event(nc, settings, event, keys.seq)
         return event
     finally:
         await keys.stop()
 
 
-async def _append(
-    nc: NATS, settings: Settings, kid: str, kind: str, event: SigningKeyAdded | SigningKeyRetired, seen: int
-) -> None:
-    """Append iff no key event landed since ``seen`` (another rotation would conflict)."""
+KINDS = {SigningKeyAdded: "added", SigningKeyActivated: "activated", SigningKeyRetired: "retired"}
+
+
+async def append_key_event(nc: NATS, settings: Settings, event: KeyEvent, seen: int) -> None:
+    """Append iff no key event landed since ``seen`` (a concurrent step would conflict)."""
     store = EventStore(nc, settings)
-    await store.append(store.subjects.key(kid, kind), event, expect=(store.subjects.keys_filter(), seen))
+    subject = store.subjects.key(event.kid, KINDS[type(event)])
+    await store.append(subject, event, expect=(store.subjects.keys_filter(), seen))

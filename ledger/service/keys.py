@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublic
 MASTER_FILE = "ledger.secret"
 JWK_MEMBERS = ("kty", "crv", "x", "y", "n", "e", "kid", "alg", "use")
 ACTIVE_FILE = "active"
+ROOT_PRIVATE, ROOT_PUBLIC = "root.pem", "root.jwk"
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,55 @@ def create_signing_key(key_dir: Path, alg: str, passphrase: str | None) -> Signi
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = generate(alg)
     kid = key_id(private.public_key())
+    _write_private(key_dir / f"{kid}.pem", _pem(private, passphrase))
+    return SigningKey(kid, alg, private)
+
+
+def _pem(private: PrivateKey, passphrase: str | None) -> bytes:
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase.encode())
         if passphrase
         else serialization.NoEncryption()
     )
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    _write_private(key_dir / f"{kid}.pem", pem)
-    return SigningKey(kid, alg, private)
+    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def create_root_key(key_dir: Path, alg: str, passphrase: str | None) -> SigningKey:
+    """The operator's root key: ``root.pem`` (private, 0600, encrypted with a passphrase) and
+    ``root.jwk`` (public; verifiers are configured with it as ``LEDGER_ROOT_KEY``). It signs
+    the ledger's first key and recovery keys only: keep ``root.pem`` offline otherwise."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (key_dir / ROOT_PRIVATE).exists():
+        raise ConfigError(f"{key_dir / ROOT_PRIVATE} exists: a ledger has one root key")
+    private = generate(alg)
+    root = SigningKey(key_id(private.public_key()), alg, private)
+    _write_private(key_dir / ROOT_PRIVATE, _pem(private, passphrase))
+    (key_dir / ROOT_PUBLIC).write_text(json.dumps(root.public_jwk(), indent=2) + "\n")
+    return root
+
+
+def load_root_key(key_dir: Path, passphrase: str | None) -> SigningKey | None:
+    """The root private key when it is in the key directory (None: kept offline)."""
+    path = key_dir / ROOT_PRIVATE
+    if not path.exists():
+        return None
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=_password(passphrase))
+    except (TypeError, ValueError):
+        raise ConfigError("cannot load the root key: wrong or missing passphrase") from None
+    if not isinstance(private, PrivateKey):
+        raise ConfigError("the root key is not an ES256, EdDSA or RS256 key")
+    return SigningKey(key_id(private.public_key()), alg_of(private), private)
+
+
+def alg_of(private: PrivateKey) -> str:
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return "ES256"
+    return "EdDSA" if isinstance(private, ed25519.Ed25519PrivateKey) else "RS256"
+
+
+def _password(passphrase: str | None) -> bytes | None:
+    return passphrase.encode() if passphrase else None
 
 
 def sign_statement(statement: bytes, key: SigningKey) -> str:

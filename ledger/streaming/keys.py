@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 
@@ -21,33 +22,69 @@ from pydantic import ValidationError
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
 from ledger.domain.access import KeyNotTrusted, KeyRing
-from ledger.domain.events import SigningKeyAdded, SigningKeyRetired, decode_event
+from ledger.domain.errors import ConfigError
+from ledger.domain.events import (
+    KeyEvent,
+    SigningKeyActivated,
+    SigningKeyAdded,
+    SigningKeyRetired,
+    decode_event,
+)
 from ledger.domain.keys import KeyBook
 from ledger.streaming.consumer import ordered_config
 
 log = logging.getLogger("ledger.streaming.keys")
 
 
+MAX_ROOT_KEY_BYTES = 16_384
+
+
+def trust_ring(settings: Settings) -> KeyRing:
+    """The verifier's starting trust: the operator's root key when configured, else empty
+    (trust on first use of the ledger's first key)."""
+    if settings.root_key is None:
+        return KeyRing()
+    try:
+        raw = settings.root_key.read_bytes()[: MAX_ROOT_KEY_BYTES + 1]
+        if len(raw) > MAX_ROOT_KEY_BYTES:
+            raise ValueError("too large")
+        jwk = json.loads(raw)
+        if not isinstance(jwk, dict) or "d" in jwk or "p" in jwk:
+            raise ValueError("not a public JWK")
+        return KeyRing.rooted({str(k): str(v) for k, v in jwk.items()})
+    except (OSError, ValueError, jwt.PyJWTError) as err:
+        raise ConfigError(f"root key {settings.root_key}: {err}") from None
+
+
+def fold_key_event(ring: KeyRing, book: KeyBook, event: KeyEvent) -> bool:
+    """Authenticate one key event against ``ring`` and fold it into both; False (and a log
+    line naming the kid only) when no trusted key signed it."""
+    try:
+        if isinstance(event, SigningKeyAdded):
+            ring.add_event(event)
+        elif isinstance(event, SigningKeyActivated):
+            ring.activate_event(event)
+        else:
+            ring.retire_event(event)
+    except (KeyNotTrusted, ValueError, KeyError, jwt.PyJWTError):
+        log.warning("ignoring a %s for %s that no trusted key signed", event.type, event.kid)
+        return False
+    book.apply(event)
+    return True
+
+
 class KeyFollower:
     def __init__(self, nc: NATS, settings: Settings) -> None:
         self.nc = nc
         self.settings = settings
-        self.ring = KeyRing()
+        self.ring = trust_ring(settings)
         self.book = KeyBook()
         self.seq = 0
         self._sub: Any = None
 
-    def apply(self, event: SigningKeyAdded | SigningKeyRetired) -> None:
+    def apply(self, event: KeyEvent) -> None:
         """Fold one key event in; an untrusted one is ignored (logged by kid only)."""
-        try:
-            if isinstance(event, SigningKeyAdded):
-                self.ring.add_event(event)
-                self.book.added.setdefault(event.kid, event)
-            else:
-                self.ring.retire_event(event)
-                self.book.retired.add(event.kid)
-        except (KeyNotTrusted, ValueError, KeyError, jwt.PyJWTError):
-            log.warning("ignoring a key event for %s that no trusted key signed", event.kid)
+        fold_key_event(self.ring, self.book, event)
 
     async def start(self, timeout: float = 15.0) -> KeyFollower:
         """Replay every key event, then follow; returns once caught up with the stream."""
@@ -77,7 +114,7 @@ class KeyFollower:
         except (ValidationError, ValueError):
             log.error("stream seq %d is not a ledger event; skipped", self.seq)
             return
-        if isinstance(event, SigningKeyAdded | SigningKeyRetired):
+        if isinstance(event, SigningKeyAdded | SigningKeyActivated | SigningKeyRetired):
             self.apply(event)
 
     async def stop(self) -> None:

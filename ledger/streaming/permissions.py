@@ -98,6 +98,7 @@ SERVICE = Role(
         "ledger.ev.>",
         "ledger.revoked.>",
         "ledger.heartbeat.>",
+        "ledger.verifiers.ping",
         "$JS.API.INFO",
         *stream_admin(STREAM, "CREATE", "UPDATE", "INFO"),
         *stream_admin(NOTICES, "CREATE", "UPDATE", "INFO"),
@@ -129,8 +130,9 @@ EDGE = Role(
     user="edge",
     block="LEDGER_EDGE",
     purpose="edge verifiers: read keys (ordered consumers on LEDGER) and revocation notices (live, "
-    "and replayed from LEDGER_REVOCATIONS), hear the broadcaster's heartbeat, publish receipts. "
-    "Never an event, a command, a notice, a stream, or a named (durable) consumer",
+    "and replayed from LEDGER_REVOCATIONS), hear the broadcaster's heartbeat, publish receipts, "
+    "answer the ledger's key pings (which keys it trusts). Never an event, a command, a notice, "
+    "a stream, or a named (durable) consumer",
     publish=(
         "ledger.receipt.>",
         "$JS.API.INFO",
@@ -142,7 +144,8 @@ EDGE = Role(
         *named_readers(STREAM),
         *named_readers(NOTICES),
     ),
-    subscribe=("ledger.revoked.>", "ledger.heartbeat.>", "_INBOX.edge.>"),
+    subscribe=("ledger.revoked.>", "ledger.heartbeat.>", "ledger.verifiers.ping", "_INBOX.edge.>"),
+    allow_responses=True,
     deny_publish=(*protected(STREAM, BROADCASTER, *PROJECTOR_NAMES[STREAM]),),
 )
 

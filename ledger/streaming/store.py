@@ -27,10 +27,13 @@ from pydantic import ValidationError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
+from ledger.domain.decide import Family
 from ledger.domain.errors import ConcurrencyConflict, Unavailable
 from ledger.domain.events import (
     Event,
+    FamilyEvent,
     RecordedEvent,
+    UserSessionsRevoked,
     decode_event,
     encode_event,
 )
@@ -42,6 +45,7 @@ WRONG_LAST_SEQUENCE = 10071
 EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
+MAX_BATCH = 16  # a family has four event subjects, a user one cut subject
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -76,6 +80,9 @@ class EventStore(BaseEventStore):
         self.settings = settings
         self.timeout = settings.request_timeout
         self._direct = f"$JS.API.DIRECT.GET.{settings.stream}."
+        self._batches: dict[str, tuple[list[Msg], asyncio.Future[Msg]]] = {}
+        self._batch_inbox: str | None = None
+        self._batch_ids = 0
 
     async def ensure_stream(self) -> None:
         """Create the stream, or bring an existing one to our config (idempotent).
@@ -205,6 +212,80 @@ class EventStore(BaseEventStore):
                     return
         finally:
             await sub.unsubscribe()
+
+    async def family_and_cut(self, sid: str) -> tuple[Family | None, int | None, int | None]:
+        """One batch direct get (``multi_last``) of the family's subjects and the user's cut
+        subject: a point-in-time view under the stream's lock, with the sequence it is complete
+        up to (``Nats-UpTo-Sequence``). Only with one replica (with several, a direct get may be
+        answered by a lagging follower) and once the family's user is known; otherwise, or on
+        anything unexpected (a message that is not an event), the two-read path."""
+        sub = self.cached_sub(sid)
+        if sub is None or self.settings.replicas > 1:
+            return await super().family_and_cut(sid)
+        family_filter, user_subject = self.subjects.family_filter(sid), self.subjects.user(sub)
+        found, up_to = await self._multi_last([family_filter, user_subject])
+        family_msgs = [m for m in found if m[2] != user_subject]
+        if not family_msgs or up_to is None:
+            return await super().family_and_cut(sid)
+        data, seq, subject, stamp = max(family_msgs, key=lambda m: m[1])
+        cut = next((m[1] for m in found if m[2] == user_subject), None)
+        try:
+            head = RecordedEvent(decode_event(data), seq, subject, _parse_time(stamp))
+            cut_event = next((decode_event(m[0]) for m in found if m[2] == user_subject), None)
+        except (ValidationError, ValueError):
+            return await super().family_and_cut(sid)
+        if not isinstance(head.event, FamilyEvent) or (
+            cut_event is not None and not isinstance(cut_event, UserSessionsRevoked)
+        ):
+            return await super().family_and_cut(sid)
+        started, start_seq = await self._facts_for(sid, head)
+        return Family(started=started, start_seq=start_seq, head=head.event, head_seq=seq), cut, up_to
+
+    async def _multi_last(
+        self, filters: list[str]
+    ) -> tuple[list[tuple[bytes, int, str, str | None]], int | None]:
+        """The last message of every subject matching ``filters`` and the view's upper bound."""
+        if self._batch_inbox is None:
+            self._batch_inbox = self.nc.new_inbox()
+            await self.nc.subscribe(f"{self._batch_inbox}.*", cb=self._on_batch_msg)
+        self._batch_ids += 1
+        token = str(self._batch_ids)
+        msgs: list[Msg] = []
+        done: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._batches[token] = (msgs, done)
+        try:
+            request = json.dumps({"multi_last": filters}).encode()
+            await self.nc.publish(self._direct.rstrip("."), request, reply=f"{self._batch_inbox}.{token}")
+            end = await asyncio.wait_for(done, self.timeout)
+        except TimeoutError:
+            raise Unavailable("event store did not answer") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("not connected to NATS") from None
+        finally:
+            self._batches.pop(token, None)
+        headers = end.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return [], None
+        if status != "204":
+            raise Unavailable(f"batch direct get failed: {headers.get('Description', status)}")
+        found = [
+            (m.data, int((m.headers or {})["Nats-Sequence"]), (m.headers or {})["Nats-Subject"],
+             (m.headers or {}).get("Nats-Time-Stamp"))
+            for m in msgs
+        ]  # fmt: skip
+        upto = headers.get("Nats-UpTo-Sequence")
+        return found, int(upto) if upto else None
+
+    async def _on_batch_msg(self, msg: Msg) -> None:
+        entry = self._batches.get(msg.subject.rsplit(".", 1)[-1])
+        if entry is None:
+            return
+        msgs, done = entry
+        if (msg.headers or {}).get("Status") is None and len(msgs) < MAX_BATCH:
+            msgs.append(msg)
+        elif not done.done():
+            done.set_result(msg)
 
     async def _request(self, subject: str, payload: bytes) -> Msg:
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html import escape
 
 import duckdb
 
-from projections.analytics.reports import FAR_PAST, REPORTS, Table, Window, build, cell_text
+from projections.analytics.reports import FAR_PAST, REPORTS, Table, Window, build, cell_text, valid_at
 
 COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618")
 W, H, PAD_L, PAD_B, PAD_T = 640, 270, 60, 90, 28
@@ -32,7 +32,7 @@ class Scale:
     def fit(cls, peak: float, *, log: bool) -> Scale:
         if log:
             return cls(10 ** math.ceil(math.log10(max(peak, 1.0))), True)
-        return cls(_nice(max(peak, 1e-9)), False)
+        return cls(_nice(peak) if peak > 0 else 1.0, False)  # all zero (empty window): a 0..1 axis
 
     def height(self, v: float) -> float:
         if self.log:
@@ -131,9 +131,9 @@ def charts(conn: duckdb.DuckDBPyConnection, w: Window) -> list[str]:
     latency = build(conn, "revocation", w)[0]
     return [
         bar_chart(
-            f"Replay incidents over time ({replay.title})",
+            f"Replay incidents over time (per {replay.rows[0][1] if replay.rows else 'period'})",
             _period_labels([r[0] for r in replay.rows]),
-            [("incidents", [r[1] for r in replay.rows]), ("users", [r[2] for r in replay.rows])],
+            [("incidents", [r[2] for r in replay.rows]), ("users", [r[3] for r in replay.rows])],
             stacked=False,
             unit="count",
         ),
@@ -165,10 +165,17 @@ def _period_labels(periods: list[datetime]) -> list[str]:
 
 
 def render_html(conn: duckdb.DuckDBPyConnection, w: Window, source: str) -> str:
+    travel, w = w.at, replace(w, at=None)  # the reports over the window, then the time travel
     sections = "".join(
         f"<section><h2>{escape(name)}</h2>{''.join(table_html(t) for t in build(conn, name, w))}</section>"
         for name in REPORTS
     )
+    if w.whatif is not None:
+        tables = "".join(table_html(t) for t in build(conn, "whatif", w))
+        sections += f"<section><h2>what-if (policy dry-run)</h2>{tables}</section>"
+    if travel is not None:
+        tables = "".join(table_html(t) for t in valid_at(conn, travel))
+        sections += f"<section><h2>valid at {escape(cell_text(travel))} UTC</h2>{tables}</section>"
     made = datetime.now(UTC).isoformat(timespec="seconds")
     since = "the first event" if w.since == FAR_PAST else cell_text(w.since)
     meta = f"window {since} .. {cell_text(w.until)} UTC · data: {source} · generated {made}"

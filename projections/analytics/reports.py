@@ -3,7 +3,8 @@ text, JSON or CSV, plus one self-contained HTML page with inline SVG charts.
 
 Every report takes a window: sessions that *started* in it (evaluated as of ``until``,
 so still-active sessions are censored, not dropped), incidents *detected* in it,
-revocations *requested* in it. ``until`` defaults to the newest event's time.
+revocations *requested* in it. ``until`` defaults to now (or to the newest event, when
+simulated traffic lies in the future).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 import duckdb
 
-REPORTS = ("summary", "replay", "sessions", "expiration", "usage", "revocation")
+from ledger.domain.decide import ReusePolicy
+from projections.analytics.whatif import EVENT_COLUMNS, Candidate, compare, requests_from
+
+REPORTS = ("summary", "replay", "theft", "sessions", "expiration", "usage", "revocation")
 FAR_PAST = datetime(1970, 1, 1)
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 
@@ -38,10 +42,22 @@ class Table:
 class Window:
     since: datetime
     until: datetime
+    at: datetime | None = None  # time travel: the sessions report lists what was valid then
+    whatif: WhatIf | None = None  # policy dry-run: the candidate's settings (None: as recorded)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    grace: timedelta | None = None
+    reuse: str | None = None
+    idle_ttl: timedelta | None = None
+    absolute_ttl: timedelta | None = None
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
-    """ISO date/time (UTC if no offset) or a relative age like ``30m``, ``24h``, ``7d``."""
+    """``now``, an ISO date/time (UTC if no offset) or a relative age like ``30m``, ``24h``, ``7d``."""
+    if text.strip().lower() == "now":
+        return now.astimezone(UTC).replace(tzinfo=None)
     m = _RELATIVE.fullmatch(text.strip())
     if m:
         unit = {"m": "minutes", "h": "hours", "d": "days"}[m[2]]
@@ -52,14 +68,32 @@ def parse_time(text: str, *, now: datetime) -> datetime:
     return value
 
 
-def window(conn: duckdb.DuckDBPyConnection, since: str | None, until: str | None) -> Window:
-    now = datetime.now(UTC)
-    row = conn.execute("SELECT as_of FROM horizon").fetchone()
-    horizon = row[0] if row and row[0] is not None else now.replace(tzinfo=None)
-    return Window(
+def window(
+    conn: duckdb.DuckDBPyConnection,
+    since: str | None,
+    until: str | None,
+    *,
+    at: str | None = None,
+    now: datetime | None = None,
+) -> Window:
+    """The report window; ``until`` (the state time) defaults to ``default_until``."""
+    now = now or datetime.now(UTC)
+    w = Window(
         since=parse_time(since, now=now) if since else FAR_PAST,
-        until=parse_time(until, now=now) if until else horizon,
+        until=parse_time(until, now=now) if until else default_until(conn, now),
+        at=parse_time(at, now=now) if at else None,
     )
+    if w.since > w.until:
+        raise ValueError(f"--since {w.since.isoformat()} is later than --until {w.until.isoformat()}")
+    return w
+
+
+def default_until(conn: duckdb.DuckDBPyConnection, now: datetime) -> datetime:
+    """Now: after traffic stops, sessions die as time goes on. The newest event instead when it
+    lies in the future (the simulator's clock runs ahead), so a fresh simulation is all in."""
+    row = conn.execute("SELECT as_of FROM horizon").fetchone()
+    plain_now = now.astimezone(UTC).replace(tzinfo=None)
+    return max(plain_now, row[0]) if row and row[0] is not None else plain_now
 
 
 def query(conn: duckdb.DuckDBPyConnection, title: str, sql: str, params: list[Any] | None = None) -> Table:
@@ -100,7 +134,7 @@ agg AS (
            count(*) FILTER (WHERE end_kind = 'user_revoked') AS user_revoked,
            count(*) FILTER (WHERE end_kind = 'idle_expired') AS idle_expired,
            count(*) FILTER (WHERE end_kind = 'absolute_expired') AS absolute_expired,
-           coalesce(sum(rotations), 0) AS rotations, sum(last_generation + 1) AS tokens_issued,
+           coalesce(sum(rotations), 0) AS rotations, coalesce(sum(last_generation + 1), 0) AS tokens_issued,
            count(*) FILTER (WHERE end_kind IN ('idle_expired', 'absolute_expired')) AS tokens_expired_unused,
            tokens_expired_unused / nullif(tokens_issued, 0) AS expiration_rate,
            sum(rotations) / nullif(sum(duration_us) / 86400e6, 0) AS rotations_per_session_day
@@ -147,8 +181,8 @@ def replay(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
         "SELECT min(detected_at), max(detected_at) FROM replay_incidents WHERE detected_at BETWEEN ? AND ?", p
     ).fetchone()
     bucket = _bucket(span)
-    return [
-        query(conn, f"incidents per {bucket}", _OVER_TIME.format(bucket=bucket), p),
+    return [  # a stable title (JSON key); the bucket width is a column
+        query(conn, "incidents over time", _OVER_TIME.format(bucket=bucket), p),
         query(conn, "by user", "SELECT * FROM replay_by_user_at(?, ?)", p),
         query(conn, "by client", "SELECT * FROM replay_by_client_at(?, ?)", p),
         query(
@@ -164,8 +198,8 @@ def replay(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
 
 
 _OVER_TIME = """
-SELECT time_bucket(INTERVAL '{bucket}', detected_at) AS period, count(*) AS incidents,
-       count(DISTINCT sub) AS users
+SELECT time_bucket(INTERVAL '{bucket}', detected_at) AS period, '{bucket}' AS bucket,
+       count(*) AS incidents, count(DISTINCT sub) AS users
 FROM replay_incidents WHERE detected_at BETWEEN ? AND ? GROUP BY ALL ORDER BY period
 """
 
@@ -181,7 +215,76 @@ def _bucket(span: tuple[Any, ...] | None) -> str:
     return "7 days"
 
 
+def theft(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    """Race or theft: each reuse incident's evidence and verdict, and the likely thefts per user."""
+    p = [w.since, w.until]
+    return [
+        query(conn, "likely thefts per user",
+              "SELECT * FROM thefts_by_user_at(?, ?) ORDER BY likely_thefts DESC, incidents DESC, sub", p),
+        query(conn, "verdicts",
+              "SELECT verdict, count(*) AS incidents, count(DISTINCT sub) AS users "
+              "FROM reuse_verdicts_at(?, ?) GROUP BY ALL ORDER BY verdict", p),
+        query(conn, "incidents: race or theft", "SELECT * FROM reuse_verdicts_at(?, ?) ORDER BY seq", p),
+    ]  # fmt: skip
+
+
+def whatif(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    """Policy dry-run: the window's recorded requests through ``decide`` under the candidate
+    policy, beside the same replay under the recorded one (``projections.analytics.whatif``)."""
+    rows = conn.execute(_WHATIF_EVENTS, [w.since, w.until]).fetchall()
+    requests = requests_from(dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows)
+    actual = recorded_policy(conn)
+    wanted = w.whatif or WhatIf()
+    candidate = Candidate(
+        grace=actual.grace if wanted.grace is None else wanted.grace,
+        reuse=actual.reuse if wanted.reuse is None else ReusePolicy(wanted.reuse),
+        idle_ttl=wanted.idle_ttl,
+        absolute_ttl=wanted.absolute_ttl,
+    )
+    policies = [
+        ("grace_window_s", actual.grace.total_seconds(), candidate.grace.total_seconds()),
+        ("reuse_policy", actual.reuse.value, candidate.reuse.value),
+        ("idle_ttl_s", "as recorded", _seconds(candidate.idle_ttl)),
+        ("absolute_ttl_s", "as recorded", _seconds(candidate.absolute_ttl)),
+        ("requests_replayed", len(requests), len(requests)),
+    ]
+    return [
+        Table("policies", ["setting", "actual", "candidate"], policies),
+        Table("what-if", ["figure", "actual", "candidate", "change"], compare(requests, actual, candidate)),
+    ]
+
+
+def recorded_policy(conn: duckdb.DuckDBPyConnection) -> Candidate:
+    """The grace window the projection runs with and the reuse policy of the latest incident."""
+    row = conn.execute(_RECORDED_POLICY).fetchone()
+    grace, policy = row or (30.0, "family")
+    return Candidate(grace=timedelta(seconds=float(grace)), reuse=ReusePolicy(policy))
+
+
+def _seconds(value: timedelta | None) -> Any:
+    return "as recorded" if value is None else value.total_seconds()
+
+
+_RECORDED_POLICY = """
+SELECT coalesce((SELECT max(TRY_CAST(value AS DOUBLE)) FROM analytics_meta WHERE key = 'grace_window_s'), 30),
+       coalesce((SELECT arg_max(policy, seq) FROM events WHERE type = 'ReuseDetected'), 'family')
+"""
+
+# The window's sessions (started in it) with their family events, and the window's revoke-alls.
+_WHATIF_EVENTS = f"""
+SELECT {", ".join(EVENT_COLUMNS)} FROM events
+WHERE occurred_at >= $1 AND occurred_at <= $2
+  AND (type = 'UserSessionsRevoked'
+       OR sid IN (SELECT sid FROM events
+                  WHERE type = 'SessionStarted' AND occurred_at >= $1 AND occurred_at <= $2))
+  AND type IN ('SessionStarted', 'TokenRotated', 'ReuseDetected', 'SessionRevoked', 'UserSessionsRevoked')
+ORDER BY seq
+"""  # noqa: S608
+
+
 def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
+    if w.at is not None:
+        return valid_at(conn, w.at)
     p = [w.since, w.until]
     return [
         query(conn, "durations (Kaplan-Meier; active sessions censored)", _DURATIONS, p),
@@ -195,6 +298,19 @@ def sessions(conn: duckdb.DuckDBPyConnection, w: Window) -> list[Table]:
                       count(*) AS sessions
                FROM sessions_at($2) WHERE started_at >= $1 GROUP BY ALL ORDER BY sessions DESC, outcome""",
             p,
+        ),
+    ]
+
+
+def valid_at(conn: duckdb.DuckDBPyConnection, at: datetime) -> list[Table]:
+    """Time travel: the sessions, users and clients (devices) valid at ``at``, from the log."""
+    return [
+        query(
+            conn, "valid sessions", "SELECT * FROM valid_sessions_at(?) ORDER BY sub, started_at, sid", [at]
+        ),
+        query(conn, "valid users", "SELECT * FROM valid_users_at(?) ORDER BY sub", [at]),
+        query(
+            conn, "valid devices (by client id)", "SELECT * FROM valid_devices_at(?) ORDER BY client_id", [at]
         ),
     ]
 
@@ -255,6 +371,8 @@ FROM revocation_latency_at(?, ?)
 BUILDERS: dict[str, Callable[[duckdb.DuckDBPyConnection, Window], list[Table]]] = {
     "summary": summary,
     "replay": replay,
+    "theft": theft,
+    "whatif": whatif,
     "sessions": sessions,
     "expiration": expiration,
     "usage": usage,

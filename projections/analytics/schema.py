@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = "2"  # 2: session_facts and user_cuts, folded by ingest
+SCHEMA_VERSION = "3"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out
+REFOLD_FACTS_FROM = ("1", "2")  # session_facts of these versions are folded again on open
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS events (
@@ -64,7 +65,7 @@ CREATE TABLE IF NOT EXISTS session_facts (  -- one row per sid: a fold of events
     started_at TIMESTAMP,
     idle_ttl_s BIGINT,
     absolute_ttl_s BIGINT,
-    rotations BIGINT NOT NULL,        -- TokenRotated events
+    rotations BIGINT NOT NULL,        -- TokenRotated events the ledger accepted (refused: see the fold)
     last_generation BIGINT,
     last_rotation_at TIMESTAMP,
     end_seq UBIGINT,                  -- the first SessionRevoked / ReuseDetected
@@ -134,6 +135,22 @@ STAGE_COLUMNS = "{seq: 'UBIGINT', subject: 'VARCHAR', ts_us: 'BIGINT', e: 'JSON'
 # the live file and a rebuild from sequence 1 hold identical rows (invariant 6).
 FOLD_SESSIONS = """
 INSERT INTO session_facts
+WITH b AS (SELECT * FROM events WHERE seq > $1 AND sid IS NOT NULL),
+-- A rotation appended after a revoke-all that its session predates was refused: the service's
+-- post-commit cut check answered session_revoked and the edges ignore it (its ssq is below the
+-- cut). Its session's first start and every cut before it have lower seqs, so they are folded
+-- already or are in this batch (user_cuts is folded first): the same answer for any batching.
+starts AS (SELECT sid, start_seq, sub FROM session_facts
+           WHERE start_seq IS NOT NULL AND sid IN (SELECT sid FROM b WHERE type = 'TokenRotated')
+           UNION ALL SELECT sid, seq, sub FROM b WHERE type = 'SessionStarted'),
+first_start AS (SELECT sid, min(start_seq) AS start_seq, arg_min(sub, start_seq) AS sub
+                FROM starts GROUP BY sid),
+refused AS (SELECT r.seq FROM b r JOIN first_start f USING (sid)
+            WHERE r.type = 'TokenRotated'
+              AND EXISTS (SELECT 1 FROM user_cuts u
+                          WHERE u.sub = f.sub AND u.seq > f.start_seq AND u.seq < r.seq)),
+e AS (SELECT b.*, b.type = 'TokenRotated' AND x.seq IS NULL AS rotated
+      FROM b LEFT JOIN refused x USING (seq))
 SELECT sid, min(seq), count(*) FILTER (WHERE type = 'SessionStarted'),
        min(seq) FILTER (WHERE type = 'SessionStarted'),
        arg_min(sub, seq) FILTER (WHERE type = 'SessionStarted'),
@@ -142,15 +159,15 @@ SELECT sid, min(seq), count(*) FILTER (WHERE type = 'SessionStarted'),
        arg_min(occurred_at, seq) FILTER (WHERE type = 'SessionStarted'),
        arg_min(idle_ttl_s, seq) FILTER (WHERE type = 'SessionStarted'),
        arg_min(absolute_ttl_s, seq) FILTER (WHERE type = 'SessionStarted'),
-       count(*) FILTER (WHERE type = 'TokenRotated'),
-       max(generation) FILTER (WHERE type = 'TokenRotated'),
-       max(occurred_at) FILTER (WHERE type = 'TokenRotated'),
+       count(*) FILTER (WHERE rotated),
+       max(generation) FILTER (WHERE rotated),
+       max(occurred_at) FILTER (WHERE rotated),
        min(seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        arg_min(occurred_at, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        arg_min(type, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        arg_min(coalesce(reason, 'reuse'), seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')),
        max(coalesce(occurred_at, 'infinity'::TIMESTAMP))
-FROM events WHERE seq > $1 AND sid IS NOT NULL GROUP BY sid
+FROM e GROUP BY sid
 ON CONFLICT (sid) DO UPDATE SET
     first_seq = least(first_seq, EXCLUDED.first_seq),
     starts = starts + EXCLUDED.starts,
@@ -196,7 +213,7 @@ WITH fast AS (
            rotations, last_generation, last_rotation_at, end_at AS f_at, end_type AS f_type,
            end_reason AS f_reason
     FROM session_facts WHERE starts = 1 AND last_event_at <= t),
-slow AS (SELECT sid, first_seq FROM session_facts
+slow AS (SELECT sid, first_seq, start_seq AS first_start_seq, sub AS first_sub FROM session_facts
          WHERE starts > 0 AND NOT coalesce(starts = 1 AND last_event_at <= t, false)),
 ev AS (SELECT * FROM events
        WHERE occurred_at <= t AND seq >= (SELECT min(first_seq) FROM slow) AND sid IN (SELECT sid FROM slow)),
@@ -204,10 +221,14 @@ started AS (
     SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
            idle_ttl_s, absolute_ttl_s
     FROM ev WHERE type = 'SessionStarted'),
-rot AS (
-    SELECT sid, count(*) AS rotations, max(generation) AS last_generation,
-           max(occurred_at) AS last_rotation_at
-    FROM ev WHERE type = 'TokenRotated' GROUP BY sid),
+rot AS (  -- the rotations the ledger accepted: none after a cut its session predates (as in the fold)
+    SELECT e.sid, count(*) AS rotations, max(e.generation) AS last_generation,
+           max(e.occurred_at) AS last_rotation_at
+    FROM ev e JOIN slow USING (sid)
+    WHERE e.type = 'TokenRotated'
+      AND NOT EXISTS (SELECT 1 FROM user_cuts u
+                      WHERE u.sub = slow.first_sub AND u.seq > slow.first_start_seq AND u.seq < e.seq)
+    GROUP BY e.sid),
 fend AS (
     SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
            arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
@@ -259,6 +280,26 @@ SELECT sid, sub, client_id, scopes, start_seq, started_at, idle_ttl_s, absolute_
 FROM ended;
 
 CREATE OR REPLACE VIEW sessions AS SELECT * FROM sessions_at((SELECT as_of FROM horizon));
+-- "now" for analysts (UTC; the newest event instead when simulated traffic lies in the future).
+-- Not in `sessions`: a view that moves with the clock could not equal its rebuild.
+CREATE OR REPLACE MACRO state_now() AS
+    greatest(make_timestamp(epoch_us(now())), (SELECT as_of FROM horizon));
+CREATE OR REPLACE VIEW sessions_now AS SELECT * FROM sessions_at(state_now());
+
+-- Time travel: what was valid at t (started by t, not ended by t), from the log.
+-- "Device" is the client id until events carry device context (the session-features issue);
+-- then valid_devices_at groups by that instead.
+CREATE OR REPLACE MACRO valid_sessions_at(t) AS TABLE
+SELECT sid, sub, client_id, scopes, started_at, last_activity_at, expires_at, rotations, last_generation
+FROM sessions_at(t) WHERE censored;
+CREATE OR REPLACE MACRO valid_users_at(t) AS TABLE
+SELECT sub, count(*) AS sessions,
+       list(DISTINCT coalesce(client_id, '(none)') ORDER BY coalesce(client_id, '(none)')) AS clients,
+       min(started_at) AS first_started_at, max(last_activity_at) AS last_activity_at
+FROM valid_sessions_at(t) GROUP BY sub;
+CREATE OR REPLACE MACRO valid_devices_at(t) AS TABLE
+SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions, count(DISTINCT sub) AS users
+FROM valid_sessions_at(t) GROUP BY ALL;
 """
 
 REPLAY = """
@@ -311,6 +352,63 @@ SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS incidents, count(
        min(detected_at) AS first_seen, max(detected_at) AS last_seen
 FROM replay_incidents WHERE detected_at >= since AND detected_at <= until
 GROUP BY ALL ORDER BY incidents DESC, client_id;
+
+-- Race or theft? Each incident's evidence and a verdict (the rule is in the README):
+--   benign_race   the immediate predecessor, presented within race_s after the grace window
+--                 closed (a second tab or a retry that just missed it; with grace 0: milliseconds);
+--   likely_theft  a token two or more generations old (its holder never saw the newer ones),
+--                 or presented theft_s or more after it was superseded;
+--   unclear       in between.
+-- When was the presented token superseded? By the rotation to the next generation, whatever
+-- the generation (ReuseDetected carries it for the immediate predecessor only).
+-- Device context hook: presented_device / same_device stay NULL until events carry the
+-- presenter's device (the session-features work); a different device then means likely_theft,
+-- the same device and a close time benign_race.
+CREATE OR REPLACE MACRO reuse_verdicts_at(since, until, race_s := 5.0, theft_s := 300.0) AS TABLE
+WITH i AS (SELECT * FROM replay_incidents WHERE detected_at >= since AND detected_at <= until),
+nxt AS (SELECT i.seq AS rseq, min(f.occurred_at) AS next_at
+        FROM i JOIN events f ON f.type = 'TokenRotated' AND f.sid = i.sid
+                             AND f.generation = i.presented_generation + 1 AND f.seq < i.seq
+        GROUP BY i.seq),
+grace AS (SELECT coalesce(max(TRY_CAST(value AS DOUBLE)), 30) AS grace_s
+          FROM analytics_meta WHERE key = 'grace_window_s'),
+e AS (SELECT i.*, coalesce(i.superseded_at, nxt.next_at) AS presented_superseded_at,
+             epoch(i.detected_at - coalesce(i.superseded_at, nxt.next_at)) AS after_supersession_s,
+             NULL::VARCHAR AS presented_device, NULL::BOOLEAN AS same_device, grace.grace_s
+      FROM i CROSS JOIN grace LEFT JOIN nxt ON nxt.rseq = i.seq)
+SELECT seq, detected_at, sub, sid, client_id, presented_generation, current_generation, generations_behind,
+       presented_superseded_at, round(after_supersession_s, 6) AS after_supersession_s, grace_s,
+       presented_device, same_device,
+       CASE WHEN same_device = false THEN 'likely_theft'
+            WHEN generations_behind >= 2 THEN 'likely_theft'
+            WHEN after_supersession_s >= theft_s THEN 'likely_theft'
+            WHEN generations_behind = 1 AND after_supersession_s <= grace_s + race_s THEN 'benign_race'
+            ELSE 'unclear' END AS verdict,
+       CASE WHEN same_device = false THEN 'presented from another device'
+            WHEN generations_behind >= 2 THEN generations_behind || ' generations old'
+            WHEN after_supersession_s >= theft_s THEN 'presented ' || round(after_supersession_s)
+                                                       || ' s after it was superseded'
+            WHEN generations_behind = 1 AND after_supersession_s <= grace_s + race_s
+                THEN 'the previous token, ' || round(after_supersession_s - grace_s, 3)
+                     || ' s after the grace window'
+            ELSE 'the previous token, ' || coalesce(round(after_supersession_s) || ' s', 'unknown time')
+                 || ' after it was superseded' END AS evidence
+FROM e;
+
+CREATE OR REPLACE MACRO thefts_by_user_at(since, until, race_s := 5.0, theft_s := 300.0) AS TABLE
+SELECT sub, count(*) AS incidents, count(*) FILTER (WHERE verdict = 'likely_theft') AS likely_thefts,
+       count(*) FILTER (WHERE verdict = 'benign_race') AS benign_races,
+       count(*) FILTER (WHERE verdict = 'unclear') AS unclear,
+       min(detected_at) FILTER (WHERE verdict = 'likely_theft') AS first_theft_at,
+       max(detected_at) FILTER (WHERE verdict = 'likely_theft') AS last_theft_at,
+       list(DISTINCT coalesce(client_id, '(none)') ORDER BY coalesce(client_id, '(none)')) AS clients
+FROM reuse_verdicts_at(since, until, race_s := race_s, theft_s := theft_s)
+GROUP BY sub;
+
+CREATE OR REPLACE VIEW reuse_verdicts AS
+SELECT * FROM reuse_verdicts_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
+CREATE OR REPLACE VIEW thefts_by_user AS
+SELECT * FROM thefts_by_user_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
 
 CREATE OR REPLACE VIEW replay_daily AS
 SELECT * FROM replay_daily_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAMP);
@@ -369,8 +467,8 @@ SELECT * FROM revocation_latency_at('-infinity'::TIMESTAMP, 'infinity'::TIMESTAM
 METRICS = """
 CREATE OR REPLACE MACRO token_expiration_at(since, until) AS TABLE
 SELECT coalesce(client_id, '(none)') AS client_id,
-       sum(last_generation + 1) AS tokens_issued,
-       sum(rotations) AS tokens_used,
+       coalesce(sum(last_generation + 1), 0) AS tokens_issued,
+       coalesce(sum(rotations), 0) AS tokens_used,
        count(*) FILTER (WHERE end_kind IN ('idle_expired', 'absolute_expired')) AS tokens_expired_unused,
        count(*) FILTER (WHERE end_kind IN ('revoked', 'reuse', 'user_revoked')) AS tokens_revoked_unused,
        count(*) FILTER (WHERE censored) AS tokens_live,
@@ -379,8 +477,8 @@ FROM sessions_at(until) WHERE started_at >= since
 GROUP BY ROLLUP (coalesce(client_id, '(none)')) ORDER BY client_id NULLS FIRST;
 
 CREATE OR REPLACE MACRO refresh_usage_at(since, until) AS TABLE
-SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions, sum(rotations) AS rotations,
-       sum(duration_us) / 86400e6 AS session_days,
+SELECT coalesce(client_id, '(none)') AS client_id, count(*) AS sessions,
+       coalesce(sum(rotations), 0) AS rotations, coalesce(sum(duration_us) / 86400e6, 0) AS session_days,
        sum(rotations) / nullif(sum(duration_us) / 86400e6, 0) AS rotations_per_session_day
 FROM sessions_at(until) WHERE started_at >= since
 GROUP BY ROLLUP (coalesce(client_id, '(none)')) ORDER BY client_id NULLS FIRST;
@@ -403,7 +501,9 @@ q AS (SELECT client_id, min(d) FILTER (WHERE survival <= 0.5 + 1e-12) AS p50_s,
 c AS (SELECT client_id, count(*) AS sessions, count(*) FILTER (WHERE died) AS ended,
              count(*) FILTER (WHERE NOT died) AS censored, avg(us) FILTER (WHERE died) / 1e6 AS mean_ended_s,
              max(d) AS max_observed_s
-      FROM g GROUP BY client_id)
+      FROM g GROUP BY client_id
+      UNION ALL  -- the total row, even for an empty window
+      SELECT NULL, 0, 0, 0, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM s))
 SELECT c.client_id, sessions, ended, censored, p50_s, p90_s, p99_s, mean_ended_s, max_observed_s
 FROM c LEFT JOIN q ON c.client_id IS NOT DISTINCT FROM q.client_id ORDER BY c.client_id NULLS FIRST;
 
@@ -434,26 +534,37 @@ VIEWS = (SESSIONS, REPLAY, REVOCATIONS, METRICS)
 def fold_sessions(conn: duckdb.DuckDBPyConnection, after_seq: int = 0) -> None:
     """Fold the events with seq > ``after_seq`` into ``session_facts`` (ingest calls it in the
     batch's transaction, so the facts move exactly once, with the rows and the checkpoint)."""
+    conn.execute(FOLD_USER_CUTS, [after_seq])  # first: the sessions' fold reads the cuts
     conn.execute(FOLD_SESSIONS, [after_seq])
-    conn.execute(FOLD_USER_CUTS, [after_seq])
 
 
 def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30.0) -> None:
     """Create tables if missing and (re)create every view; idempotent. A file made before a
-    folded table existed gets that table folded from all its events once, here."""
+    folded table existed gets that table folded from all its events once, here; so does a
+    file whose ``session_facts`` an older fold made (version 2 counted refused rotations)."""
     had = {
         row[0]
         for row in conn.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
         ).fetchall()
     }
+    stored = _stored_version(conn) if "analytics_meta" in had else None
     conn.execute(TABLES)
-    for table, fold in (("session_facts", FOLD_SESSIONS), ("user_cuts", FOLD_USER_CUTS)):
-        if table not in had:
-            conn.execute(fold, [0])
+    if "user_cuts" not in had:
+        conn.execute(FOLD_USER_CUTS, [0])
+    if "session_facts" not in had or stored in REFOLD_FACTS_FROM:
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("DELETE FROM session_facts")
+        conn.execute(FOLD_SESSIONS, [0])
+        conn.execute("COMMIT")
     for ddl in VIEWS:
         conn.execute(ddl)
     conn.execute(
         "INSERT OR REPLACE INTO analytics_meta VALUES ('schema_version', ?), ('grace_window_s', ?)",
         [SCHEMA_VERSION, str(grace_window_s)],
     )
+
+
+def _stored_version(conn: duckdb.DuckDBPyConnection) -> str | None:
+    row = conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else str(row[0])

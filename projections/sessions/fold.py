@@ -34,6 +34,7 @@ from ledger.domain.events import (
     ReuseDetected,
     RevokeReason,
     SessionStarted,
+    SigningKeyActivated,
     SigningKeyAdded,
     SigningKeyRetired,
     TokenRotated,
@@ -123,6 +124,10 @@ def user_cut_key(sub: str) -> str:
     return f"{user_prefix(sub)}.cut"
 
 
+def is_cut_key(key: str) -> bool:
+    return key.startswith("u.") and key.endswith(".cut")
+
+
 def signing_key_key(kid: str) -> str:
     return f"k.{kid}"
 
@@ -144,15 +149,18 @@ def touched(event: Event) -> tuple[str, ...]:
     return (signing_key_key(event.kid),)
 
 
-def next_record(key: str, current: Record | None, rec: RecordedEvent) -> Record | None:
-    """The record at ``key`` after ``rec``, or None when ``rec`` changes nothing there."""
+def next_record(
+    key: str, current: Record | None, rec: RecordedEvent, cut: Record | None = None
+) -> Record | None:
+    """The record at ``key`` after ``rec``, or None when ``rec`` changes nothing there.
+    ``cut`` is the user's cut record as of ``rec`` (read for a rotation: ``cut_key``)."""
     if current is not None and current.seq >= rec.seq:
         return None  # already applied: a redelivery is a no-op
     event = rec.event
     if isinstance(event, SessionStarted):
         return _started(key, current, event, rec.seq)
     if isinstance(event, TokenRotated | ReuseDetected | SessionRevokedEvent):
-        return _family_step(current, event, rec.seq)
+        return _family_step(current, event, rec.seq, cut)
     if isinstance(event, UserSessionsRevoked):
         return _user_cut(current, event, rec.seq)
     if isinstance(event, AccessTokenRevoked):
@@ -169,14 +177,32 @@ def _started(key: str, current: Record | None, event: SessionStarted, seq: int) 
 
 
 def _family_step(
-    current: Record | None, event: TokenRotated | ReuseDetected | SessionRevokedEvent, seq: int
+    current: Record | None,
+    event: TokenRotated | ReuseDetected | SessionRevokedEvent,
+    seq: int,
+    cut: Record | None,
 ) -> Record | None:
     if not isinstance(current, SessionRecord):
         return None  # no SessionStarted before it: nothing to extend
-    update: dict[str, Any] = {"seq": seq, "head": event}
-    if isinstance(event, TokenRotated):
+    update: dict[str, Any] = {"seq": seq, "head": event}  # the head is the ledger's, refused or not
+    if isinstance(event, TokenRotated) and not refused(current, cut, seq):
         update.update(rotations=current.rotations + 1, last_rotated_at=event.occurred_at)
     return current.model_copy(update=update)
+
+
+def refused(session: SessionRecord, cut: Record | None, seq: int) -> bool:
+    """Did the ledger refuse the rotation at ``seq``? It was appended after a revoke-all that its
+    session predates, so the post-commit cut check answered ``session_revoked`` (and the edges
+    ignore its token: its ``ssq`` is below the cut). Such a rotation is not counted."""
+    return isinstance(cut, UserCutRecord) and session.start_seq < cut.seq < seq
+
+
+def cut_key(lookup: Mapping[str, Record], event: Event) -> str | None:
+    """The user cut a rotation's fold reads (the session, hence its user, must be known)."""
+    if not isinstance(event, TokenRotated):
+        return None
+    session = lookup.get(session_key(event.sid))
+    return user_cut_key(session.started.sub) if isinstance(session, SessionRecord) else None
 
 
 def _user_cut(current: Record | None, event: UserSessionsRevoked, seq: int) -> UserCutRecord:
@@ -187,8 +213,10 @@ def _user_cut(current: Record | None, event: UserSessionsRevoked, seq: int) -> U
 
 
 def _signing_key(
-    current: Record | None, event: SigningKeyAdded | SigningKeyRetired, seq: int
+    current: Record | None, event: SigningKeyAdded | SigningKeyActivated | SigningKeyRetired, seq: int
 ) -> Record | None:
+    if isinstance(event, SigningKeyActivated):
+        return None  # when a key starts signing matters to signers, not to what verifies
     if isinstance(event, SigningKeyAdded):
         retired = current.retired_seq if isinstance(current, KeyRecord) else None
         return KeyRecord(
@@ -216,8 +244,10 @@ EMPTY = SessionsState()
 def changes(lookup: Mapping[str, Record], rec: RecordedEvent) -> dict[str, Record]:
     """The records ``rec`` writes, given the current ones (the store applies exactly these)."""
     out: dict[str, Record] = {}
+    read = cut_key(lookup, rec.event)
+    cut = lookup.get(read) if read is not None else None
     for key in touched(rec.event):
-        new = next_record(key, lookup.get(key), rec)
+        new = next_record(key, lookup.get(key), rec, cut)
         if new is not None:
             out[key] = new
     return out

@@ -23,7 +23,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from ledger.config import Settings
 from ledger.contracts.subjects import pointer_bucket as contract_pointer_bucket
 from ledger.contracts.subjects import sessions_bucket
-from ledger.domain.events import RecordedEvent
+from ledger.domain.events import RecordedEvent, SessionStarted, TokenRotated
 from ledger.domain.ids import NAME_RE
 from ledger.streaming.streams import kv_config
 from projections.sessions.fold import (
@@ -37,6 +37,7 @@ from projections.sessions.fold import (
     decode_checkpoint,
     encode,
     encode_checkpoint,
+    is_cut_key,
     revoked_token_key,
     session_key,
     touched,
@@ -116,16 +117,41 @@ class SessionStore:
         redelivered batch then skips the former (their seq is higher) and fills in the rest.
         """
         keys = sorted({key for rec in recs for key in touched(rec.event)})
-        loaded = await asyncio.gather(*(self._load(key) for key in keys))
-        base = dict(zip(keys, loaded, strict=True))
+        base = await self._load_all(keys)
         records = {key: record for key, (record, _) in base.items() if record is not None}
+        starts = {rec.event.sid: rec.event for rec in recs if isinstance(rec.event, SessionStarted)}
+        cuts = sorted(set(self._cut_keys(recs, records, starts)) - base.keys())
+        base.update(await self._load_all(cuts))  # rotations read their user's cut
+        records.update({key: record for key in cuts if (record := base[key][0]) is not None})
         dirty: set[str] = set()
         for rec in recs:
             changed = changes(records, rec)
             records.update(changed)
             dirty.update(changed)
-        await self._write_all([(key, records[key], base[key][1]) for key in sorted(dirty)])
+        # Cuts last: a redelivered rotation must never meet a cut from later in its own batch
+        # (a crash between the two leaves the sessions written, so their rotations are skipped).
+        for cuts_now in (False, True):
+            part = sorted(k for k in dirty if is_cut_key(k) == cuts_now)
+            await self._write_all([(key, records[key], base[key][1]) for key in part])
         return len(dirty)
+
+    async def _load_all(self, keys: list[str]) -> dict[str, tuple[Record | None, int]]:
+        return dict(zip(keys, await asyncio.gather(*(self._load(key) for key in keys)), strict=True))
+
+    @staticmethod
+    def _cut_keys(
+        recs: list[RecordedEvent], records: dict[str, Record], starts: dict[str, SessionStarted]
+    ) -> list[str]:
+        out = []
+        for rec in recs:
+            if isinstance(rec.event, TokenRotated):
+                known = records.get(session_key(rec.event.sid))
+                sub = known.started.sub if isinstance(known, SessionRecord) else None
+                start = starts.get(rec.event.sid)
+                sub = sub or (start.sub if start is not None else None)
+                if sub is not None:
+                    out.append(user_cut_key(sub))
+        return out
 
     async def _write_all(self, writes: list[tuple[str, Record, int]]) -> None:
         for start in range(0, len(writes), PARALLEL_WRITES):

@@ -12,22 +12,34 @@ import asyncio
 import functools
 import json
 import sys
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 from nats.aio.client import Client as NATS
 
-from ledger.config import Settings
+from ledger.config import Settings, parse_duration
 from ledger.domain.errors import BadRequest, Unavailable
 from projections.analytics.html import render_html
 from projections.analytics.projection import BATCH, AnalyticsDB, db_path_for, open_reader
 from projections.analytics.rebuild import rebuild_anywhere, run_analytics
-from projections.analytics.reports import REPORTS, Table, build, query, render, window
+from projections.analytics.reports import REPORTS, Table, WhatIf, build, query, render, window
 from projections.sessions.rebuild import RebuildResult
 from session_ledger.cli.common import COMMON, settings_from
 from session_ledger.runtime import Component, run_one
 from session_ledger.sim.simulate import SimConfig, simulate
+
+REPORT_HELP = {
+    "summary": "headline figures of the window",
+    "replay": "replay incidents over time, by user, by client, each incident",
+    "theft": "race or theft: each reuse incident's verdict and evidence, likely thefts per user",
+    "sessions": "durations (Kaplan-Meier), histogram, how sessions ended; --at: valid then",
+    "expiration": "refresh tokens issued and never used",
+    "usage": "rotations per session-day",
+    "revocation": "revocation latency, per verifier",
+}
 
 
 def register(sub: Any) -> None:
@@ -35,11 +47,23 @@ def register(sub: Any) -> None:
         dest="report", required=True, metavar="REPORT"
     )
     for name in REPORTS:
-        p = report.add_parser(name, parents=[COMMON, _db_options()], help=f"{name} report")
+        p = report.add_parser(name, parents=[COMMON, _db_options()], help=REPORT_HELP[name])
         p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        if name == "sessions":
+            _at_option(p, "instead: the sessions, users and clients valid at this instant")
         p.set_defaults(func=cmd_report, name=name)
-    html = report.add_parser("html", parents=[COMMON, _db_options()], help="one self-contained HTML page")
+    whatif = report.add_parser(
+        "whatif",
+        parents=[COMMON, _db_options(), _whatif_options()],
+        help="policy dry-run: recorded requests replayed through the ledger's decisions, candidate policy",
+    )
+    whatif.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    whatif.set_defaults(func=cmd_report, name="whatif")
+    html = report.add_parser(
+        "html", parents=[COMMON, _db_options(), _whatif_options()], help="one self-contained HTML page"
+    )
     html.add_argument("-o", "--output", type=Path, default=Path("report.html"))
+    _at_option(html, "add a section: the sessions, users and clients valid at this instant")
     html.set_defaults(func=cmd_html)
 
     sql = sub.add_parser("sql", parents=[COMMON, _db_options(window=False)], help="ad-hoc read-only SQL")
@@ -66,9 +90,48 @@ def _db_options(*, window: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--db", type=Path, help="DuckDB file (default <data-dir>/analytics.duckdb)")
     if window:
-        p.add_argument("--since", help="start: ISO time (UTC) or age like 24h, 7d")
-        p.add_argument("--until", help="end and as-of time (default: newest event)")
+        p.add_argument("--since", help="start: ISO time (UTC), an age like 24h, 7d, or now")
+        p.add_argument(
+            "--until",
+            help="end and as-of (state) time, same forms (default: now; the newest event if it is later)",
+        )
     return p
+
+
+def _whatif_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    same = "(default: as recorded)"
+    p.add_argument("--grace", help=f"candidate grace window, e.g. 0, 5s, 2m {same}")
+    p.add_argument("--policy", choices=["family", "user"], help=f"candidate reuse policy {same}")
+    p.add_argument("--idle", help=f"candidate idle timeout, e.g. 30m, 1d {same}")
+    p.add_argument("--absolute", help=f"candidate absolute session lifetime, e.g. 12h, 30d {same}")
+    return p
+
+
+def whatif_from(args: argparse.Namespace) -> WhatIf | None:
+    """The candidate policy of ``report whatif`` / ``report html`` (None: no what-if asked)."""
+    asked = any(getattr(args, n) is not None for n in ("grace", "policy", "idle", "absolute"))
+    if getattr(args, "name", None) != "whatif" and not asked:
+        return None
+    return WhatIf(
+        grace=_duration(args.grace, "--grace", zero=True),
+        reuse=args.policy,
+        idle_ttl=_duration(args.idle, "--idle"),
+        absolute_ttl=_duration(args.absolute, "--absolute"),
+    )
+
+
+def _duration(text: str | None, flag: str, *, zero: bool = False) -> timedelta | None:
+    if text is None:
+        return None
+    value = parse_duration(text)
+    if not isinstance(value, timedelta) or value < timedelta(0) or (value == timedelta(0) and not zero):
+        raise BadRequest(f"bad {flag} {text!r}: a duration like 30s, 15m, 7d{' or 0' if zero else ''}")
+    return value
+
+
+def _at_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--at", help=f"time travel: ISO time (UTC), an age like 2h, or now; {what}")
 
 
 def _register_simulate(sub: Any) -> None:
@@ -98,15 +161,15 @@ def cmd_report(args: argparse.Namespace) -> None:
     with conn:
         tables = build(conn, args.name, _window(conn, args))
     print(render(tables, "json" if args.json else args.format))
-    if source == "snapshot":
-        print("(from the snapshot published by the running projection)", file=sys.stderr)
+    note_source(source)
 
 
 def _window(conn: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> Any:
     try:
-        return window(conn, args.since, args.until)
+        w = window(conn, args.since, args.until, at=getattr(args, "at", None))
     except ValueError as err:
-        raise BadRequest(f"bad --since/--until: {err}") from None
+        raise BadRequest(f"bad --since/--until/--at: {err}") from None
+    return replace(w, whatif=whatif_from(args)) if hasattr(args, "grace") else w
 
 
 def cmd_html(args: argparse.Namespace) -> None:
@@ -118,13 +181,20 @@ def cmd_html(args: argparse.Namespace) -> None:
 
 
 def cmd_sql(args: argparse.Namespace) -> None:
-    conn, _ = reader(args)
+    conn, source = reader(args)
     with conn:
         try:
             table = query(conn, "result", args.query)
         except duckdb.Error as err:
             raise BadRequest(f"query failed: {str(err).splitlines()[0]}") from None
     print(render([table], "json" if args.json else args.format))
+    note_source(source)
+
+
+def note_source(source: str) -> None:
+    """Readers may be a few seconds stale while ``up`` writes: say so, on stderr."""
+    if source == "snapshot":
+        print("(from the snapshot published by the running projection)", file=sys.stderr)
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:

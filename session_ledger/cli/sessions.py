@@ -1,24 +1,43 @@
-"""CLI for the sessions read side: ``sessions list|show`` and ``introspect``."""
+"""CLI for the sessions read side: ``sessions list|show`` and ``introspect``.
+
+``sessions list --at T`` travels in time: it reads the event log (as the ``analyst`` role)
+and folds it up to ``T`` with the projection's own pure fold (``projections.sessions.timetravel``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
+
+from nats.aio.client import Client as NATS
 
 from ledger.client import LedgerClient
 from ledger.contracts.queries import SessionView
 from ledger.domain.errors import BadRequest, TokenInvalid
-from session_ledger.cli.common import COMMON, emit, run_client
+from ledger.streaming.store import EventStore
+from projections.analytics.reports import parse_time
+from projections.sessions.timetravel import state_at, views_at
+from session_ledger.cli.common import COMMON, emit, run_client, run_nats, settings_from
 
 
 def register(sub: Any) -> None:
     sessions = sub.add_parser("sessions", help="query the sessions projection").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    listing = sessions.add_parser("list", parents=[COMMON], help="a user's active sessions")
-    listing.add_argument("--sub", required=True, help="user id")
+    listing = sessions.add_parser(
+        "list",
+        parents=[COMMON],
+        help="a user's active sessions (--at: valid at a past instant, from the log)",
+    )
+    listing.add_argument("--sub", help="user id (required without --at; with --at: every user if omitted)")
     listing.add_argument("--all", action="store_true", help="include expired and revoked sessions")
+    listing.add_argument(
+        "--at",
+        help="time travel: ISO time (UTC if no offset), an age like 2h, or now; folds the event log "
+        "up to it (connects as analyst)",
+    )
     listing.set_defaults(func=cmd_list)
     show = sessions.add_parser("show", parents=[COMMON], help="one session's state")
     show.add_argument("sid")
@@ -72,11 +91,56 @@ def sessions_table(views: tuple[SessionView, ...]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    if args.at is not None:
+        return cmd_list_at(args)
+    if not args.sub:
+        raise BadRequest("--sub is required (or give --at to list every user's sessions at an instant)")
+
     async def go(c: LedgerClient) -> None:
         result = await c.list_sessions(args.sub, include_inactive=args.all)
         emit(args, result, sessions_table(result.sessions) if result.sessions else "no sessions")
 
     run_client(args, go)
+
+
+def cmd_list_at(args: argparse.Namespace) -> None:
+    try:
+        at = parse_time(args.at, now=datetime.now(UTC)).replace(tzinfo=UTC)
+    except ValueError as err:
+        raise BadRequest(f"bad --at: {err}") from None
+    settings = settings_from(args, "analyst")
+
+    async def go(nc: NATS) -> None:
+        events = [rec async for rec in EventStore(nc, settings).read(from_seq=1)]
+        views = views_at(state_at(events, at), at, sub=args.sub, include_inactive=args.all)
+        data = {"at": at.isoformat(), "sub": args.sub, "sessions": [v.model_dump(mode="json") for v in views]}
+        emit(args, data, at_text(at, views))
+
+    run_nats(args, settings, go)
+
+
+def at_text(at: datetime, views: tuple[SessionView, ...]) -> str:
+    users = len({v.sub for v in views})
+    clients = len({v.client_id for v in views})
+    head = f"at {at.isoformat()}: {len(views)} sessions, {users} users, {clients} clients"
+    if not views:
+        return head
+    rows = [("SUB", "SID", "CLIENT", "GEN", "STATUS", "STARTED", "IDLE EXPIRY")]
+    rows += [
+        (
+            v.sub,
+            v.sid,
+            v.client_id or "-",
+            str(v.generation),
+            v.status,
+            _when(v.started_at),
+            _when(v.idle_expires_at),
+        )
+        for v in views
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([head, *table])
 
 
 def cmd_show(args: argparse.Namespace) -> None:

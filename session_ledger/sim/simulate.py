@@ -34,7 +34,7 @@ from ledger.service.app import build_service, command_routes, handle
 from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
 from session_ledger.sim.synthetic import CLIENTS, synthetic_events
-from session_ledger.sim.truth import US, Device, SimConfig, SimSession, Truth, km_quantiles, us_of
+from session_ledger.sim.truth import US, Device, SimConfig, SimSession, Step, Truth, km_quantiles, us_of
 
 __all__ = ["SimConfig", "Truth", "km_quantiles", "simulate", "simulated_ledger", "synthetic_events"]
 
@@ -106,7 +106,15 @@ async def start_time(settings: Settings) -> datetime:
 class Simulator:
     """Discrete-event simulation: one pending action per device, attacks and password changes."""
 
-    def __init__(self, cfg: SimConfig, client: LedgerClient, clock: SimClock, grace: timedelta) -> None:
+    def __init__(
+        self,
+        cfg: SimConfig,
+        client: LedgerClient,
+        clock: SimClock,
+        grace: timedelta,
+        *,
+        user_policy: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.client = client
         self.clock = clock
@@ -118,6 +126,7 @@ class Simulator:
         self.truth = Truth(since=clock.start, until=clock.start + timedelta(microseconds=self.end_us))
         self.user_sessions: dict[str, list[SimSession]] = {}
         self.grace_us = us_of(grace)
+        self.user_policy = user_policy  # LEDGER_REUSE_POLICY=user: a replay logs the whole user out
 
     def at(self, t_us: int, kind: str, target: Any) -> None:
         if t_us <= self.end_us:
@@ -155,8 +164,10 @@ class Simulator:
         now = self.clock.now_us
         pair = await self.client.start_session(device.sub, client_id=device.client_id, scopes=("api",))
         s = SimSession(pair.sid, device.sub, device.client_id, now, [pair.refresh_token], now)
+        s.index = len(self.truth.sessions)
         device.session = s
         self.truth.sessions.append(s)
+        self.truth.trace.append(Step(now, "login", s.index, 0, device.sub, device.client_id))
         self.user_sessions[device.sub].append(s)
         self.at(now + self.span(self.cfg.refresh_every_s), "refresh", device)
         if self.rng.random() < self.cfg.replay_rate:
@@ -173,6 +184,7 @@ class Simulator:
         pair = await self._call(self.client.rotate(s.tokens[-1]))
         if pair is None:
             return
+        self.truth.trace.append(Step(now, "refresh", s.index, s.rotations))
         s.tokens.append(pair.refresh_token)
         s.rotations += 1
         s.last_activity_us = s.last_rotation_us = now
@@ -191,6 +203,7 @@ class Simulator:
         s, now = device.session, self.clock.now_us
         assert s is not None
         if s.alive(now, self.cfg) and await self._call(self.client.logout(s.tokens[-1])) is not None:
+            self.truth.trace.append(Step(now, "logout", s.index))
             s.end_us, s.end_kind = now, "revoked"
             self.truth.logouts += 1
         self.at(now + self.span(self.cfg.relogin_gap_s), "login", device)
@@ -199,6 +212,7 @@ class Simulator:
         now = self.clock.now_us
         if await self._call(self.client.revoke_user(sub, "password_change")) is None:
             return
+        self.truth.trace.append(Step(now, "revoke_all", sub=sub))
         self.truth.password_changes += 1
         for s in self.user_sessions[sub]:
             if s.alive(now, self.cfg):
@@ -216,7 +230,11 @@ class Simulator:
             self.at(now + 60 * US, "attack", (s, tries + 1))
             return
         await self._expect_refusal(s.tokens[stolen], (TokenReused,))
+        self.truth.trace.append(Step(now, "replay", s.index, stolen))
         s.end_us, s.end_kind = now, "reuse"
+        for other in self.user_sessions[s.sub] if self.user_policy else ():
+            if other.alive(now, self.cfg):
+                other.end_us, other.end_kind = now, "user_revoked"
         self.truth.replays.append((s.sub, s.client_id, s.rotations - stolen))
 
     async def _call(self, call: Any) -> Any:
@@ -240,7 +258,8 @@ async def simulate(settings: Settings, cfg: SimConfig, *, start: datetime | None
     """Run one simulation against the ledger at ``settings.nats_url``; return the ground truth."""
     clock = SimClock(start or await start_time(settings))
     async with simulated_ledger(sim_settings(settings, cfg), clock) as client:
-        truth = await Simulator(cfg, client, clock, settings.grace_window).run()
+        user_policy = settings.reuse_policy.value == "user"
+        truth = await Simulator(cfg, client, clock, settings.grace_window, user_policy=user_policy).run()
     return truth.summary(cfg)
 
 

@@ -41,6 +41,7 @@ class SimSession:
     start_us: int
     tokens: list[str] = field(repr=False)
     last_activity_us: int = 0
+    index: int = -1  # position in Truth.sessions (the trace names sessions by it)
     last_rotation_us: int | None = None
     rotations: int = 0
     end_us: int | None = None
@@ -70,6 +71,19 @@ class Device:
     session: SimSession | None = None
 
 
+@dataclass(frozen=True)
+class Step:
+    """One request the ledger recorded, in logical terms (session index, generation presented),
+    so the same traffic can be sent again to a ledger under another policy (``sim.trace``)."""
+
+    t_us: int
+    kind: str  # login | refresh | replay | logout | revoke_all
+    session: int = -1
+    generation: int = 0
+    sub: str = ""
+    client_id: str = ""
+
+
 @dataclass
 class Truth:
     since: datetime
@@ -82,6 +96,7 @@ class Truth:
     model_mismatches: int = 0
     actions: int = 0
     truncated: bool = False
+    trace: list[Step] = field(default_factory=list)
 
     def summary(self, cfg: SimConfig) -> dict[str, Any]:
         end_us = us_of(self.until - self.since)

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from ledger.config import Settings
+from ledger.streaming.connection import connect
 from ledger.streaming.embedded import free_port
 from tests.support.deploy import ConfServer, Secured, set_passwords
 
@@ -35,3 +37,11 @@ async def ledger_up(secured: Secured, tmp_path: Path, services: Any) -> AsyncIte
     )
     await services.start(settings)
     yield settings
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    """A plain connection to the test's server (modules with setup of their own override it)."""
+    conn = await connect(settings.nats_url, "test")
+    yield conn
+    await conn.drain()

@@ -146,9 +146,12 @@ def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.parametrize("policy", ["family", "user"])
 async def test_report_figures_equal_simulator_ground_truth(
-    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    policy: str, settings_for: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    settings: Settings = settings_for(reuse_policy=policy)
+    user = policy == "user"  # a replay revokes every session of its user (and appends a user cut)
     truth = await simulate(settings, SIM)
     assert truth["model_mismatches"] == 0 and not truth["truncated"]
     assert truth["replays_injected"] >= 3 and truth["password_changes"] >= 1
@@ -171,8 +174,8 @@ async def test_report_figures_equal_simulator_ground_truth(
         "replay_incidents": truth["replays_injected"],
         "replay_users": len(truth["replay_users"]),
         "repeat_offenders": truth["repeat_offenders"],
-        "session_revocations": truth["logouts"] + truth["replays_injected"],
-        "user_revocations": truth["password_changes"],
+        "session_revocations": truth["logouts"] + (0 if user else truth["replays_injected"]),
+        "user_revocations": truth["password_changes"] + (truth["replays_injected"] if user else 0),
         "tokens_issued": truth["tokens_issued"],
         "tokens_expired_unused": truth["tokens_expired_unused"],
         "events": truth["ledger_events_expected"] + 1,  # + the signing key's SigningKeyAdded
@@ -186,7 +189,8 @@ async def test_report_figures_equal_simulator_ground_truth(
     assert {r["sub"]: r["incidents"] for r in replay["by user"]} == truth["replay_users"]
     assert {r["client_id"]: r["incidents"] for r in replay["by client"]} == truth["replay_clients"]
     assert sum(r["incidents"] for r in replay[next(iter(replay))]) == truth["replays_injected"]
-    assert all(not r["within_grace"] and r["revocation_kind"] == "session" for r in replay["incidents"])
+    kind = "user" if user else "session"
+    assert all(not r["within_grace"] and r["revocation_kind"] == kind for r in replay["incidents"])
 
     expiration = cli_json(capsys, "report", "expiration", *window_args)
     overall = expiration[next(iter(expiration))][0]
@@ -201,13 +205,15 @@ async def test_report_figures_equal_simulator_ground_truth(
     counts = {(r["kind"], r["reason"]): r["revocations"] for r in revocation["revocations"]}
     expected_counts = {
         ("session", "logout"): truth["logouts"],
-        ("session", "reuse"): truth["replays_injected"],
+        ("user" if user else "session", "reuse"): truth["replays_injected"],
         ("user", "password_change"): truth["password_changes"],
     }
     assert counts == {k: v for k, v in expected_counts.items() if v}
 
     sessions = cli_json(capsys, "report", "sessions", *window_args)
-    outcomes = {r["outcome"]: r["sessions"] for r in sessions["how sessions ended"]}
+    outcomes: dict[str, int] = {}
+    for r in sessions["how sessions ended"]:  # one row per outcome and reason
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + r["sessions"]
     assert outcomes == {**ended, "active": truth["sessions_active"]}
 
     out = tmp_path / "report.html"

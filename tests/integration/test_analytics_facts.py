@@ -22,10 +22,17 @@ started AS (
     SELECT sid, seq AS start_seq, sub, client_id, scopes, occurred_at AS started_at,
            idle_ttl_s, absolute_ttl_s
     FROM ev WHERE type = 'SessionStarted'),
-rot AS (
-    SELECT sid, count(*) AS rotations, max(generation) AS last_generation,
-           max(occurred_at) AS last_rotation_at
-    FROM ev WHERE type = 'TokenRotated' GROUP BY sid),
+first_start AS (  -- over the whole log: whether the ledger refused a rotation is a fact of the log
+    SELECT sid, min(seq) AS start_seq, arg_min(sub, seq) AS sub
+    FROM events WHERE type = 'SessionStarted' GROUP BY sid),
+rot AS (  -- a rotation after a user revocation that its session predates was refused
+    SELECT e.sid, count(*) AS rotations, max(e.generation) AS last_generation,
+           max(e.occurred_at) AS last_rotation_at
+    FROM ev e LEFT JOIN first_start f USING (sid)
+    WHERE e.type = 'TokenRotated'
+      AND NOT EXISTS (SELECT 1 FROM events u WHERE u.type = 'UserSessionsRevoked' AND u.sub = f.sub
+                      AND u.seq > f.start_seq AND u.seq < e.seq)
+    GROUP BY e.sid),
 fend AS (
     SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
            arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
@@ -128,6 +135,17 @@ def _ingest(conn: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]], cut
     [1],
     [100],
 )
+@example(  # a rotation the ledger refused (appended after a revoke-all), seen by both paths
+    [
+        ("SessionStarted", 0, 0, 10, None),
+        ("TokenRotated", 0, 0, 20, None),
+        ("UserSessionsRevoked", 0, 0, 30, "admin"),
+        ("TokenRotated", 0, 0, 25, None),
+        ("SessionRevoked", 0, 0, 40, "logout"),
+    ],
+    [3],
+    [26, 35, 100],
+)
 @given(
     st.lists(event, min_size=1, max_size=30),
     st.lists(st.integers(0, 30), max_size=4),
@@ -167,3 +185,19 @@ def test_a_file_from_before_the_folded_tables_gets_them_folded_on_open() -> None
     assert _folded(conn) == folded
     create_schema(conn)  # and it never folds twice
     assert _folded(conn) == folded
+
+
+def test_a_version_2_file_gets_session_facts_folded_again_without_refused_rotations() -> None:
+    """Version 2 counted rotations the ledger refused; the writer refolds such a file on open."""
+    conn = duckdb.connect()
+    create_schema(conn)
+    rows = _rows([("SessionStarted", 0, 0, 10, None), ("TokenRotated", 0, 0, 20, None),
+                  ("UserSessionsRevoked", 0, 0, 30, "admin"), ("TokenRotated", 0, 0, 29, None)])  # fmt: skip
+    _ingest(conn, rows, [])
+    right = _folded(conn)
+    assert right["session_facts"][0][10] == 1  # rotations: the refused one left out
+    conn.execute("UPDATE session_facts SET rotations = 2, last_generation = 3")  # what version 2 folded
+    conn.execute("UPDATE analytics_meta SET value = '2' WHERE key = 'schema_version'")
+    create_schema(conn)
+    assert _folded(conn) == right
+    assert conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone() == ("3",)

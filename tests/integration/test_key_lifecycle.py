@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import jwt
 import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
@@ -22,21 +20,18 @@ from ledger.domain.ids import new_event_id
 from ledger.domain.keys import added_statement
 from ledger.service.keyops import follow, jwks, retire_key, rotate_key
 from ledger.service.keys import SigningKey, generate, key_id, sign_statement
-from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
 from projections.sessions.runner import run_sessions
-from tests.support.edge import broadcaster, claims_for, reason_of, running, sign, until_rejected, verifier
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    conn = await connect(settings.nats_url, "test-keys")
-    yield conn
-    await conn.drain()
-
-
-def kid_of(token: str) -> str:
-    return str(jwt.get_unverified_header(token)["kid"])
+from tests.support.edge import (
+    broadcaster,
+    claims_for,
+    kid_of,
+    reason_of,
+    running,
+    sign,
+    until_rejected,
+    verifier,
+)
 
 
 async def test_a_forged_key_event_changes_nothing_at_the_edge_or_introspection(

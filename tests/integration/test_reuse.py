@@ -10,10 +10,12 @@ import pytest
 
 from ledger.client import LedgerClient
 from ledger.config import ReusePolicy, Settings
-from ledger.contracts.commands import TokenPair
+from ledger.contracts.commands import RevokeUserRequest, RotateRequest, StartSessionRequest, TokenPair
 from ledger.domain.errors import SessionRevokedError, TokenReused
 from ledger.domain.events import ReuseDetected, RevokeReason, TokenRotated, UserSessionsRevoked
 from ledger.domain.events import SessionRevoked as Revoked
+from ledger.service.app import build_service
+from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
 from tests.support.helpers import all_events, family_events
 from tests.support.services import ServiceRunner
@@ -131,3 +133,37 @@ async def test_revoke_user_racing_with_rotations_is_ordered(client: LedgerClient
     print(f"rotations committed after the cut (answered session_revoked): {raced}")
     new = await client.start_session("carol")
     assert (await client.rotate(new.refresh_token)).generation == 1
+
+
+async def test_a_revoke_all_between_the_batch_view_and_the_append_still_wins(settings: Settings) -> None:
+    """Invariant 8 on the one-read path: the rotation read a complete view (batch direct get,
+    ``Nats-UpTo-Sequence``); a revoke-all lands after the view, before the append. The append
+    is then not right after the view, so the cut is re-read and the rotation refused; with
+    nothing in between the check is skipped, and the rotation is answered."""
+    nc = await connect(settings.nats_url, "test-window")
+    try:
+        service = await build_service(settings, nc)
+        pair = await service.start_session(StartSessionRequest(sub="dana"))
+        first = await service.rotate(RotateRequest(refresh_token=pair.refresh_token))  # caches the user
+        store = service.store
+        view_seen: list[int | None] = []
+        real = store.family_and_cut
+
+        async def view_then_revoke(sid: str) -> tuple[object, int | None, int | None]:
+            family, cut, complete_to = await real(sid)
+            view_seen.append(complete_to)
+            await service.revoke_user(RevokeUserRequest(sub="dana", reason=RevokeReason.PASSWORD_CHANGE))
+            return family, cut, complete_to
+
+        store.family_and_cut = view_then_revoke  # type: ignore[method-assign,assignment]
+        with pytest.raises(SessionRevokedError):
+            await service.rotate(RotateRequest(refresh_token=first.refresh_token))
+        assert view_seen and view_seen[0] is not None  # the one-read path was taken
+        store.family_and_cut = real  # type: ignore[method-assign]
+        fresh = await service.start_session(StartSessionRequest(sub="dana"))
+        await service.rotate(RotateRequest(refresh_token=fresh.refresh_token))
+        family, cut, complete_to = await store.family_and_cut(fresh.sid)
+        assert family is not None and complete_to == await store.last_seq()  # complete up to the end
+        assert cut == (await store.user_cut("dana")) and family.head_seq == complete_to
+    finally:
+        await nc.drain()

@@ -18,7 +18,7 @@ from ledger.config import Settings
 from ledger.contracts.commands import RotateRequest, TokenPair
 from ledger.domain.errors import LedgerError
 from ledger.domain.events import ReuseDetected, TokenRotated
-from ledger.service.app import build_broker, build_service
+from ledger.service.app import CommandServer, build_service
 from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
 from tests.support.helpers import all_events, family_events
@@ -39,9 +39,7 @@ async def two_instances(settings: Settings) -> AsyncIterator[collections.Counter
             return await _orig(req)
 
         service.rotate = counted  # type: ignore[method-assign]
-        broker = build_broker(service, settings)
-        await broker.start()
-        brokers.append(broker)
+        brokers.append(await CommandServer(nc, service, settings).start())
         conns.append(nc)
     yield served
     for broker in brokers:

@@ -31,7 +31,7 @@ from ledger.streaming.connection import connect
 from ledger.streaming.embedded import free_port
 from ledger.streaming.store import EventStore
 from projections.sessions.runner import run_sessions
-from tests.support.deploy import Secured, refused_publish
+from tests.support.deploy import Secured, refused_publish, refused_subscribe
 from tests.support.edge import claims_for, running, service_key, sign, until_rejected, verifier
 
 ATTACKERS = ("app", "edge", "projector", "analyst")
@@ -235,6 +235,35 @@ async def test_finding3_no_role_but_the_ledger_creates_or_changes_a_stream(
         await projector.jetstream().purge_stream("KV_LEDGER_SESSIONS_2")
     finally:
         await projector.close()
+
+
+# -- key acknowledgements: only the ledger asks, only edges answer, and only what they were asked
+
+
+async def test_no_role_but_the_ledger_pings_verifiers_and_only_edges_hear_the_ping(
+    secured: Secured, ledger_up: Settings
+) -> None:
+    """A fake acknowledgement could only hurry a key's activation (never trust a key), yet
+    nobody but an edge may hear the ping, and an edge may answer nothing it was not asked."""
+    ping = "ledger.verifiers.ping"
+    for user in ATTACKERS:
+        nc = await secured.connect(user)
+        try:
+            await refused_publish(secured, nc, user, ping)
+            if user != "edge":
+                await refused_subscribe(secured, nc, user, ping)
+            else:  # answering is allowed; writing into the ledger's inboxes unasked is not
+                await refused_publish(secured, nc, user, "_INBOX.ledger.forged-ack")
+        finally:
+            await nc.close()
+    async with verifier(as_user(ledger_up, secured, "edge"), verifier_id="edge-real") as edge:
+        ledger = await secured.connect("ledger")
+        try:
+            answer = await ledger.request(ping, b"", timeout=5)
+        finally:
+            await ledger.close()
+        assert json.loads(answer.data) == {"verifier": "edge-real", "kids": sorted(edge.keys.keys),
+                                           "keys_seq": edge._seq["keys"]}  # fmt: skip
 
 
 # -- finding 6 (medium) and 7 (low): hostile input at the sidecar and the client ------------

@@ -114,3 +114,8 @@ async def retry(call: Callable[[], Coroutine[Any, Any, Any]], *, attempts: int =
 def report(capsys: Any, line: str) -> None:
     with capsys.disabled():
         print(f"\n[edge] {line}", flush=True)
+
+
+def kid_of(token: str) -> str:
+    """The key id in an access token's header (unverified: for assertions only)."""
+    return str(jwt.get_unverified_header(token)["kid"])

@@ -16,6 +16,7 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.streaming.credentials import role_url
 from ledger.streaming.embedded import free_port
+from tests.support.edge import broadcaster, verifier
 from tests.support.services import ServiceRunner
 
 
@@ -150,3 +151,31 @@ def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
     assert "nats-server stopped" in rest
     assert (tmp_path / "d" / "keys" / "ledger.secret").exists()
     assert oct((tmp_path / "d" / "keys" / "ledger.secret").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_key_lifecycle_through_the_cli(
+    service: ServiceRunner, settings: Settings, tmp_path: Path
+) -> None:
+    url = ["--nats-url", settings.nats_url, "--data-dir", str(settings.data_dir)]
+    async with broadcaster(settings), verifier(settings) as edge:
+        code, out, err = await cli("keys", "rotate", "--wait", "--json", *url, timeout=60)
+        assert code == 0, err
+        rotated = json.loads(out)
+        assert rotated["active_after_s"] < 30 and "waiting for" in err  # acknowledged, not the 30 s delay
+        assert rotated["kid"] in edge.keys.keys
+    code, out, _ = await cli("keys", "list", "--json", *url)
+    status = {k["kid"]: k["status"] for k in json.loads(out)["keys"]}
+    assert status[rotated["kid"]] == "active" and sorted(status.values()) == ["active", "verifying"]
+    code, out, _ = await cli("keys", "jwks", "--json", *url)
+    assert {k["kid"] for k in json.loads(out)["keys"]} == set(status)
+    code, _, err = await cli("keys", "rotate", "--root", *url)
+    assert code == 2 and "root.pem" in err
+
+    root_dir = ["--data-dir", str(tmp_path / "fresh")]
+    code, out, _ = await cli("keys", "root-init", "--alg", "EdDSA", "--json", *root_dir)
+    made = json.loads(out)
+    assert code == 0 and made["alg"] == "EdDSA"
+    assert oct(Path(made["private"]).stat().st_mode & 0o777) == "0o600"
+    assert "d" not in json.loads(Path(made["public_jwk"]).read_text())  # the public half only
+    code, _, err = await cli("keys", "root-init", *root_dir)
+    assert code == 2 and "one root key" in err

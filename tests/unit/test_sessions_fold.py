@@ -25,7 +25,7 @@ from projections.sessions.fold import (
     status,
     user_cut_key,
 )
-from tests.support.sessions_history import generate, recorded
+from tests.support.sessions_history import Generator, generate, recorded
 
 seeds = st.integers(min_value=0, max_value=2**32)
 sizes = st.integers(min_value=1, max_value=250)
@@ -134,3 +134,25 @@ def test_generated_history_covers_every_event_type() -> None:
         "SigningKeyAdded",
         "SigningKeyRetired",
     }
+
+
+def test_a_rotation_appended_after_a_revoke_all_is_not_counted() -> None:
+    """The ledger refused it (post-commit cut check): the head is the ledger's, the count is not."""
+    gen = Generator(random.Random(3), TokenKeys(b"k" * 32), users=1)
+    gen.start()
+    gen.rotate()
+    sid, live = next(iter(gen.live.items()))
+    gen.revoke_user()  # user-0, the only user: the session is dead...
+    gen.live[sid] = live
+    gen.rotate()  # ...but a rotation that read before the cut is appended after it
+    later_session = len(gen.events)
+    gen.start()
+    gen.rotate()  # a session started after the cut rotates normally
+    events = recorded(gen.events)
+    state = fold(events)
+    record = state.records[session_key(sid)]
+    assert isinstance(record, SessionRecord)
+    assert record.rotations == 1 and record.head == events[3].event and record.head.generation == 2
+    assert record.last_rotated_at == events[1].event.occurred_at
+    newer = state.records[session_key(events[later_session].event.sid)]  # type: ignore[union-attr]
+    assert isinstance(newer, SessionRecord) and newer.rotations == 1
