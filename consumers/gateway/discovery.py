@@ -17,8 +17,10 @@ HELPER = "session-ledger.js"
 
 
 def jwks_max_age(max_staleness_s: float) -> int:
-    """A new key is published ``LEDGER_EDGE_MAX_STALENESS`` before it signs (``keys rotate``):
-    a verifier that refetches at half that interval knows it before its first token."""
+    """How long a fetched key set may be reused: half the edges' staleness limit. A new key
+    is in the set from its publication, but it may start signing seconds later (once every
+    live edge has it), so a verifier that meets an unknown ``kid`` must refetch at once
+    (jose's ``createRemoteJWKSet`` does); this bounds staleness otherwise."""
     return max(1, int(max_staleness_s // 2))
 
 
