@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -90,7 +91,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def open_gateway(settings: Settings, config: GatewaySettings) -> Gateway:
+async def open_gateway(
+    settings: Settings, config: GatewaySettings, clock: Callable[[], float] = time.time
+) -> Gateway:
     """Connect as the ``gateway`` user, follow the key events, load the client registry."""
     nc = await connect(settings.nats_url, "ledger-gateway")
     try:
@@ -101,7 +104,7 @@ async def open_gateway(settings: Settings, config: GatewaySettings) -> Gateway:
     ledger = LedgerClient(nc, prefix=settings.subject_prefix, timeout=settings.request_timeout)
     limiter = RateLimiter(nc, settings.subject_prefix, config.rate_window.total_seconds())
     registry = load_registry(config.clients_path(settings.data_dir))
-    return Gateway(settings, config, ledger, keys, limiter, registry)
+    return Gateway(settings, config, ledger, keys, limiter, registry, clock)
 
 
 async def follow_keys(nc: NATS, settings: Settings, deadline: float = 60.0) -> KeyFollower:
@@ -141,9 +144,11 @@ async def run_gateway(
     ready: asyncio.Event | None = None,
     *,
     config: GatewaySettings | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> None:
-    """Runner for ``session-ledger up`` / ``session-ledger gateway``."""
-    gateway = await open_gateway(settings, config or GatewaySettings())
+    """Runner for ``session-ledger up`` / ``session-ledger gateway`` (``clock``: rate windows,
+    ``expires_in``; tests pin it)."""
+    gateway = await open_gateway(settings, config or GatewaySettings(), clock)
     try:
         runner = await serve(gateway)
         try:

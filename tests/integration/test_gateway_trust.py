@@ -15,7 +15,7 @@ from consumers.broadcast import DURABLE
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from tests.support.deploy import Secured, refused_publish, refused_subscribe
-from tests.support.gateway import Registry, gateway, gateway_config, write_registry
+from tests.support.gateway import Registry, gateway, gateway_config, window_start_clock, write_registry
 
 
 @pytest.fixture
@@ -94,9 +94,10 @@ async def test_the_gateway_serves_as_its_own_user_and_two_instances_share_one_li
     second = gateway_config(registry, rate_per_ip=1000, rate_per_session=limit, rate_window="10m")
     pair = await app.start_session("alice", client_id="svc")
     auth = ("svc", registry.secrets["svc"])
+    clock = window_start_clock(600)  # both instances in one window, however slow the machine
     async with (
-        gateway(settings, first) as one,
-        gateway(settings, second) as two,
+        gateway(settings, first, clock) as one,
+        gateway(settings, second, clock) as two,
         httpx.AsyncClient(timeout=10) as http,
     ):
         assert len((await http.get(f"{one}/.well-known/jwks.json")).json()["keys"]) == 1
@@ -131,10 +132,10 @@ async def test_the_per_ip_limit_holds_across_instances(
     secured: Secured, ledger_up: Settings, registry: Registry
 ) -> None:
     settings = as_gateway(ledger_up, secured)
-    config = {"rate_per_ip": 10, "rate_window": "10m"}
+    config, clock = {"rate_per_ip": 10, "rate_window": "10m"}, window_start_clock(600)
     async with (
-        gateway(settings, gateway_config(registry, **config)) as one,
-        gateway(settings, gateway_config(registry, **config)) as two,
+        gateway(settings, gateway_config(registry, **config), clock) as one,
+        gateway(settings, gateway_config(registry, **config), clock) as two,
         httpx.AsyncClient(timeout=10) as http,
     ):
         revoke = {"token": "x", "client_id": "web"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,20 @@ def gateway_config(registry: Registry, **changes: Any) -> GatewaySettings:
     return GatewaySettings(**base)
 
 
+def window_start_clock(window_s: float) -> Callable[[], float]:
+    """Real time moved to just after the start of a rate window, so that a test's requests
+    never straddle two windows (which would reset the counts) however slow the machine is."""
+    now = time.time()
+    offset = (window_s - now % window_s) + 1.0
+    return lambda: time.time() + offset
+
+
 @contextlib.asynccontextmanager
-async def gateway(settings: Settings, config: GatewaySettings) -> AsyncIterator[str]:
+async def gateway(
+    settings: Settings, config: GatewaySettings, clock: Callable[[], float] = time.time
+) -> AsyncIterator[str]:
     """A running gateway; yields its base URL."""
-    runner = functools.partial(run_gateway, config=config)
+    runner = functools.partial(run_gateway, config=config, clock=clock)
     functools.update_wrapper(runner, run_gateway)
     async with running(runner, settings):  # type: ignore[arg-type]
         yield f"http://{config.listen}"

@@ -18,7 +18,7 @@ import pytest
 
 from ledger.config import Settings
 from ledger.streaming.embedded import free_port, port_answers
-from tests.support.gateway import Registry, gateway, gateway_config, write_registry
+from tests.support.gateway import Registry, gateway, gateway_config, window_start_clock, write_registry
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None
@@ -88,7 +88,10 @@ async def test_the_readme_nginx_block_serves_the_gateway_on_the_application_orig
         registry, listen=f"127.0.0.1:{proxy['gateway']}", public_url=origin, trusted_proxies=("127.0.0.1",),
         browser_client_id="web", rate_per_ip=8, rate_window="10m",
     )  # fmt: skip
-    async with gateway(settings, config) as direct, httpx.AsyncClient(timeout=10) as http:
+    async with (
+        gateway(settings, config, window_start_clock(600)) as direct,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
         start = {"sub": "alice", "client_id": "web"}
         pair = (
             await http.post(
