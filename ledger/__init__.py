@@ -2,12 +2,14 @@
 
 from ledger.client import LedgerClient
 from ledger.config import Settings
-from ledger.contracts.commands import Revocation, TokenPair
-from ledger.domain.decide import ReusePolicy
+from ledger.contracts.commands import ClientContext, Revocation, StepUp, TokenPair
+from ledger.domain.decide import LimitPolicy, ReusePolicy
 from ledger.domain.errors import (
     BadRequest,
+    IdempotencyKeyReused,
     LedgerError,
     SessionExpired,
+    SessionLimitReached,
     SessionNotFound,
     SessionRevokedError,
     TokenInvalid,
@@ -19,15 +21,20 @@ SessionRevoked = SessionRevokedError  # the name before 0.2; the event of that n
 
 __all__ = [
     "BadRequest",
+    "ClientContext",
+    "IdempotencyKeyReused",
     "LedgerClient",
     "LedgerError",
+    "LimitPolicy",
     "ReusePolicy",
     "Revocation",
     "SessionExpired",
+    "SessionLimitReached",
     "SessionNotFound",
     "SessionRevoked",
     "SessionRevokedError",
     "Settings",
+    "StepUp",
     "TokenInvalid",
     "TokenPair",
     "TokenReused",

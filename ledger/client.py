@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import nats.errors
@@ -10,14 +11,19 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ValidationError
 
 from ledger.contracts.commands import (
+    ClientContext,
     LogoutRequest,
     Reply,
     Revocation,
     RevokeAccessRequest,
+    RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
+    SignOutOthersRequest,
     StartSessionRequest,
+    StepUp,
+    StepUpRequest,
     TokenPair,
 )
 from ledger.contracts.queries import (
@@ -99,15 +105,56 @@ class LedgerClient:
         await self.close()
 
     async def start_session(
-        self, sub: str, *, client_id: str | None = None, scopes: Sequence[str] = ()
+        self,
+        sub: str,
+        *,
+        client_id: str | None = None,
+        scopes: Sequence[str] = (),
+        acr: str | None = None,
+        amr: Sequence[str] = (),
+        auth_time: datetime | None = None,
+        client: ClientContext | None = None,
+        idempotency_key: str | None = None,
     ) -> TokenPair:
-        req = _build(StartSessionRequest, sub=sub, client_id=client_id, scopes=tuple(scopes))
+        """Start a session. ``acr``/``amr``/``auth_time`` go into every access token of it;
+        ``client`` (user agent, IP, label) is stored minimised; a retry with the same
+        ``idempotency_key`` (8-128 of ``[A-Za-z0-9._:-]``) answers the same session."""
+        req = _build(
+            StartSessionRequest,
+            sub=sub,
+            client_id=client_id,
+            scopes=tuple(scopes),
+            acr=acr,
+            amr=tuple(amr),
+            auth_time=auth_time,
+            client=client,
+            idempotency_key=idempotency_key,
+        )
         return _answer(TokenPair, await self._call("start", req))
 
-    async def rotate(self, refresh_token: str, *, client_id: str | None = None) -> TokenPair:
+    async def rotate(
+        self, refresh_token: str, *, client: ClientContext | None = None, client_id: str | None = None
+    ) -> TokenPair:
         """``client_id``: refuse (``invalid_token``) a token of another client's session."""
-        req = _build(RotateRequest, refresh_token=refresh_token, client_id=client_id)
+        req = _build(RotateRequest, refresh_token=refresh_token, client=client, client_id=client_id)
         return _answer(TokenPair, await self._call("rotate", req))
+
+    async def step_up(
+        self, sid: str, *, sub: str, acr: str, amr: Sequence[str] = (), auth_time: datetime | None = None
+    ) -> StepUp:
+        """After re-authenticating ``sub`` on session ``sid``: its next access tokens carry ``acr``."""
+        req = _build(StepUpRequest, sid=sid, sub=sub, acr=acr, amr=tuple(amr), auth_time=auth_time)
+        return _answer(StepUp, await self._call("step_up", req))
+
+    async def revoke_own_session(self, sid: str, *, sub: str, current_sid: str) -> Revocation:
+        """Self-service: user ``sub``, on live session ``current_sid``, revokes their session ``sid``."""
+        req = _build(RevokeOwnSessionRequest, sub=sub, current_sid=current_sid, sid=sid)
+        return _answer(Revocation, await self._call("revoke_own", req))
+
+    async def sign_out_others(self, *, sub: str, current_sid: str) -> Revocation:
+        """Self-service: revoke every session of ``sub`` except ``current_sid`` (one event)."""
+        req = _build(SignOutOthersRequest, sub=sub, current_sid=current_sid)
+        return _answer(Revocation, await self._call("sign_out_others", req))
 
     async def revoke_session(self, sid: str, reason: RevokeReason | str = RevokeReason.LOGOUT) -> Revocation:
         req = _build(RevokeSessionRequest, sid=sid, reason=reason)
@@ -126,9 +173,12 @@ class LedgerClient:
         req = _build(RevokeUserRequest, sub=sub, reason=reason)
         return _answer(Revocation, await self._call("revoke_user", req))
 
-    async def list_sessions(self, sub: str, *, include_inactive: bool = False) -> SessionList:
-        """A user's sessions from the sessions projection (active ones unless asked otherwise)."""
-        req = ListSessionsRequest(sub=sub, include_inactive=include_inactive)
+    async def list_sessions(
+        self, sub: str, *, include_inactive: bool = False, current_sid: str | None = None
+    ) -> SessionList:
+        """A user's sessions from the sessions projection (active ones unless asked otherwise),
+        with device and last-seen; ``current_sid`` marks "this device" (``current``)."""
+        req = _build(ListSessionsRequest, sub=sub, include_inactive=include_inactive, current_sid=current_sid)
         return _answer(SessionList, await self._query("sessions", req))
 
     async def get_session(self, sid: str) -> SessionView:

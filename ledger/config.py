@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ledger.domain.decide import ReusePolicy
+from ledger.domain.decide import LimitPolicy, ReusePolicy
+from ledger.domain.device import IpMode
 from ledger.domain.errors import ConfigError
 
 ALLOWED_ALGORITHMS = ("ES256", "EdDSA", "RS256")
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     # With nats.conf's users, narrow it to the users that send requests, e.g. ["_INBOX.app."].
     reply_prefixes: tuple[str, ...] = ("_INBOX.",)
     max_generations: int = Field(default=10_000, ge=1)  # bounds the HMAC chain walk
+
+    # What a session keeps of a client IP (ledger.domain.device): truncate | hash | raw | off.
+    client_ip: IpMode = IpMode.TRUNCATE
+    # Concurrent sessions per user (0: no cap); over it, evict the oldest or refuse the new one.
+    max_sessions_per_user: int = Field(default=0, ge=0, le=1000)
+    session_limit_policy: LimitPolicy = LimitPolicy.EVICT_OLDEST
+    session_limit_scope: Literal["user", "client"] = "user"  # client: N per (user, client_id)
 
     edge_listen: str = "127.0.0.1:8081"  # forward-auth sidecar (consumers.edge.sidecar)
     edge_max_staleness: Duration = timedelta(seconds=30)  # then fail closed, unless edge_fail_open

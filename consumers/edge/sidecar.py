@@ -2,7 +2,9 @@
 and Envoy ``ext_authz`` (HTTP service), backed by one ``EdgeVerifier``.
 
 ``<any method> /auth[/...]`` with ``Authorization: Bearer <token>``:
-  200 + ``X-Auth-Subject`` / ``X-Auth-Session`` / ``X-Auth-Scopes`` for a valid token;
+  200 + ``X-Auth-Subject`` / ``X-Auth-Session`` / ``X-Auth-Scopes`` for a valid token, and
+  ``X-Auth-Acr`` / ``X-Auth-Amr`` / ``X-Auth-Time`` (empty without an authentication context),
+  so the upstream can ask for a step-up (RFC 9470);
   401 + ``WWW-Authenticate: Bearer error="invalid_token"`` for any other token (one opaque
   answer, the reason goes to the log and the /healthz counters), or without ``error``
   when no token was sent (RFC 6750 section 3);
@@ -22,7 +24,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from consumers.edge.verifier import EdgeVerifier, TokenRejected
+from consumers.edge.verifier import AccessClaims, EdgeVerifier, TokenRejected
 from ledger.config import Settings
 
 log = logging.getLogger("consumers.edge.sidecar")
@@ -69,7 +71,19 @@ async def authorize(request: web.Request) -> web.Response:
     }
     if claims.client_id:
         headers["X-Auth-Client"] = quote(claims.client_id, safe=HEADER_SAFE)
+    headers.update(auth_headers(claims))
     return web.Response(status=200, headers=headers)
+
+
+def auth_headers(claims: AccessClaims) -> dict[str, str]:
+    """The authentication context for the upstream, always sent (empty when the token has none):
+    a proxy copying a header only when the auth answer has it would otherwise let a client's own
+    ``X-Auth-Acr: aal3`` through to an upstream that decides step-ups on it."""
+    return {
+        "X-Auth-Acr": quote(claims.acr or "", safe=HEADER_SAFE),
+        "X-Auth-Amr": quote(" ".join(claims.amr), safe=HEADER_SAFE + " "),
+        "X-Auth-Time": "" if claims.auth_time is None else str(claims.auth_time),
+    }
 
 
 def _deny(realm: str, *, invalid: bool) -> web.Response:

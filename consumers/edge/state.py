@@ -14,11 +14,14 @@ from ledger.domain.access import AccessClaims, KeyRing, RejectReason, TokenRejec
 
 @dataclass
 class Revocations:
-    """Revoked sessions, user cut-offs (LEDGER seq) and jtis, each with the epoch second
-    after which no token it concerns can be alive (then it is forgotten)."""
+    """Revoked sessions, user cut-offs (LEDGER seq, and the session a "sign out all other
+    devices" kept) and jtis, each with the epoch second after which no token it concerns
+    can be alive (then it is forgotten). Only a user's latest cut matters: a kept session
+    was alive when its cut was made, so it had survived every earlier one."""
 
     sessions: dict[str, float] = field(default_factory=dict)
     users: dict[str, tuple[int, float]] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)  # sub -> sid kept by the latest cut
     jtis: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
 
@@ -29,20 +32,27 @@ class Revocations:
         if notice.kind == "session" and notice.sid:
             self.sessions[notice.sid] = max(forget_at, self.sessions.get(notice.sid, 0.0))
         elif notice.kind == "user" and notice.sub:
-            cut, until = self.users.get(notice.sub, (0, 0.0))
-            self.users[notice.sub] = (max(cut, notice.revoke_seq), max(until, forget_at))
+            self._cut(notice.sub, notice.revoke_seq, notice.keep_sid, forget_at)
         elif notice.kind == "key" and notice.kid:
             keys.retire(notice.kid)
         if notice.jti:
             self.jtis[notice.jti] = max(forget_at, self.jtis.get(notice.jti, 0.0))
         return first
 
+    def _cut(self, sub: str, seq: int, keep_sid: str | None, forget_at: float) -> None:
+        cut, until = self.users.get(sub, (0, 0.0))
+        if seq > cut:
+            self.kept.pop(sub, None)
+            if keep_sid is not None:
+                self.kept[sub] = keep_sid
+        self.users[sub] = (max(cut, seq), max(until, forget_at))
+
     def check(self, claims: AccessClaims) -> None:
-        """O(1): three dictionary lookups."""
+        """O(1): a few dictionary lookups."""
         if claims.sid in self.sessions:
             raise TokenRejected(RejectReason.SESSION_REVOKED)
         cut = self.users.get(claims.sub)
-        if cut is not None and cut[0] > claims.ssq:
+        if cut is not None and cut[0] > claims.ssq and self.kept.get(claims.sub) != claims.sid:
             raise TokenRejected(RejectReason.USER_REVOKED)
         if claims.jti in self.jtis:
             raise TokenRejected(RejectReason.TOKEN_REVOKED)
@@ -57,6 +67,7 @@ class Revocations:
             dropped += len(old)
         for sub in [s for s, (_, until) in self.users.items() if until < now]:
             del self.users[sub]
+            self.kept.pop(sub, None)
             dropped += 1
         return dropped
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import traceback
 from datetime import datetime
@@ -9,9 +10,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from ledger.domain.device import MAX_LABEL, MAX_USER_AGENT
 from ledger.domain.errors import BadRequest, LedgerError, Unavailable
-from ledger.domain.events import RevokeReason
-from ledger.domain.ids import SID_PATTERN, SUB_MAX, check_sub
+from ledger.domain.events import AuthContext, RevokeReason
+from ledger.domain.ids import SID_PATTERN, SUB_MAX, check_sub, is_printable_id
 
 MAX_REQUEST_BYTES = 16 * 1024
 
@@ -24,21 +26,90 @@ SidField = Annotated[str, Field(pattern=SID_PATTERN)]
 RawToken = Annotated[str, Field(max_length=4096)]
 
 
+# OpenID Connect acr values are strings or URIs; RFC 8176 amr values are short names.
+Acr = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+Amr = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:-]+$")]
+IdempotencyKey = Annotated[str, Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+def _check_ip(value: str) -> str:
+    ipaddress.ip_address(value)  # ValueError -> bad_request naming the field, never the value
+    return value
+
+
+def _check_label(value: str) -> str:
+    if not value.strip() or not is_printable_id(value.replace(" ", "")):
+        raise ValueError("label must be printable characters (spaces allowed)")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ClientContext(_Model):
+    """Who is calling, as the backend or the gateway saw it. Only a minimised form is stored
+    (``ledger.domain.device``): never the user agent itself, the IP as configured."""
+
+    user_agent: Annotated[str, Field(max_length=MAX_USER_AGENT)] | None = Field(default=None, repr=False)
+    ip: Annotated[str, Field(max_length=45), AfterValidator(_check_ip)] | None = Field(
+        default=None, repr=False
+    )
+    label: Annotated[str, Field(min_length=1, max_length=MAX_LABEL), AfterValidator(_check_label)] | None = (
+        None
+    )
 
 
 class StartSessionRequest(_Model):
     sub: Sub
     client_id: ClientId | None = None
     scopes: Annotated[tuple[Scope, ...], Field(max_length=32)] = ()
+    acr: Acr | None = None
+    amr: Annotated[tuple[Amr, ...], Field(max_length=8)] = ()
+    auth_time: AwareDatetime | None = None
+    client: ClientContext | None = None
+    idempotency_key: IdempotencyKey | None = Field(default=None, repr=False)
+
+    def auth(self) -> AuthContext | None:
+        if self.acr is None and not self.amr and self.auth_time is None:
+            return None
+        return AuthContext(acr=self.acr, amr=self.amr, auth_time=self.auth_time)
 
 
 class RotateRequest(_Model):
     refresh_token: RawToken = Field(repr=False)
+    client: ClientContext | None = None
     # When set, the token must belong to a session of this client (RFC 6749 section 6); else
     # ``invalid_token`` and nothing is appended. The HTTP gateway sets it.
     client_id: ClientId | None = None
+
+
+class StepUpRequest(_Model):
+    """The backend re-authenticated ``sub`` on session ``sid`` (e.g. MFA, RFC 9470)."""
+
+    sid: SidField
+    sub: Sub
+    acr: Acr
+    amr: Annotated[tuple[Amr, ...], Field(max_length=8)] = ()
+    auth_time: AwareDatetime | None = None
+
+    def auth(self) -> AuthContext:
+        return AuthContext(acr=self.acr, amr=self.amr, auth_time=self.auth_time)
+
+
+class RevokeOwnSessionRequest(_Model):
+    """Self-service: the user of session ``current_sid`` revokes their session ``sid``."""
+
+    sub: Sub
+    current_sid: SidField
+    sid: SidField
+
+
+class SignOutOthersRequest(_Model):
+    """Self-service: revoke every session of ``sub`` except ``current_sid`` (this device)."""
+
+    sub: Sub
+    current_sid: SidField
 
 
 class RevokeSessionRequest(_Model):
@@ -63,6 +134,16 @@ class RevokeUserRequest(_Model):
     reason: RevokeReason = RevokeReason.ADMIN
 
 
+class StepUp(_Model):
+    """Acknowledgement of a step-up: the family's next access tokens carry ``acr``."""
+
+    seq: int
+    sid: str
+    acr: str
+    amr: tuple[str, ...]
+    auth_time: datetime | None
+
+
 class TokenPair(_Model):
     access_token: str = Field(repr=False)
     refresh_token: str = Field(repr=False)
@@ -82,6 +163,7 @@ class Revocation(_Model):
     already_revoked: bool = False
     sid: str | None = None
     sub: str | None = None
+    kept_sid: str | None = None  # "sign out all other devices": the session that stays
     revoked_at: datetime
 
 

@@ -44,6 +44,7 @@ class Notice(BaseModel):
     sub: str | None = None
     kid: str | None = None
     jti: str | None = None  # kind "token": one access token (AccessTokenRevoked)
+    keep_sid: str | None = None  # kind "user": the session a "sign out all other devices" kept
 
     def encode(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -60,7 +61,7 @@ def notice_for(recorded: RecordedEvent) -> Notice | None:
     if isinstance(event, SessionRevoked | ReuseDetected):
         return Notice(kind="session", sid=event.sid, sub=event.sub, **base)
     if isinstance(event, UserSessionsRevoked):
-        return Notice(kind="user", sub=event.sub, **base)
+        return Notice(kind="user", sub=event.sub, keep_sid=event.keep_sid, **base)
     if isinstance(event, SigningKeyRetired):
         return Notice(kind="key", kid=event.kid, **base)
     if isinstance(event, AccessTokenRevoked):

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.contracts.commands import SidField, Sub
+from ledger.domain.events import DeviceInfo
 
 MAX_INTROSPECT_CHARS = 8192  # larger than any token the ledger issues
 
@@ -22,6 +23,7 @@ class _Model(BaseModel):
 class ListSessionsRequest(_Model):
     sub: Sub
     include_inactive: bool = False
+    current_sid: SidField | None = None  # the asking device's session: marked ``current``
 
 
 class GetSessionRequest(_Model):
@@ -53,6 +55,10 @@ class SessionView(_Model):
     start_seq: int
     head_seq: int
     as_of: datetime
+    last_seen_at: datetime | None = None  # the last rotation (else the start): read from the log
+    device: DeviceInfo | None = None  # minimised: device class, "browser on OS", label, IP hint
+    acr: str | None = None  # the family's authentication level now (raised by a step-up)
+    current: bool = False  # the session of the device that asked ("this device")
 
 
 class SessionList(_Model):

@@ -5,6 +5,7 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 
 ``<p>.ev.s.<sid>.<kind>``        a session family's events (one family = one prefix)
 ``<p>.ev.u.<sub>.revoked``       user-wide revocations (sub encoded)
+``<p>.ev.u.<sub>.admitted``      the per-user session cap's admissions
 ``<p>.ev.k.<kid>.<kind>``        signing-key lifecycle
 ``<p>.ev.t.<jti>.revoked``       one access token revoked alone (RFC 7009)
 ``<p>.cmd.<name>``               commands (request/reply, queue group ``ledger-service``)
@@ -28,7 +29,10 @@ EVENTS_STREAM = "LEDGER"  # default; ``Settings.stream`` may rename it
 NOTICES_STREAM = "LEDGER_REVOCATIONS"
 RECEIPTS_STREAM = "LEDGER_RECEIPTS"
 RATE_STREAM = "LEDGER_GATEWAY_RATE"
-COMMANDS = ("start", "rotate", "revoke", "logout", "revoke_user", "revoke_access")
+COMMANDS = (
+    "start", "rotate", "revoke", "logout", "revoke_user", "step_up", "revoke_own", "sign_out_others",
+    "revoke_access",
+)  # fmt: skip
 QUERIES = ("sessions", "session", "introspect")
 
 
@@ -70,6 +74,13 @@ class Subjects:
 
     def user(self, sub: str) -> str:
         return f"{self.prefix}.ev.u.{encode_token(sub)}.revoked"
+
+    def user_admitted(self, sub: str) -> str:
+        return f"{self.prefix}.ev.u.{encode_token(sub)}.admitted"
+
+    def user_filter(self, sub: str) -> str:
+        """Every user-scoped event of ``sub``: the compare-and-set that orders them."""
+        return f"{self.prefix}.ev.u.{encode_token(sub)}.*"
 
     def key(self, kid: str, kind: str) -> str:
         return f"{self.prefix}.ev.k.{kid}.{kind}"

@@ -80,6 +80,9 @@ class AccessClaims:
     ssq: int
     kid: str
     client_id: str | None = None
+    acr: str | None = None  # authentication context (OpenID Connect), kept through rotations
+    amr: tuple[str, ...] = ()
+    auth_time: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,15 +276,30 @@ def _int_claim(value: object) -> bool:
     return type(value) is int and 0 <= value < MAX_INT_CLAIM
 
 
+MAX_AMR = 8
+
+
+def _auth_claims_ok(acr: object, amr: object, auth_time: object) -> bool:
+    return (
+        (acr is None or isinstance(acr, str))
+        and isinstance(amr, list)
+        and len(amr) <= MAX_AMR
+        and all(isinstance(m, str) for m in amr)
+        and (auth_time is None or _int_claim(auth_time))
+    )
+
+
 def _claims(data: dict[str, Any], kid: str) -> AccessClaims:
     strings = ("sub", "sid", "jti")
     numbers = ("exp", "nbf", "iat", "ssq")
     scope, client_id = data.get("scope", ""), data.get("client_id")
+    acr, amr, auth_time = data.get("acr"), data.get("amr", []), data.get("auth_time")
     if (
         not all(isinstance(data[k], str) and data[k] for k in strings)
         or not all(_int_claim(data[k]) for k in numbers)
         or not isinstance(scope, str)
         or not (client_id is None or isinstance(client_id, str))
+        or not _auth_claims_ok(acr, amr, auth_time)
     ):
         raise TokenRejected(RejectReason.INVALID_CLAIMS)
     return AccessClaims(
@@ -295,4 +313,7 @@ def _claims(data: dict[str, Any], kid: str) -> AccessClaims:
         ssq=data["ssq"],
         kid=kid,
         client_id=client_id,
+        acr=acr,
+        amr=tuple(amr),
+        auth_time=auth_time,
     )

@@ -6,19 +6,33 @@ arguments, which is what makes this the easiest code in the project to test.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from ledger.domain.access import AccessClaims
-from ledger.domain.errors import SessionExpired, SessionNotFound, SessionRevokedError, TokenInvalid
+from ledger.domain.errors import (
+    BadRequest,
+    IdempotencyKeyReused,
+    SessionExpired,
+    SessionLimitReached,
+    SessionNotFound,
+    SessionRevokedError,
+    TokenInvalid,
+)
 from ledger.domain.events import (
+    MAX_SESSION_LIMIT,
     AccessTokenRevoked,
+    AuthContext,
+    DeviceInfo,
     FamilyEvent,
     ReuseDetected,
     RevokeReason,
+    SessionAdmitted,
     SessionRevoked,
     SessionStarted,
+    SessionSteppedUp,
     TokenRotated,
     UserSessionsRevoked,
 )
@@ -48,6 +62,23 @@ class Family:
     @property
     def expires_at(self) -> datetime:
         return self.started.occurred_at + timedelta(seconds=self.started.absolute_ttl_s)
+
+    @property
+    def head_issued_at(self) -> datetime:
+        """When the current refresh token was issued (a step-up does not issue one)."""
+        head = self.head
+        return head.rotated_at if isinstance(head, SessionSteppedUp) else head.occurred_at
+
+    @property
+    def raised_auth(self) -> AuthContext | None:
+        """The auth context a step-up set (carried by every later rotation), else None."""
+        head = self.head
+        return head.auth if isinstance(head, TokenRotated | SessionSteppedUp) else None
+
+    @property
+    def auth(self) -> AuthContext | None:
+        """What the family's access tokens say about the authentication: raised, or the start's."""
+        return self.raised_auth or self.started.auth
 
     @property
     def last_activity(self) -> datetime:
@@ -126,7 +157,10 @@ def start_session(
     absolute_ttl: timedelta,
     now: datetime,
     event_id: str,
+    auth: AuthContext | None = None,
+    device: DeviceInfo | None = None,
 ) -> SessionStarted:
+    check_auth(auth, now)
     return SessionStarted(
         event_id=event_id,
         occurred_at=now,
@@ -138,7 +172,18 @@ def start_session(
         scopes=scopes,
         idle_ttl_s=int(idle_ttl.total_seconds()),
         absolute_ttl_s=int(absolute_ttl.total_seconds()),
+        auth=auth,
+        device=device,
     )
+
+
+AUTH_TIME_LEEWAY = timedelta(seconds=60)
+
+
+def check_auth(auth: AuthContext | None, now: datetime) -> None:
+    """An authentication cannot have happened in the future (beyond clock skew)."""
+    if auth is not None and auth.auth_time is not None and auth.auth_time > now + AUTH_TIME_LEEWAY:
+        raise BadRequest("auth_time is in the future")
 
 
 def check_genuine(family: Family | None, token: RefreshToken, keys: TokenKeys, max_steps: int) -> Family:
@@ -167,6 +212,7 @@ def rotate(
     policy: Policy,
     now: datetime,
     ids: Ids,
+    device: DeviceInfo | None = None,
 ) -> RotateOutcome:
     fam = check_genuine(family, token, keys, policy.max_generations)
     check_alive(fam, user_cut_seq, now)
@@ -181,9 +227,11 @@ def rotate(
             sid=head.sid,
             generation=successor.generation,
             token_hash=keys.hash(successor),
+            auth=fam.raised_auth,
+            device=device,
         )
         return Rotated((event,), successor)
-    superseded_at = head.occurred_at if token.generation == head.generation - 1 else None
+    superseded_at = fam.head_issued_at if token.generation == head.generation - 1 else None
     if superseded_at is not None and now - superseded_at <= policy.grace:
         return Retried(keys.successor(token))
     return _reuse(fam, token, superseded_at, policy, now, ids)
@@ -284,3 +332,121 @@ def revoke_access(claims: AccessClaims, *, now: datetime, event_id: str) -> Acce
         sub=claims.sub,
         expires_at=expires_at,
     )
+
+
+def check_owner(family: Family | None, sub: str) -> Family:
+    """The family, if it is ``sub``'s: another user's session looks exactly like an unknown one."""
+    if family is None or family.started.sub != sub:
+        raise SessionNotFound("no such session")
+    return family
+
+
+def step_up(
+    family: Family | None,
+    *,
+    sub: str,
+    auth: AuthContext,
+    user_cut_seq: int | None,
+    now: datetime,
+    event_id: str,
+) -> SessionSteppedUp:
+    """The user re-authenticated: the family's next access tokens carry ``auth``."""
+    fam = check_owner(family, sub)
+    check_alive(fam, user_cut_seq, now)
+    check_auth(auth, now)
+    head = fam.head
+    return SessionSteppedUp(
+        event_id=event_id,
+        occurred_at=now,
+        sid=head.sid,
+        generation=head.generation,
+        token_hash=head.token_hash,
+        sub=sub,
+        auth=auth,
+        rotated_at=fam.head_issued_at,
+    )
+
+
+def revoke_others(
+    current: Family | None,
+    *,
+    sub: str,
+    user_cut_seq: int | None,
+    reason: RevokeReason,
+    now: datetime,
+    event_id: str,
+) -> UserSessionsRevoked:
+    """ "Sign out all other devices": a revoke-all of ``sub`` that keeps the (live) current session."""
+    fam = check_owner(current, sub)
+    check_alive(fam, user_cut_seq, now)
+    return UserSessionsRevoked(
+        event_id=event_id,
+        occurred_at=now,
+        sub=sub,
+        reason=reason,
+        not_before=now,
+        requested_at=now,
+        keep_sid=fam.started.sid,
+    )
+
+
+def effective_cut(cut_seq: int | None, keep_sid: str | None, sid: str) -> int | None:
+    """The user cut that applies to session ``sid``: none for the session a "sign out the
+    others" kept (it was alive then, so it had survived every earlier cut as well)."""
+    return None if keep_sid is not None and keep_sid == sid else cut_seq
+
+
+def replay_start(family: Family, *, client_id: str | None, scopes: tuple[str, ...]) -> Family:
+    """A retried idempotent start: the same session, while it is still at its first token."""
+    head, started = family.head, family.started
+    if (
+        isinstance(head, SessionRevoked)
+        and head.reason is RevokeReason.SESSION_LIMIT
+        and head.generation == 0
+    ):
+        raise SessionLimitReached("the user has the maximum number of sessions")
+    if not isinstance(head, SessionStarted) or (started.client_id, started.scopes) != (client_id, scopes):
+        raise IdempotencyKeyReused("idempotency key already used by another or a later session")
+    return family
+
+
+class LimitPolicy(StrEnum):
+    EVICT_OLDEST = "evict_oldest"  # the new session is admitted, the oldest ones revoked
+    REFUSE = "refuse"  # the new session is refused (and revoked before any token leaves)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Revoke ``evict`` (reason ``session_limit``), then append ``event`` with CAS on the user."""
+
+    event: SessionAdmitted
+    evict: tuple[str, ...]
+
+
+def admit(
+    *,
+    sub: str,
+    sid: str,
+    live: Sequence[tuple[str, int]],
+    limit: int,
+    policy: LimitPolicy,
+    now: datetime,
+    event_id: str,
+    uncounted: Sequence[tuple[str, int]] = (),
+) -> Admission:
+    """Admit ``sid`` under the cap, given the counted sessions that are alive now as
+    ``(sid, start_seq)``; refuse, or evict the oldest (by stream order) to make room.
+    ``uncounted`` (a per-client cap: the user's live sessions of other clients) stay listed."""
+    ordered = sorted((x for x in live if x[0] != sid), key=lambda x: x[1])
+    excess = len(ordered) + 1 - limit
+    if excess > 0 and policy is LimitPolicy.REFUSE:
+        raise SessionLimitReached("the user has the maximum number of sessions")
+    evict = tuple(s for s, _ in ordered[: max(excess, 0)])
+    rest = sorted([*ordered[max(excess, 0) :], *(x for x in uncounted if x[0] != sid)], key=lambda x: x[1])
+    kept = (*(s for s, _ in rest), sid)
+    if len(kept) > MAX_SESSION_LIMIT:
+        raise SessionLimitReached("the user has the maximum number of sessions over all clients")
+    event = SessionAdmitted(
+        event_id=event_id, occurred_at=now, sub=sub, sid=sid, live=kept, evicted=evict, limit=limit
+    )
+    return Admission(event, evict)

@@ -51,6 +51,18 @@ class Unavailable(LedgerError):
     code = "unavailable"
 
 
+class SessionLimitReached(LedgerError):
+    """The user already has the maximum number of sessions (session cap, policy ``refuse``)."""
+
+    code = "session_limit"
+
+
+class IdempotencyKeyReused(LedgerError):
+    """A start's idempotency key belongs to a session that differs or has moved on."""
+
+    code = "idempotency_key_reused"
+
+
 class ConcurrencyConflict(LedgerError):
     """Another writer extended the same family first (JetStream err_code 10071)."""
 
@@ -80,6 +92,8 @@ ERRORS_BY_CODE: dict[str, type[LedgerError]] = {
         Unavailable,
         ConcurrencyConflict,
         ConfigError,
+        SessionLimitReached,
+        IdempotencyKeyReused,
     )
 }
 

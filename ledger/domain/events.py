@@ -31,6 +31,7 @@ class RevokeReason(StrEnum):
     PASSWORD_CHANGE = "password_change"
     USER_REQUEST = "user_request"
     COMPROMISE = "compromise"
+    SESSION_LIMIT = "session_limit"  # evicted by the per-user session cap (policy evict_oldest)
 
 
 class _Event(BaseModel):
@@ -39,6 +40,32 @@ class _Event(BaseModel):
     schema_version: Literal[1] = 1
     event_id: Annotated[str, Field(pattern=EVENT_ID_PATTERN)]
     occurred_at: AwareDatetime
+
+
+class AuthContext(BaseModel):
+    """How the user authenticated (OpenID Connect ``acr``, RFC 8176 ``amr``, ``auth_time``):
+    given at start or by a step-up, copied into every access token of the family."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    acr: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    amr: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=32)], ...], Field(max_length=8)] = ()
+    auth_time: AwareDatetime | None = None
+
+
+DeviceClass = Literal["desktop", "mobile", "tablet", "bot", "other"]
+
+
+class DeviceInfo(BaseModel):
+    """What the ledger keeps of a client context: minimised, never a raw user agent and, unless
+    the operator chose ``raw``, never a raw IP (``ledger.domain.device``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device_class: DeviceClass = "other"
+    ua_family: Annotated[str, Field(max_length=64)] | None = None  # e.g. "Firefox on Linux"
+    label: Annotated[str, Field(max_length=64)] | None = None  # chosen by the user or the app
+    ip_hint: Annotated[str, Field(max_length=64)] | None = None  # truncated, keyed hash or raw
 
 
 class _FamilyEvent(_Event):
@@ -52,15 +79,32 @@ class _FamilyEvent(_Event):
 
 class SessionStarted(_FamilyEvent):
     type: Literal["SessionStarted"] = "SessionStarted"
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]  # v2: auth, device
     sub: Sub
     client_id: Annotated[str, Field(max_length=128)] | None = None
     scopes: tuple[Annotated[str, Field(max_length=64)], ...] = ()
     idle_ttl_s: Annotated[int, Field(gt=0)]
     absolute_ttl_s: Annotated[int, Field(gt=0)]
+    auth: AuthContext | None = None
+    device: DeviceInfo | None = None
 
 
 class TokenRotated(_FamilyEvent):
     type: Literal["TokenRotated"] = "TokenRotated"
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]  # v2: auth, device
+    auth: AuthContext | None = None  # the family's level when a step-up raised it (else: the start's)
+    device: DeviceInfo | None = None  # the client context of this rotation, when one was given
+
+
+class SessionSteppedUp(_FamilyEvent):
+    """The user re-authenticated (e.g. MFA): the family's next access tokens carry ``auth``.
+    The refresh-token head is unchanged; ``rotated_at`` is when that head was issued, so the
+    grace window of its predecessor is still counted from the rotation."""
+
+    type: Literal["SessionSteppedUp"] = "SessionSteppedUp"
+    sub: Sub
+    auth: AuthContext
+    rotated_at: AwareDatetime
 
 
 class ReuseDetected(_FamilyEvent):
@@ -81,13 +125,33 @@ class SessionRevoked(_FamilyEvent):
 
 
 class UserSessionsRevoked(_Event):
-    """Every session of ``sub`` that started before this event (by stream sequence) is dead."""
+    """Every session of ``sub`` that started before this event (by stream sequence) is dead,
+    except ``keep_sid`` ("sign out all other devices"; it was alive when this was appended).
+    A reader that ignores ``keep_sid`` revokes one session too many, never one too few."""
 
     type: Literal["UserSessionsRevoked"] = "UserSessionsRevoked"
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]  # v2: keep_sid
     sub: Sub
     reason: RevokeReason
     not_before: AwareDatetime
     requested_at: AwareDatetime
+    keep_sid: Sid | None = None
+
+
+MAX_SESSION_LIMIT = 1000
+
+
+class SessionAdmitted(_Event):
+    """The per-user session cap admitted ``sid``: ``live`` are the user's counted sessions
+    after it (``sid`` included), ``evicted`` those revoked to make room. Appended with
+    compare-and-set on the user's subjects, so concurrent starts are admitted one by one."""
+
+    type: Literal["SessionAdmitted"] = "SessionAdmitted"
+    sub: Sub
+    sid: Sid
+    live: Annotated[tuple[Sid, ...], Field(max_length=MAX_SESSION_LIMIT)]
+    evicted: Annotated[tuple[Sid, ...], Field(max_length=MAX_SESSION_LIMIT)] = ()
+    limit: Annotated[int, Field(ge=1, le=MAX_SESSION_LIMIT)]
 
 
 class AccessTokenRevoked(_Event):
@@ -133,14 +197,16 @@ class SigningKeyActivated(_Event):
 
 
 KeyEvent = SigningKeyAdded | SigningKeyActivated | SigningKeyRetired
-FamilyEvent = SessionStarted | TokenRotated | ReuseDetected | SessionRevoked
+FamilyEvent = SessionStarted | TokenRotated | ReuseDetected | SessionRevoked | SessionSteppedUp
 Event = Annotated[
     SessionStarted
     | TokenRotated
     | ReuseDetected
     | SessionRevoked
+    | SessionSteppedUp
     | UserSessionsRevoked
     | AccessTokenRevoked
+    | SessionAdmitted
     | SigningKeyAdded
     | SigningKeyActivated
     | SigningKeyRetired,
@@ -155,6 +221,9 @@ def _to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # (type, from_version) -> pure function producing the next version's dict.
+# SessionStarted, TokenRotated and UserSessionsRevoked v2 only added optional fields whose
+# absence keeps the v1 meaning, so they accept ``schema_version`` 1 as stored: no upcaster,
+# which keeps the analytics ingest of those (most frequent) events on its byte-copy fast path.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("SigningKeyAdded", 1): _to_v2,
     ("SigningKeyRetired", 1): _to_v2,

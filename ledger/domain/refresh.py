@@ -71,11 +71,22 @@ class TokenKeys:
             raise ValueError("master secret must be at least 32 bytes")
         self._rotate = hmac.digest(master, b"session-ledger/rotate/v1", hashlib.sha256)
         self._hash = hmac.digest(master, b"session-ledger/hash/v1", hashlib.sha256)
+        self._idempotent = hmac.digest(master, b"session-ledger/idempotent-start/v1", hashlib.sha256)
+        self.ip_key = hmac.digest(master, b"session-ledger/client-ip/v1", hashlib.sha256)
 
     def first(self, sid: str, random32: bytes) -> RefreshToken:
         if len(random32) != SECRET_BYTES:
             raise ValueError("generation 0 needs 32 random bytes")
         return RefreshToken(sid, 0, random32)
+
+    def idempotent_first(self, sub: str, idempotency_key: str) -> RefreshToken:
+        """Generation 0 of the session a start with this key creates: its sid and secret are
+        derived from (sub, key), so a retried start lands on the same family (the append's
+        compare-and-set decides) and answers the same token. Unpredictable without the master."""
+        seed = hmac.digest(self._idempotent, f"{len(sub)}:{sub}:{idempotency_key}".encode(), hashlib.sha256)
+        sid = _b64(seed[:16])
+        secret = hmac.digest(self._idempotent, b"secret:" + seed, hashlib.sha256)
+        return RefreshToken(sid, 0, secret)
 
     def successor(self, token: RefreshToken) -> RefreshToken:
         msg = f"{token.sid}.{token.generation}.".encode() + token.secret

@@ -8,9 +8,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from ledger.contracts.subjects import Subjects
-from ledger.domain.decide import Family
+from ledger.domain.decide import Family, effective_cut
 from ledger.domain.errors import LedgerError
-from ledger.domain.events import Event, FamilyEvent, RecordedEvent, SessionStarted
+from ledger.domain.events import Event, FamilyEvent, RecordedEvent, SessionStarted, UserSessionsRevoked
 
 FACTS_CACHE_SIZE = 100_000
 
@@ -115,14 +115,18 @@ class BaseEventStore(ABC):
         """
         sub = self.cached_sub(sid)
         if sub is not None:
-            family, cut = await asyncio.gather(self.family(sid), self.user_cut(sub))
+            family, cut = await asyncio.gather(self.family(sid), self.user_cut(sub, sid))
             return family, cut, None
         family = await self.family(sid)
         if family is None:
             return None, None, None
-        return family, await self.user_cut(family.started.sub), None
+        return family, await self.user_cut(family.started.sub, sid), None
 
-    async def user_cut(self, sub: str) -> int | None:
-        """Stream sequence of the user's latest revoke-all: sessions started before it are dead."""
+    async def user_cut(self, sub: str, sid: str | None = None) -> int | None:
+        """Stream sequence of the user's latest revoke-all: sessions started before it are dead.
+        With ``sid``: the cut for that session (none if a "sign out the others" kept it)."""
         rec = await self.last(self.subjects.user(sub))
-        return None if rec is None else rec.seq
+        if rec is None:
+            return None
+        keep = rec.event.keep_sid if isinstance(rec.event, UserSessionsRevoked) else None
+        return rec.seq if sid is None else effective_cut(rec.seq, keep, sid)

@@ -19,10 +19,13 @@ from ledger.config import Settings
 from ledger.contracts.commands import (
     LogoutRequest,
     RevokeAccessRequest,
+    RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
+    SignOutOthersRequest,
     StartSessionRequest,
+    StepUpRequest,
     fail,
     internal_error,
     ok,
@@ -69,6 +72,9 @@ def command_routes(service: LedgerService) -> list[Route]:
         ("revoke", RevokeSessionRequest, service.revoke_session),
         ("logout", LogoutRequest, service.logout),
         ("revoke_user", RevokeUserRequest, service.revoke_user),
+        ("step_up", StepUpRequest, service.step_up),
+        ("revoke_own", RevokeOwnSessionRequest, service.revoke_own),
+        ("sign_out_others", SignOutOthersRequest, service.sign_out_others),
         ("revoke_access", RevokeAccessRequest, service.revoke_access),
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -12,17 +13,22 @@ from typing import Protocol
 
 from ledger.config import Settings
 from ledger.contracts.commands import (
+    ClientContext,
     LogoutRequest,
     Revocation,
     RevokeAccessRequest,
+    RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
+    SignOutOthersRequest,
     StartSessionRequest,
+    StepUp,
+    StepUpRequest,
     TokenPair,
 )
 from ledger.contracts.subjects import Subjects
-from ledger.domain import decide, refresh
+from ledger.domain import decide, device, refresh
 from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_signature
 from ledger.domain.decide import Family, Ids, Policy
 from ledger.domain.errors import (
@@ -33,12 +39,13 @@ from ledger.domain.errors import (
     TokenReused,
     Unavailable,
 )
-from ledger.domain.events import FamilyEvent, SigningKeyAdded
+from ledger.domain.events import DeviceInfo, FamilyEvent, RevokeReason, SigningKeyAdded
 from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.keys import added_statement
 from ledger.domain.refresh import RefreshToken, TokenKeys
 from ledger.eventstore.base import BaseEventStore
 from ledger.service.keys import ROOT_PRIVATE, SigningKey, load_root_key, sign_statement
+from ledger.service.limits import SessionLimiter
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
 log = logging.getLogger("ledger.service.handlers")
@@ -77,6 +84,7 @@ class LedgerService:
         self.policy = Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
         self.ring = ring  # the trusted public keys (the key events), to judge revoke_access tokens
         self.expect = Expectations(settings.issuer, settings.audience)
+        self.limiter = SessionLimiter(store, settings, clock, self._evict)
 
     async def publish_signing_key(self, seen: int) -> None:
         """The ledger's first key: publish the key directory's key when no trusted key event
@@ -111,11 +119,15 @@ class LedgerService:
         return sign_statement(added_statement(key.kid, key.alg, key.public_jwk(), None), root)
 
     async def start_session(self, req: StartSessionRequest) -> TokenPair:
+        """A new session; with an idempotency key, a retry lands on the same one (the family's
+        compare-and-set decides). Under a session cap, it is admitted before any token leaves."""
         now = self.clock()
-        sid = new_sid()
-        first = self.keys.first(sid, self.random_bytes(refresh.SECRET_BYTES))
+        if req.idempotency_key is not None:
+            first = self.keys.idempotent_first(req.sub, req.idempotency_key)
+        else:
+            first = self.keys.first(new_sid(), self.random_bytes(refresh.SECRET_BYTES))
         event = decide.start_session(
-            sid=sid,
+            sid=first.sid,
             sub=req.sub,
             client_id=req.client_id,
             scopes=req.scopes,
@@ -125,16 +137,49 @@ class LedgerService:
             absolute_ttl=self.settings.session_absolute_ttl,
             now=now,
             event_id=new_event_id(),
+            auth=req.auth(),
+            device=self._device(req.client),
         )
-        seq = await self.store.append(
-            self.subjects.family_event(sid, "started"),
-            event,
-            expect=(self.subjects.family_filter(sid), 0),
+        try:
+            seq = await self.store.append(
+                self.subjects.family_event(first.sid, "started"),
+                event,
+                expect=(self.subjects.family_filter(first.sid), 0),
+            )
+            family = decide.evolve(None, event, seq)
+        except ConcurrencyConflict:
+            if req.idempotency_key is None:
+                raise Unavailable("session id collision; retry") from None
+            family = await self._replay_start(req, first.sid, now)
+        if self.settings.max_sessions_per_user:
+            await self.limiter.admit(family)
+        return self._pair(family, first, now)
+
+    async def _replay_start(self, req: StartSessionRequest, sid: str, now: datetime) -> Family:
+        family, cut = await self._read(sid)
+        if family is None:
+            raise Unavailable("the session of this idempotency key is not readable yet; retry")
+        decide.replay_start(family, client_id=req.client_id, scopes=req.scopes)
+        decide.check_alive(family, cut, now)
+        return family
+
+    def _device(self, client: ClientContext | None) -> DeviceInfo | None:
+        if client is None:
+            return None
+        return device.minimise(
+            user_agent=client.user_agent,
+            ip=client.ip,
+            label=client.label,
+            mode=self.settings.client_ip,
+            key=self.keys.ip_key,
         )
-        return self._pair(decide.evolve(None, event, seq), first, now)
+
+    async def _evict(self, sid: str) -> None:
+        await self.revoke_session(RevokeSessionRequest(sid=sid, reason=RevokeReason.SESSION_LIMIT))
 
     async def rotate(self, req: RotateRequest) -> TokenPair:
         token = refresh.parse(req.refresh_token)
+        client = self._device(req.client)
         for _ in range(MAX_CAS_ATTEMPTS):
             family, cut, complete_to = await self.store.family_and_cut(token.sid)
             _check_client(family, req.client_id)
@@ -147,6 +192,7 @@ class LedgerService:
                 policy=self.policy,
                 now=now,
                 ids=Ids((new_event_id(), new_event_id())),
+                device=client,
             )
             assert family is not None
             try:
@@ -233,6 +279,59 @@ class LedgerService:
             return Revocation(seq=None, already_revoked=True, sid=claims.sid, sub=claims.sub, revoked_at=now)
         return Revocation(seq=seq, sid=claims.sid, sub=claims.sub, revoked_at=now)
 
+    async def step_up(self, req: StepUpRequest) -> StepUp:
+        """Raise the family's authentication context; its next access tokens carry it."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            family, cut = await self._read(req.sid)
+            now = self.clock()
+            event = decide.step_up(
+                family, sub=req.sub, auth=req.auth(), user_cut_seq=cut, now=now, event_id=new_event_id()
+            )
+            assert family is not None
+            try:
+                seq = await self._append_family(family, (event,))
+            except ConcurrencyConflict:
+                continue
+            await self._check_user_cut_after(family, seq)
+            auth = event.auth
+            return StepUp(seq=seq, sid=req.sid, acr=req.acr, amr=auth.amr, auth_time=auth.auth_time)
+        raise Unavailable("too much contention on this session; retry")
+
+    async def revoke_own(self, req: RevokeOwnSessionRequest) -> Revocation:
+        """Self-service: revoke one of the user's sessions, from a live session of the same user.
+        Another user's session is ``not_found``, exactly like an unknown one."""
+        current, cut = await self._read(req.current_sid)
+        decide.check_alive(decide.check_owner(current, req.sub), cut, self.clock())
+        decide.check_owner(await self.store.family(req.sid), req.sub)
+        return await self.revoke_session(RevokeSessionRequest(sid=req.sid, reason=RevokeReason.USER_REQUEST))
+
+    async def sign_out_others(self, req: SignOutOthersRequest) -> Revocation:
+        """One revoke-all that keeps ``current_sid``: compare-and-set on the user's events, so a
+        revoke-all landing in between makes us re-read (and find this session dead)."""
+        user_filter = self.subjects.user_filter(req.sub)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            (family, cut), (_, position) = await asyncio.gather(
+                self._read(req.current_sid), self.store.head(user_filter)
+            )
+            now = self.clock()
+            event = decide.revoke_others(
+                family, sub=req.sub, user_cut_seq=cut, reason=RevokeReason.USER_REQUEST, now=now,
+                event_id=new_event_id(),
+            )  # fmt: skip
+            try:
+                seq = await self.store.append(
+                    self.subjects.user(req.sub), event, expect=(user_filter, position)
+                )
+            except ConcurrencyConflict:
+                continue
+            return Revocation(seq=seq, sub=req.sub, kept_sid=req.current_sid, revoked_at=now)
+        raise Unavailable("too much contention on this user; retry")
+
+    async def _read(self, sid: str) -> tuple[Family | None, int | None]:
+        """The family and the user cut that applies to it (one batch read when possible)."""
+        family, cut, _ = await self.store.family_and_cut(sid)
+        return family, cut
+
     async def _append_family(self, family: Family, events: tuple[FamilyEvent, ...]) -> int:
         sid = family.started.sid
         return await self.store.append_chain(
@@ -244,7 +343,7 @@ class LedgerService:
 
     async def _check_user_cut_after(self, family: Family, seq: int) -> None:
         """A revoke-all committed before our rotation wins, even if we read before it (inv. 8)."""
-        cut = await self.store.user_cut(family.started.sub)
+        cut = await self.store.user_cut(family.started.sub, family.started.sid)
         if cut is not None and family.start_seq < cut < seq:
             raise SessionRevokedError("session was revoked")
 
@@ -257,6 +356,7 @@ class LedgerService:
             session_started_at=started.occurred_at,
             session_start_seq=family.start_seq,
             client_id=started.client_id,
+            auth=family.auth,
         )
         access, access_exp = self.signer.current(now).sign(grant, now=now, cap=family.expires_at)
         return TokenPair(
@@ -282,4 +382,5 @@ _KIND = {
     "TokenRotated": "rotated",
     "ReuseDetected": "reuse",
     "SessionRevoked": "revoked",
+    "SessionSteppedUp": "stepup",
 }

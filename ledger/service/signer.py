@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import jwt
 
+from ledger.domain.events import AuthContext
 from ledger.service.keys import SigningKey
 
 
@@ -19,6 +20,7 @@ class AccessGrant:
     session_started_at: datetime
     session_start_seq: int
     client_id: str | None = None
+    auth: AuthContext | None = None  # acr / amr / auth_time, unchanged through rotations
 
 
 class AccessTokenSigner:
@@ -52,5 +54,19 @@ class AccessTokenSigner:
         }
         if grant.client_id is not None:
             claims["client_id"] = grant.client_id
+        if grant.auth is not None:
+            claims.update(auth_claims(grant.auth))
         token = jwt.encode(claims, self.key.private, algorithm=self.key.alg, headers=self._headers)
         return token, exp.replace(microsecond=0)
+
+
+def auth_claims(auth: AuthContext) -> dict[str, object]:
+    """OpenID Connect's ``acr``, ``amr`` (a list) and ``auth_time`` (epoch seconds), when set."""
+    claims: dict[str, object] = {}
+    if auth.acr is not None:
+        claims["acr"] = auth.acr
+    if auth.amr:
+        claims["amr"] = list(auth.amr)
+    if auth.auth_time is not None:
+        claims["auth_time"] = int(auth.auth_time.timestamp())
+    return claims

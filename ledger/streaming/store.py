@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ledger.config import Settings
 from ledger.contracts.subjects import Subjects
-from ledger.domain.decide import Family
+from ledger.domain.decide import Family, effective_cut
 from ledger.domain.errors import ConcurrencyConflict, Unavailable
 from ledger.domain.events import (
     Event,
@@ -238,6 +238,8 @@ class EventStore(BaseEventStore):
             cut_event is not None and not isinstance(cut_event, UserSessionsRevoked)
         ):
             return await super().family_and_cut(sid)
+        if isinstance(cut_event, UserSessionsRevoked):  # "sign out the others" keeps one session
+            cut = effective_cut(cut, cut_event.keep_sid, sid)
         started, start_seq = await self._facts_for(sid, head)
         return Family(started=started, start_seq=start_seq, head=head.event, head_seq=seq), cut, up_to
 

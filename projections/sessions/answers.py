@@ -24,9 +24,12 @@ log = logging.getLogger("projections.sessions.answers")
 DUMMY_IDS = decide.Ids(("0" * 32, "0" * 32))
 
 
-def session_view(session: SessionRecord, now: datetime, user_cut: int | None) -> SessionView:
+def session_view(
+    session: SessionRecord, now: datetime, user_cut: int | None, *, current: str | None = None
+) -> SessionView:
     family, started = session.family(), session.started
     terminal = family.is_terminal
+    auth = family.auth
     return SessionView(
         sid=started.sid,
         sub=started.sub,
@@ -45,6 +48,10 @@ def session_view(session: SessionRecord, now: datetime, user_cut: int | None) ->
         start_seq=session.start_seq,
         head_seq=session.seq,
         as_of=now,
+        last_seen_at=session.last_seen_at,
+        device=session.device,
+        acr=auth.acr if auth is not None else None,
+        current=current == started.sid,
     )
 
 
@@ -92,7 +99,7 @@ def refresh_answer(
         sid=started.sid,
         iss=issuer,
         exp=int(family.refresh_expires_at.timestamp()),
-        iat=int(session.head.occurred_at.timestamp()),
+        iat=int(family.head_issued_at.timestamp()),  # a step-up issues no refresh token
         generation=token.generation,
     )
 

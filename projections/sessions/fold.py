@@ -25,15 +25,18 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from ledger.contracts.subjects import encode_token
-from ledger.domain.decide import Family, check_alive
+from ledger.domain.decide import Family, check_alive, effective_cut
 from ledger.domain.errors import SessionExpired, SessionRevokedError
 from ledger.domain.events import (
     AccessTokenRevoked,
+    DeviceInfo,
     Event,
     RecordedEvent,
     ReuseDetected,
     RevokeReason,
+    SessionAdmitted,
     SessionStarted,
+    SessionSteppedUp,
     SigningKeyActivated,
     SigningKeyAdded,
     SigningKeyRetired,
@@ -44,8 +47,10 @@ from ledger.domain.events import SessionRevoked as SessionRevokedEvent
 
 CHECKPOINT_KEY = "checkpoint"
 HeadEvent = Annotated[
-    SessionStarted | TokenRotated | ReuseDetected | SessionRevokedEvent, Field(discriminator="type")
+    SessionStarted | TokenRotated | ReuseDetected | SessionRevokedEvent | SessionSteppedUp,
+    Field(discriminator="type"),
 ]
+FamilyStep = TokenRotated | ReuseDetected | SessionRevokedEvent | SessionSteppedUp
 
 
 class _Record(BaseModel):
@@ -61,6 +66,16 @@ class SessionRecord(_Record):
     head: HeadEvent
     rotations: int = 0
     last_rotated_at: AwareDatetime | None = None
+    last_device: DeviceInfo | None = None  # from the last rotation that carried a client context
+
+    @property
+    def device(self) -> DeviceInfo | None:
+        return self.last_device or self.started.device
+
+    @property
+    def last_seen_at(self) -> datetime:
+        """The session's last activity the log knows of: its last rotation (no extra writes)."""
+        return self.last_rotated_at or self.started.occurred_at
 
     def family(self) -> Family:
         """The ledger's own view of this session (head = latest family event, at ``seq``)."""
@@ -81,6 +96,10 @@ class UserCutRecord(_Record):
     not_before: AwareDatetime
     reason: RevokeReason
     revocations: int = 1
+    keep_sid: str | None = None  # "sign out all other devices": this session is not cut
+
+    def cut_for(self, sid: str) -> int | None:
+        return effective_cut(self.seq, self.keep_sid, sid)
 
 
 class KeyRecord(_Record):
@@ -140,12 +159,14 @@ def touched(event: Event) -> tuple[str, ...]:
     """The keys an event may change."""
     if isinstance(event, SessionStarted):
         return (session_key(event.sid), user_session_key(event.sub, event.sid))
-    if isinstance(event, TokenRotated | ReuseDetected | SessionRevokedEvent):
+    if isinstance(event, FamilyStep):
         return (session_key(event.sid),)
     if isinstance(event, UserSessionsRevoked):
         return (user_cut_key(event.sub),)
     if isinstance(event, AccessTokenRevoked):
         return (revoked_token_key(event.jti),)
+    if isinstance(event, SessionAdmitted):
+        return ()  # the cap's bookkeeping: the sessions themselves say all a reader needs
     return (signing_key_key(event.kid),)
 
 
@@ -159,12 +180,14 @@ def next_record(
     event = rec.event
     if isinstance(event, SessionStarted):
         return _started(key, current, event, rec.seq)
-    if isinstance(event, TokenRotated | ReuseDetected | SessionRevokedEvent):
+    if isinstance(event, FamilyStep):
         return _family_step(current, event, rec.seq, cut)
     if isinstance(event, UserSessionsRevoked):
         return _user_cut(current, event, rec.seq)
     if isinstance(event, AccessTokenRevoked):
         return RevokedTokenRecord(seq=rec.seq, jti=event.jti, sid=event.sid, expires_at=event.expires_at)
+    if isinstance(event, SessionAdmitted):
+        return None
     return _signing_key(current, event, rec.seq)
 
 
@@ -176,17 +199,14 @@ def _started(key: str, current: Record | None, event: SessionStarted, seq: int) 
     return UserSessionRecord(seq=seq, sid=event.sid, start_seq=seq)
 
 
-def _family_step(
-    current: Record | None,
-    event: TokenRotated | ReuseDetected | SessionRevokedEvent,
-    seq: int,
-    cut: Record | None,
-) -> Record | None:
+def _family_step(current: Record | None, event: FamilyStep, seq: int, cut: Record | None) -> Record | None:
     if not isinstance(current, SessionRecord):
         return None  # no SessionStarted before it: nothing to extend
     update: dict[str, Any] = {"seq": seq, "head": event}  # the head is the ledger's, refused or not
     if isinstance(event, TokenRotated) and not refused(current, cut, seq):
         update.update(rotations=current.rotations + 1, last_rotated_at=event.occurred_at)
+        if event.device is not None:
+            update["last_device"] = event.device
     return current.model_copy(update=update)
 
 
@@ -194,7 +214,10 @@ def refused(session: SessionRecord, cut: Record | None, seq: int) -> bool:
     """Did the ledger refuse the rotation at ``seq``? It was appended after a revoke-all that its
     session predates, so the post-commit cut check answered ``session_revoked`` (and the edges
     ignore its token: its ``ssq`` is below the cut). Such a rotation is not counted."""
-    return isinstance(cut, UserCutRecord) and session.start_seq < cut.seq < seq
+    if not isinstance(cut, UserCutRecord):
+        return False
+    applies = cut.cut_for(session.started.sid)  # a kept session ("sign out the others") is not cut
+    return applies is not None and session.start_seq < applies < seq
 
 
 def cut_key(lookup: Mapping[str, Record], event: Event) -> str | None:
@@ -208,7 +231,12 @@ def cut_key(lookup: Mapping[str, Record], event: Event) -> str | None:
 def _user_cut(current: Record | None, event: UserSessionsRevoked, seq: int) -> UserCutRecord:
     count = current.revocations + 1 if isinstance(current, UserCutRecord) else 1
     return UserCutRecord(
-        seq=seq, sub=event.sub, not_before=event.not_before, reason=event.reason, revocations=count
+        seq=seq,
+        sub=event.sub,
+        not_before=event.not_before,
+        reason=event.reason,
+        revocations=count,
+        keep_sid=event.keep_sid,
     )
 
 
@@ -267,9 +295,24 @@ def fold(events: Iterable[RecordedEvent], state: SessionsState = EMPTY) -> Sessi
     return SessionsState(records, checkpoint)
 
 
+# Fields added after records were first written: left out while unset, so a record that never
+# used them has the bytes it always had (a bucket written before they existed equals a rebuild).
+LATER_FIELDS = frozenset({"auth", "device", "last_device", "keep_sid"})
+
+
+def _without_unset_later_fields(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _without_unset_later_fields(v)
+            for k, v in data.items()
+            if not (v is None and k in LATER_FIELDS)
+        }
+    return data
+
+
 def encode(record: Record) -> bytes:
     """Canonical bytes: sorted keys, no whitespace, so rebuild == live byte for byte."""
-    return canonical(record.model_dump(mode="json"))
+    return canonical(_without_unset_later_fields(record.model_dump(mode="json")))
 
 
 def decode(raw: bytes) -> Record:

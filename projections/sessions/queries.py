@@ -72,10 +72,14 @@ class SessionQueries:
         self.expect = Expectations(settings.issuer, settings.audience)
 
     async def list_sessions(self, req: ListSessionsRequest) -> SessionList:
+        """The user's sessions, oldest first; ``current`` marks ``req.current_sid`` ("this device")."""
         store, now = self.source(), self.clock()
-        cut = await store.user_cut(req.sub)
-        views = [session_view(s, now, cut) for s in await store.user_sessions(req.sub)]
-        chosen = tuple(v for v in views if v.active or req.include_inactive)
+        record = await store.user_cut_record(req.sub)
+        views = [
+            session_view(s, now, record.cut_for(s.started.sid) if record else None, current=req.current_sid)
+            for s in await store.user_sessions(req.sub)
+        ]
+        chosen = tuple(v for v in views if v.active or req.include_inactive or v.current)
         return SessionList(sub=req.sub, sessions=chosen, as_of=now)
 
     async def get_session(self, req: GetSessionRequest) -> SessionView:
@@ -83,7 +87,7 @@ class SessionQueries:
         session = await store.session(req.sid)
         if session is None:
             raise SessionNotFound("no such session")
-        return session_view(session, now, await store.user_cut(session.started.sub))
+        return session_view(session, now, await store.user_cut(session.started.sub, req.sid))
 
     async def introspect(self, req: IntrospectRequest) -> Introspection:
         if req.token.startswith(refresh.PREFIX + "."):
@@ -97,7 +101,7 @@ class SessionQueries:
             return INACTIVE
         store, now = self.source(), self.clock()
         session = await store.session(token.sid)
-        cut = await store.user_cut(session.started.sub) if session is not None else None
+        cut = await store.user_cut(session.started.sub, token.sid) if session is not None else None
         return refresh_answer(
             session,
             token,
@@ -116,7 +120,7 @@ class SessionQueries:
             log.debug("access token inactive: %s", err.reason.value)
             return INACTIVE
         session = await store.session(claims.sid) if is_sid(claims.sid) else None
-        cut = await store.user_cut(claims.sub)
+        cut = await store.user_cut(claims.sub, claims.sid)
         if await store.token_revoked(claims.jti):
             return INACTIVE  # revoked alone (RFC 7009), the session goes on
         return access_answer(claims, session, user_cut=cut, now=now, expect=self.expect)

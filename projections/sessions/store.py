@@ -92,9 +92,16 @@ class SessionStore:
         record = await self.get(session_key(sid))
         return record if isinstance(record, SessionRecord) else None
 
-    async def user_cut(self, sub: str) -> int | None:
+    async def user_cut_record(self, sub: str) -> UserCutRecord | None:
         record = await self.get(user_cut_key(sub))
-        return record.seq if isinstance(record, UserCutRecord) else None
+        return record if isinstance(record, UserCutRecord) else None
+
+    async def user_cut(self, sub: str, sid: str | None = None) -> int | None:
+        """The user's cut; with ``sid``, the cut for that session (none if a sign-out kept it)."""
+        record = await self.user_cut_record(sub)
+        if record is None:
+            return None
+        return record.seq if sid is None else record.cut_for(sid)
 
     async def token_revoked(self, jti: str) -> bool:
         if not NAME_RE.fullmatch(jti):

@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from ledger.client import LedgerClient
-from ledger.contracts.commands import Revocation, TokenPair
+from ledger.contracts.commands import ClientContext, Revocation, StepUp, TokenPair
 from ledger.domain.events import RevokeReason
 from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
@@ -28,11 +29,43 @@ def register(sub: Any) -> None:
     start.add_argument("--sub", required=True, help="user id")
     start.add_argument("--client-id", help="client (app/device) id")
     start.add_argument("--scope", action="append", default=[], help="scope (repeatable)")
+    _auth_options(start, required=False)
+    start.add_argument(
+        "--idempotency-key",
+        help="a retry with the same key returns the same session (8-128 of [A-Za-z0-9._:-])",
+    )
+    _client_options(start)
     start.set_defaults(func=cmd_start)
 
     rotate = session.add_parser("rotate", parents=[COMMON], help="exchange a refresh token for a new pair")
     rotate.add_argument("token", help="the current refresh token")
+    _client_options(rotate)
     rotate.set_defaults(func=cmd_rotate)
+
+    step = session.add_parser(
+        "step-up", parents=[COMMON], help="raise a session's authentication level after a re-authentication"
+    )
+    step.add_argument("sid", help="the session")
+    step.add_argument("--sub", required=True, help="the user who re-authenticated (must own the session)")
+    _auth_options(step, required=True)
+    step.set_defaults(func=cmd_step_up)
+
+    own = session.add_parser(
+        "revoke-own", parents=[COMMON], help="self-service: revoke one of the user's sessions from another"
+    )
+    own.add_argument("sid", help="the session to revoke")
+    own.add_argument("--sub", required=True, help="the user")
+    own.add_argument("--current", required=True, metavar="SID", help="the user's live session asking")
+    own.set_defaults(func=cmd_revoke_own)
+
+    others = session.add_parser(
+        "sign-out-others",
+        parents=[COMMON],
+        help="self-service: revoke every session of the user but this one",
+    )
+    others.add_argument("--sub", required=True, help="the user")
+    others.add_argument("--current", required=True, metavar="SID", help="the session that stays signed in")
+    others.set_defaults(func=cmd_sign_out_others)
 
     revoke = session.add_parser("revoke", parents=[COMMON], help="revoke one session by id")
     revoke.add_argument("sid")
@@ -62,6 +95,34 @@ def register(sub: Any) -> None:
     tail.set_defaults(func=cmd_tail)
 
 
+def _auth_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--acr", required=required, help="authentication context class (OpenID Connect acr)")
+    parser.add_argument(
+        "--amr", action="append", default=[], help="authentication method, RFC 8176 (repeatable)"
+    )
+    parser.add_argument("--auth-time", type=_when, help="when the user authenticated (ISO 8601 with offset)")
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user-agent", help="the client's User-Agent (only its family is stored)")
+    parser.add_argument(
+        "--ip", help="the client's IP (stored as LEDGER_CLIENT_IP says; truncated by default)"
+    )
+    parser.add_argument("--device-label", help="a name for the device, shown in session lists (<= 64)")
+
+
+def _client(args: argparse.Namespace) -> ClientContext | None:
+    given = {"user_agent": args.user_agent, "ip": args.ip, "label": args.device_label}
+    return ClientContext(**given) if any(v is not None for v in given.values()) else None
+
+
+def _when(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone offset, e.g. 2026-12-01T10:00:00+00:00")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -82,8 +143,14 @@ def _pair_text(pair: TokenPair) -> str:
     )
 
 
+def _step_up_text(ack: StepUp) -> str:
+    return f"session {ack.sid} now at acr {ack.acr} (stream sequence {ack.seq}); its next tokens carry it"
+
+
 def _revocation_text(rev: Revocation) -> str:
     what = f"session {rev.sid}" if rev.sid else f"all sessions of {rev.sub}"
+    if rev.kept_sid:
+        what += f" except {rev.kept_sid}"
     if rev.already_revoked:
         return f"{what} was already revoked"
     return f"revoked {what} (stream sequence {rev.seq})"
@@ -104,8 +171,23 @@ def _command(
     return run
 
 
-cmd_start = _command(lambda c, a: c.start_session(a.sub, client_id=a.client_id, scopes=a.scope), _pair_text)
-cmd_rotate = _command(lambda c, a: c.rotate(a.token), _pair_text)
+cmd_start = _command(
+    lambda c, a: c.start_session(
+        a.sub, client_id=a.client_id, scopes=a.scope, acr=a.acr, amr=a.amr, auth_time=a.auth_time,
+        client=_client(a), idempotency_key=a.idempotency_key,
+    ),
+    _pair_text,
+)  # fmt: skip
+cmd_rotate = _command(lambda c, a: c.rotate(a.token, client=_client(a)), _pair_text)
+cmd_step_up = _command(
+    lambda c, a: c.step_up(a.sid, sub=a.sub, acr=a.acr, amr=a.amr, auth_time=a.auth_time), _step_up_text
+)
+cmd_revoke_own = _command(
+    lambda c, a: c.revoke_own_session(a.sid, sub=a.sub, current_sid=a.current), _revocation_text
+)
+cmd_sign_out_others = _command(
+    lambda c, a: c.sign_out_others(sub=a.sub, current_sid=a.current), _revocation_text
+)
 cmd_revoke = _command(lambda c, a: c.revoke_session(a.sid, a.reason), _revocation_text)
 cmd_logout = _command(lambda c, a: c.logout(a.token), _revocation_text)
 cmd_revoke_user = _command(lambda c, a: c.revoke_user(a.sub, a.reason), _revocation_text)

@@ -38,6 +38,7 @@ def register(sub: Any) -> None:
         help="time travel: ISO time (UTC if no offset), an age like 2h, or now; folds the event log "
         "up to it (connects as analyst)",
     )
+    listing.add_argument("--current", metavar="SID", help='the asking session: marked "this device"')
     listing.set_defaults(func=cmd_list)
     show = sessions.add_parser("show", parents=[COMMON], help="one session's state")
     show.add_argument("sid")
@@ -63,6 +64,9 @@ def session_text(v: SessionView) -> str:
         f"generation     {v.generation} ({v.rotations} rotations)",
         f"started        {_when(v.started_at)} (stream seq {v.start_seq})",
         f"last rotation  {_when(v.last_rotated_at)}",
+        f"last seen      {_when(v.last_seen_at)}",
+        f"device         {_device(v)}",
+        f"acr            {v.acr or '-'}",
         f"idle expiry    {_when(v.idle_expires_at)}",
         f"expires        {_when(v.expires_at)}",
     ]
@@ -71,19 +75,28 @@ def session_text(v: SessionView) -> str:
     return "\n".join(lines)
 
 
+def _device(v: SessionView) -> str:
+    d = v.device
+    if d is None:
+        return "-"
+    parts = [d.label, d.ua_family, d.device_class, d.ip_hint]
+    return ", ".join(p for p in parts if p)
+
+
 def sessions_table(views: tuple[SessionView, ...]) -> str:
-    rows = [("SID", "CLIENT", "GEN", "STATUS", "STARTED", "LAST ROTATION", "IDLE EXPIRY", "SCOPES")]
+    rows = [("SID", "CLIENT", "GEN", "STATUS", "STARTED", "LAST SEEN", "IDLE EXPIRY", "SCOPES", "DEVICE")]
     for v in views:
         rows.append(
             (
-                v.sid,
+                v.sid + (" *" if v.current else ""),
                 v.client_id or "-",
                 str(v.generation),
                 v.status,
                 _when(v.started_at),
-                _when(v.last_rotated_at),
+                _when(v.last_seen_at),
                 _when(v.idle_expires_at),
                 " ".join(v.scopes) or "-",
+                _device(v),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -97,7 +110,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         raise BadRequest("--sub is required (or give --at to list every user's sessions at an instant)")
 
     async def go(c: LedgerClient) -> None:
-        result = await c.list_sessions(args.sub, include_inactive=args.all)
+        result = await c.list_sessions(args.sub, include_inactive=args.all, current_sid=args.current)
         emit(args, result, sessions_table(result.sessions) if result.sessions else "no sessions")
 
     run_client(args, go)

@@ -107,15 +107,18 @@ async def test_summary_receipts_count_only_the_window(
 async def race_a_rotation_with_revoke_all(service: LedgerService, token: str) -> None:
     """The race of the ground-truth run, made certain: the rotation reads the user's cut, a
     revoke-all commits, then the rotation appends and the post-commit check refuses it."""
-    real_cut = service.store.user_cut
+    real_view = service.store.family_and_cut
 
-    async def read_then_revoke(sub: str) -> int | None:
-        before = await real_cut(sub)
-        await service.revoke_user(RevokeUserRequest(sub=sub, reason=RevokeReason.PASSWORD_CHANGE))
-        service.store.user_cut = real_cut  # type: ignore[method-assign]
-        return before
+    async def read_then_revoke(sid: str) -> Any:
+        view = await real_view(sid)
+        assert view[0] is not None
+        await service.revoke_user(
+            RevokeUserRequest(sub=view[0].started.sub, reason=RevokeReason.PASSWORD_CHANGE)
+        )
+        service.store.family_and_cut = real_view  # type: ignore[method-assign]
+        return view
 
-    service.store.user_cut = read_then_revoke  # type: ignore[method-assign]
+    service.store.family_and_cut = read_then_revoke  # type: ignore[method-assign]
     with pytest.raises(SessionRevokedError):
         await service.rotate(RotateRequest(refresh_token=token))
 

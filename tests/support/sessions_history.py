@@ -13,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 
 from ledger.contracts.subjects import Subjects
 from ledger.domain.events import (
+    AuthContext,
+    DeviceInfo,
     Event,
     RecordedEvent,
     ReuseDetected,
     RevokeReason,
     SessionRevoked,
     SessionStarted,
+    SessionSteppedUp,
     SigningKeyAdded,
     SigningKeyRetired,
     TokenRotated,
@@ -33,7 +36,12 @@ KINDS = {
     TokenRotated: "rotated",
     ReuseDetected: "reuse",
     SessionRevoked: "revoked",
+    SessionSteppedUp: "stepup",
 }
+DEVICES = (
+    None,
+    DeviceInfo(device_class="mobile", ua_family="Safari on iOS", label="phone", ip_hint="192.0.2.0/24"),
+)
 
 
 @dataclass
@@ -41,6 +49,8 @@ class _Live:
     sub: str
     token: RefreshToken
     index: int
+    issued_at: datetime = T0
+    auth: AuthContext | None = None  # raised by a step-up: carried by every later rotation
 
 
 @dataclass
@@ -76,8 +86,12 @@ class Generator:
             self.revoke()
         elif roll < 0.96:
             self.revoke_user()
-        else:
+        elif roll < 0.975:
             self.key_event()
+        elif roll < 0.99:
+            self.step_up()
+        else:
+            self.sign_out_others()
 
     def start(self) -> None:
         sid = "".join(self.rng.choice(ALPHABET) for _ in range(22))
@@ -95,7 +109,7 @@ class Generator:
             idle_ttl_s=self.rng.choice([3600, 86400, 7 * 86400]),
             absolute_ttl_s=30 * 86400,
         )
-        self.live[sid] = _Live(sub, token, len(self.events))
+        self.live[sid] = _Live(sub, token, len(self.events), issued_at=self.now)
         self._add(self.subjects.family_event(sid, "started"), event)
 
     def _pick(self) -> tuple[str, _Live]:
@@ -111,8 +125,37 @@ class Generator:
             sid=sid,
             generation=fam.token.generation,
             token_hash=self.keys.hash(fam.token),
+            auth=fam.auth,
+            device=self.rng.choice(DEVICES),
         )
+        fam.issued_at = self.now
         self._add(self.subjects.family_event(sid, "rotated"), event)
+
+    def step_up(self) -> None:
+        sid, fam = self._pick()
+        fam.auth = AuthContext(acr=f"aal{self.rng.randint(2, 3)}", amr=("pwd", "otp"))
+        event = SessionSteppedUp(
+            event_id=self._id(),
+            occurred_at=self._tick(),
+            sid=sid,
+            generation=fam.token.generation,
+            token_hash=self.keys.hash(fam.token),
+            sub=fam.sub,
+            auth=fam.auth,
+            rotated_at=fam.issued_at,
+        )
+        self._add(self.subjects.family_event(sid, "stepup"), event)
+
+    def sign_out_others(self) -> None:
+        keep, fam = self._pick()
+        now = self._tick()
+        event = UserSessionsRevoked(
+            event_id=self._id(), occurred_at=now, sub=fam.sub, reason=RevokeReason.USER_REQUEST,
+            not_before=now, requested_at=now, keep_sid=keep,
+        )  # fmt: skip
+        self._add(self.subjects.user(fam.sub), event)
+        for sid in [s for s, f in self.live.items() if f.sub == fam.sub and s != keep]:
+            del self.live[sid]
 
     def reuse(self) -> None:
         sid, fam = self._pick()

@@ -55,11 +55,13 @@ http {{
       auth_request_set $auth_sub $upstream_http_x_auth_subject;
       auth_request_set $auth_sid $upstream_http_x_auth_session;
       auth_request_set $auth_scopes $upstream_http_x_auth_scopes;
+      auth_request_set $auth_acr $upstream_http_x_auth_acr;
       auth_request_set $auth_challenge $upstream_http_www_authenticate;
       add_header WWW-Authenticate $auth_challenge always;
       proxy_set_header X-Auth-Subject $auth_sub;
       proxy_set_header X-Auth-Session $auth_sid;
       proxy_set_header X-Auth-Scopes $auth_scopes;
+      proxy_set_header X-Auth-Acr $auth_acr;
       proxy_pass http://127.0.0.1:{upstream};
     }}
   }}
@@ -97,7 +99,8 @@ def nginx(tmp_path: Path) -> Iterator[dict[str, int]]:
 async def upstream(nginx: dict[str, int]) -> AsyncIterator[None]:
     async def echo(request: web.Request) -> web.Response:
         sub, sid = request.headers.get("X-Auth-Subject", ""), request.headers.get("X-Auth-Session", "")
-        return web.Response(text=f"upstream ok sub={sub} sid={sid}")
+        acr = request.headers.get("X-Auth-Acr", "")
+        return web.Response(text=f"upstream ok sub={sub} sid={sid}", headers={"X-Upstream-Saw-Acr": acr})
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", echo)
@@ -149,3 +152,20 @@ async def test_nginx_auth_request_lets_valid_through_and_stops_revoked(
         )
         status, body, _ = await _get(http, url, other.access_token)
         assert (status, body) == (200, f"upstream ok sub=mike sid={other.sid}")
+
+
+async def test_a_client_cannot_claim_an_authentication_level_through_nginx(
+    client: LedgerClient, settings_for: Any, nginx: dict[str, int], upstream: None
+) -> None:
+    """Attack: a client sends its own ``X-Auth-Acr: aal3``. The upstream sees only what the
+    token says (the sidecar always answers the header, empty without a context)."""
+    settings = settings_for(edge_listen=f"127.0.0.1:{nginx['sidecar']}")
+    stepped = await client.start_session("nora", acr="aal1")
+    plain = await client.start_session("nora")
+    url = f"http://127.0.0.1:{nginx['port']}/api/orders"
+    async with broadcaster(settings), running(run_edge, settings), aiohttp.ClientSession() as http:
+        await _wait_listening(http, url)
+        for pair, want in ((stepped, "aal1"), (plain, "")):
+            forged = {"Authorization": f"Bearer {pair.access_token}", "X-Auth-Acr": "aal3"}
+            async with http.get(url, headers=forged) as resp:
+                assert resp.status == 200 and resp.headers.get("X-Upstream-Saw-Acr") == want
