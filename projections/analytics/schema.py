@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = "3"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out
-REFOLD_FACTS_FROM = ("1", "2")  # session_facts of these versions are folded again on open
+SCHEMA_VERSION = "4"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out;
+# 4: user_cuts.keep_sid ("sign out the other devices" keeps one session alive)
+REFOLD_FACTS_FROM = ("1", "2", "3")  # session_facts of these versions are folded again on open
+REFOLD_CUTS_FROM = ("1", "2", "3")  # user_cuts of these versions lack keep_sid: folded again
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS events (
@@ -78,7 +80,8 @@ CREATE TABLE IF NOT EXISTS user_cuts (  -- the UserSessionsRevoked events, kept 
     seq UBIGINT NOT NULL,
     sub VARCHAR,
     occurred_at TIMESTAMP,
-    reason VARCHAR
+    reason VARCHAR,
+    keep_sid VARCHAR                  -- "sign out the other devices": the one session not cut
 );
 -- A fold keeps the row with the smaller seq: is seq a (not NULL) before seq b (NULL = none yet)?
 CREATE OR REPLACE MACRO earlier(a, b) AS coalesce(a < b, a IS NOT NULL AND b IS NULL);
@@ -148,7 +151,8 @@ first_start AS (SELECT sid, min(start_seq) AS start_seq, arg_min(sub, start_seq)
 refused AS (SELECT r.seq FROM b r JOIN first_start f USING (sid)
             WHERE r.type = 'TokenRotated'
               AND EXISTS (SELECT 1 FROM user_cuts u
-                          WHERE u.sub = f.sub AND u.seq > f.start_seq AND u.seq < r.seq)),
+                          WHERE u.sub = f.sub AND u.seq > f.start_seq AND u.seq < r.seq
+                            AND u.keep_sid IS DISTINCT FROM r.sid)),
 e AS (SELECT b.*, b.type = 'TokenRotated' AND x.seq IS NULL AS rotated
       FROM b LEFT JOIN refused x USING (seq))
 SELECT sid, min(seq), count(*) FILTER (WHERE type = 'SessionStarted'),
@@ -195,7 +199,8 @@ ON CONFLICT (sid) DO UPDATE SET
 # and joins the sessions against it (building on the sessions costs 0.4 s at 10M events).
 FOLD_USER_CUTS = """
 INSERT INTO user_cuts
-SELECT seq, sub, occurred_at, reason FROM events WHERE seq > $1 AND type = 'UserSessionsRevoked'
+SELECT seq, sub, occurred_at, reason, json_extract_string(data, '$.keep_sid')
+FROM events WHERE seq > $1 AND type = 'UserSessionsRevoked'
 """
 
 SESSIONS = """
@@ -208,13 +213,15 @@ SELECT max(occurred_at) AS as_of, max(seq) AS last_seq, count(*) AS events FROM 
 -- ends the sessions of its user started before it: each session meets the first one
 -- after its start (at or before t), found as a seq range so that no GROUP BY is needed.
 CREATE OR REPLACE MACRO sessions_at(t) AS TABLE
-WITH fast AS (
+WITH kept AS (SELECT DISTINCT keep_sid AS sid FROM user_cuts WHERE keep_sid IS NOT NULL),
+fast AS (  -- a session some cut kept is folded below: the seq ranges of the fast join ignore keep_sid
     SELECT sid, start_seq, sub, client_id, scopes, started_at, idle_ttl_s, absolute_ttl_s,
            rotations, last_generation, last_rotation_at, end_at AS f_at, end_type AS f_type,
            end_reason AS f_reason
-    FROM session_facts WHERE starts = 1 AND last_event_at <= t),
+    FROM session_facts WHERE starts = 1 AND last_event_at <= t AND sid NOT IN (SELECT sid FROM kept)),
 slow AS (SELECT sid, first_seq, start_seq AS first_start_seq, sub AS first_sub FROM session_facts
-         WHERE starts > 0 AND NOT coalesce(starts = 1 AND last_event_at <= t, false)),
+         WHERE starts > 0
+           AND NOT coalesce(starts = 1 AND last_event_at <= t AND sid NOT IN (SELECT sid FROM kept), false)),
 ev AS (SELECT * FROM events
        WHERE occurred_at <= t AND seq >= (SELECT min(first_seq) FROM slow) AND sid IN (SELECT sid FROM slow)),
 started AS (
@@ -227,7 +234,8 @@ rot AS (  -- the rotations the ledger accepted: none after a cut its session pre
     FROM ev e JOIN slow USING (sid)
     WHERE e.type = 'TokenRotated'
       AND NOT EXISTS (SELECT 1 FROM user_cuts u
-                      WHERE u.sub = slow.first_sub AND u.seq > slow.first_start_seq AND u.seq < e.seq)
+                      WHERE u.sub = slow.first_sub AND u.seq > slow.first_start_seq AND u.seq < e.seq
+                        AND u.keep_sid IS DISTINCT FROM e.sid)
     GROUP BY e.sid),
 fend AS (
     SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
@@ -241,7 +249,7 @@ cuts AS (  -- sessions of sub with start_seq in [after_seq, seq) meet this cut f
     FROM uev WINDOW w AS (PARTITION BY sub ORDER BY seq)),
 uend AS (
     SELECT s.sid, arg_min(u.occurred_at, u.seq) AS u_at, arg_min(u.reason, u.seq) AS u_reason
-    FROM started s JOIN uev u ON u.sub = s.sub AND u.seq > s.start_seq
+    FROM started s JOIN uev u ON u.sub = s.sub AND u.seq > s.start_seq AND u.keep_sid IS DISTINCT FROM s.sid
     GROUP BY s.sid),
 folded AS (
     SELECT s.*, c.u_at, c.u_reason
@@ -550,7 +558,9 @@ def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30
     }
     stored = _stored_version(conn) if "analytics_meta" in had else None
     conn.execute(TABLES)
-    if "user_cuts" not in had:
+    if "user_cuts" not in had or stored in REFOLD_CUTS_FROM:
+        conn.execute("ALTER TABLE user_cuts ADD COLUMN IF NOT EXISTS keep_sid VARCHAR")
+        conn.execute("DELETE FROM user_cuts")
         conn.execute(FOLD_USER_CUTS, [0])
     if "session_facts" not in had or stored in REFOLD_FACTS_FROM:
         conn.execute("BEGIN TRANSACTION")

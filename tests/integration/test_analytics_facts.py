@@ -10,7 +10,7 @@ import duckdb
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from projections.analytics.schema import create_schema, fold_sessions
+from projections.analytics.schema import SCHEMA_VERSION, create_schema, fold_sessions
 
 T0 = datetime(2026, 1, 1)
 
@@ -200,4 +200,6 @@ def test_a_version_2_file_gets_session_facts_folded_again_without_refused_rotati
     conn.execute("UPDATE analytics_meta SET value = '2' WHERE key = 'schema_version'")
     create_schema(conn)
     assert _folded(conn) == right
-    assert conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone() == (
+        SCHEMA_VERSION,
+    )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from ledger.client import LedgerClient
@@ -17,6 +18,7 @@ from ledger.contracts.commands import (
     RevokeSessionRequest,
     RevokeUserRequest,
     RotateRequest,
+    SignOutOthersRequest,
     StartSessionRequest,
 )
 from ledger.contracts.receipts import Receipt, receipt_subject
@@ -194,3 +196,35 @@ async def test_the_sessions_projection_does_not_count_refused_rotations(
     finally:
         await nc.drain()
     assert decode(live[session_key(sid)]) == record
+
+
+async def test_sign_out_others_keeps_the_current_session_alive_in_the_analytics(
+    settings: Settings, store: EventStore, tmp_path: Path
+) -> None:
+    """One revoke-all that keeps the presenting session: analytics ended it too (keep_sid was
+    ignored), and a version-3 file is folded again with the kept session alive."""
+    nc = await connect(settings.nats_url, "test-keep")
+    try:
+        service = await build_service(settings, nc)
+        pairs = [
+            await service.start_session(StartSessionRequest(sub="lena", client_id="web")) for _ in range(3)
+        ]
+        here = pairs[0]
+        await service.sign_out_others(SignOutOthersRequest(sub="lena", current_sid=here.sid))
+        await service.rotate(RotateRequest(refresh_token=here.refresh_token))  # it lives on
+    finally:
+        await nc.drain()
+    db = tmp_path / "keep.duckdb"
+    await catch_up(settings, db)
+    query = "SELECT sid, rotations, end_kind FROM sessions ORDER BY start_seq"
+    expected = [
+        {"sid": here.sid, "rotations": 1, "end_kind": None},
+        *({"sid": p.sid, "rotations": 0, "end_kind": "user_revoked"} for p in pairs[1:]),
+    ]
+    assert rows(db, query) == expected
+    conn = duckdb.connect(str(db))  # what a version-3 writer left: cuts without keep_sid
+    conn.execute("UPDATE user_cuts SET keep_sid = NULL")
+    conn.execute("UPDATE analytics_meta SET value = '3' WHERE key = 'schema_version'")
+    conn.close()
+    AnalyticsDB(db, grace_window_s=settings.grace_window.total_seconds()).close()  # the writer opens it
+    assert rows(db, query) == expected
