@@ -352,7 +352,7 @@ async def _rotate_on_r3(url: str, data_dir: Path) -> None:
     try:
         pair = await client.start_session("frank")
         assert (await client.rotate(pair.refresh_token)).generation == 1
-        info = await ledger.streaming().stream_info("LEDGER")
+        info = await ledger.jetstream().stream_info("LEDGER")
         assert info.config.num_replicas == 3
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:
