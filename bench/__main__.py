@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import rotation
 from bench.common import Report
 
-SECTIONS = ["rotation", "verify", "reach", "peer", "analytics"]
+SECTIONS = ["rotation", "verify", "reach", "peer", "gateway", "analytics"]
 
 
 def main() -> None:
@@ -43,6 +43,10 @@ def main() -> None:
             from bench import peer
 
             asyncio.run(peer.run(report, reps, seconds, data / "peer"))
+        if "gateway" in only:
+            from bench import gateway
+
+            asyncio.run(gateway.run(report, reps, seconds, data / "gateway"))
         if "analytics" in only:
             from bench import analytics
 

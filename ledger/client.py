@@ -15,6 +15,7 @@ from ledger.contracts.commands import (
     LogoutRequest,
     Reply,
     Revocation,
+    RevokeAccessRequest,
     RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
@@ -132,8 +133,11 @@ class LedgerClient:
         )
         return _answer(TokenPair, await self._call("start", req))
 
-    async def rotate(self, refresh_token: str, *, client: ClientContext | None = None) -> TokenPair:
-        req = _build(RotateRequest, refresh_token=refresh_token, client=client)
+    async def rotate(
+        self, refresh_token: str, *, client: ClientContext | None = None, client_id: str | None = None
+    ) -> TokenPair:
+        """``client_id``: refuse (``invalid_token``) a token of another client's session."""
+        req = _build(RotateRequest, refresh_token=refresh_token, client=client, client_id=client_id)
         return _answer(TokenPair, await self._call("rotate", req))
 
     async def step_up(
@@ -157,9 +161,14 @@ class LedgerClient:
         req = _build(RevokeSessionRequest, sid=sid, reason=reason)
         return _answer(Revocation, await self._call("revoke", req))
 
-    async def logout(self, refresh_token: str) -> Revocation:
-        req = _build(LogoutRequest, refresh_token=refresh_token)
+    async def logout(self, refresh_token: str, *, client_id: str | None = None) -> Revocation:
+        req = _build(LogoutRequest, refresh_token=refresh_token, client_id=client_id)
         return _answer(Revocation, await self._call("logout", req))
+
+    async def revoke_access(self, access_token: str, *, client_id: str | None = None) -> Revocation:
+        """Revoke one access token alone (its ``jti``); every edge rejects it within milliseconds."""
+        req = _build(RevokeAccessRequest, access_token=access_token, client_id=client_id)
+        return _answer(Revocation, await self._call("revoke_access", req))
 
     async def revoke_user(self, sub: str, reason: RevokeReason | str = RevokeReason.ADMIN) -> Revocation:
         req = _build(RevokeUserRequest, sub=sub, reason=reason)

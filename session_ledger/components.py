@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from consumers.broadcast import run_broadcaster
 from consumers.edge.sidecar import run_edge
+from consumers.gateway.app import run_gateway
 from ledger.service.app import run_service
 from projections.analytics.rebuild import run_analytics
 from projections.sessions.runner import run_sessions
@@ -35,8 +36,14 @@ BROADCAST = Component(
 EDGE = Component(
     "edge", run_edge, "edge verifier + forward-auth sidecar on http://{s.edge_listen}/auth", "edge"
 )
+GATEWAY = Component(
+    "gateway",
+    run_gateway,
+    "HTTP gateway (OAuth, JWKS, browser cookie flow) on http://127.0.0.1:8082 (LEDGER_GATEWAY_LISTEN)",
+    "gateway",
+)
 DEMO = Component(
     "demo", run_demo, "traffic simulator (20 users, 30 simulated minutes), prints ground truth", "ledger"
 )
 
-COMPONENTS: tuple[Component, ...] = (SERVICE, SESSIONS, ANALYTICS, BROADCAST, EDGE)
+COMPONENTS: tuple[Component, ...] = (SERVICE, SESSIONS, ANALYTICS, BROADCAST, EDGE, GATEWAY)

@@ -34,6 +34,7 @@ from ledger.contracts.commands import (
     LogoutRequest,
     Reply,
     Revocation,
+    RevokeAccessRequest,
     RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
@@ -208,6 +209,17 @@ async def revoke_own(request: RevokeOwnSessionRequest) -> Answer[Revocation] | R
     SERVICE,
 )
 async def sign_out_others(request: SignOutOthersRequest) -> Answer[Revocation] | Refusal:
+    return _no_body()  # type: ignore[no-any-return]
+
+
+@_documented(
+    "ledger.cmd.revoke_access",
+    "revoke_access",
+    "Revoke one access token alone (RFC 7009 through the gateway): proof of possession, its jti "
+    "is broadcast to the edges as a token notice.",
+    SERVICE,
+)
+async def revoke_access(request: RevokeAccessRequest) -> Answer[Revocation] | Refusal:
     return _no_body()  # type: ignore[no-any-return]
 
 

@@ -79,6 +79,9 @@ class StartSessionRequest(_Model):
 class RotateRequest(_Model):
     refresh_token: RawToken = Field(repr=False)
     client: ClientContext | None = None
+    # When set, the token must belong to a session of this client (RFC 6749 section 6); else
+    # ``invalid_token`` and nothing is appended. The HTTP gateway sets it.
+    client_id: ClientId | None = None
 
 
 class StepUpRequest(_Model):
@@ -116,6 +119,14 @@ class RevokeSessionRequest(_Model):
 
 class LogoutRequest(_Model):
     refresh_token: RawToken = Field(repr=False)
+    client_id: ClientId | None = None  # as for RotateRequest
+
+
+class RevokeAccessRequest(_Model):
+    """Revoke one access token (its ``jti``) alone: proof of possession, like logout."""
+
+    access_token: Annotated[str, Field(max_length=8192)] = Field(repr=False)
+    client_id: ClientId | None = None  # when set, the token must have been issued to this client
 
 
 class RevokeUserRequest(_Model):

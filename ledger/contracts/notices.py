@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from ledger.contracts.subjects import NOTICES_STREAM, Subjects, encode_token
 from ledger.domain.events import (
+    AccessTokenRevoked,
     RecordedEvent,
     ReuseDetected,
     SessionRevoked,
@@ -27,7 +28,7 @@ from ledger.domain.events import (
 CLOCK_LEEWAY = timedelta(seconds=60)  # covers verifier exp leeway and clock skew
 MIN_TTL = timedelta(seconds=1)  # the server refuses a TTL under one second
 
-NoticeKind = Literal["session", "user", "key"]
+NoticeKind = Literal["session", "user", "key", "token"]
 
 
 class Notice(BaseModel):
@@ -42,7 +43,7 @@ class Notice(BaseModel):
     sid: str | None = None
     sub: str | None = None
     kid: str | None = None
-    jti: str | None = None  # single access token; no ledger event emits it yet
+    jti: str | None = None  # kind "token": one access token (AccessTokenRevoked)
     keep_sid: str | None = None  # kind "user": the session a "sign out all other devices" kept
 
     def encode(self) -> bytes:
@@ -63,12 +64,20 @@ def notice_for(recorded: RecordedEvent) -> Notice | None:
         return Notice(kind="user", sub=event.sub, keep_sid=event.keep_sid, **base)
     if isinstance(event, SigningKeyRetired):
         return Notice(kind="key", kid=event.kid, **base)
+    if isinstance(event, AccessTokenRevoked):
+        return Notice(kind="token", jti=event.jti, sid=event.sid, sub=event.sub, **base)
     return None
 
 
 def notice_subject(notice: Notice, prefix: str = "ledger") -> str:
     """``<p>.revoked.<kind>.<id>``: sid and kid are subject-safe by pattern, sub is encoded."""
-    ident = {"session": notice.sid, "user": encode_token(notice.sub or ""), "key": notice.kid}[notice.kind]
+    idents = {
+        "session": notice.sid,
+        "user": encode_token(notice.sub or ""),
+        "key": notice.kid,
+        "token": notice.jti,
+    }
+    ident = idents[notice.kind]
     return Subjects(prefix).notice(notice.kind, ident or "")
 
 

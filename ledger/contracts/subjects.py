@@ -7,6 +7,7 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.ev.u.<sub>.revoked``       user-wide revocations (sub encoded)
 ``<p>.ev.u.<sub>.admitted``      the per-user session cap's admissions
 ``<p>.ev.k.<kid>.<kind>``        signing-key lifecycle
+``<p>.ev.t.<jti>.revoked``       one access token revoked alone (RFC 7009)
 ``<p>.cmd.<name>``               commands (request/reply, queue group ``ledger-service``)
 ``<p>.q.<name>``                 queries (request/reply, the sessions projection)
 ``<p>.revoked.<kind>.<id>``      revocation notices (stream LEDGER_REVOCATIONS)
@@ -15,6 +16,7 @@ one token, sids and kids match patterns that exclude ``.``, ``*``, ``>`` and whi
 ``<p>.heartbeat.broadcast``      the broadcaster's liveness (core NATS, no stream)
 ``<p>.verifiers.ping``           "which keys do you trust?" to every live verifier (core NATS;
                                  each answers a ``KeyAck``): a new key signs once all have it
+``<p>.rate.<scope>.<key>.<win>`` the HTTP gateways' shared rate counters (stream LEDGER_GATEWAY_RATE)
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from ledger.domain.ids import NAME_RE
 EVENTS_STREAM = "LEDGER"  # default; ``Settings.stream`` may rename it
 NOTICES_STREAM = "LEDGER_REVOCATIONS"
 RECEIPTS_STREAM = "LEDGER_RECEIPTS"
+RATE_STREAM = "LEDGER_GATEWAY_RATE"
 COMMANDS = (
     "start", "rotate", "revoke", "logout", "revoke_user", "step_up", "revoke_own", "sign_out_others",
+    "revoke_access",
 )  # fmt: skip
 QUERIES = ("sessions", "session", "introspect")
 
@@ -54,6 +58,13 @@ class Subjects:
         self.analytics_rebuild = f"{prefix}.analytics.rebuild"
         self.broadcaster_heartbeat = f"{prefix}.heartbeat.broadcast"
         self.verifiers_ping = f"{prefix}.verifiers.ping"
+        self.rate = f"{prefix}.rate.>"
+
+    def rate_counter(self, scope: str, key: str, window: int) -> str:
+        """``scope`` and ``key`` are ``[A-Za-z0-9_-]`` (a name and a hash): subject-safe."""
+        if not (NAME_RE.fullmatch(scope) and NAME_RE.fullmatch(key)):
+            raise ValueError("rate scope and key must be 1-64 characters of [A-Za-z0-9_-]")
+        return f"{self.prefix}.rate.{scope}.{key}.{window}"
 
     def family_event(self, sid: str, kind: str) -> str:
         return f"{self.prefix}.ev.s.{sid}.{kind}"
@@ -74,13 +85,20 @@ class Subjects:
     def key(self, kid: str, kind: str) -> str:
         return f"{self.prefix}.ev.k.{kid}.{kind}"
 
+    def access_token(self, jti: str) -> str:
+        """``jti`` matches ``NAME_PATTERN`` (checked by the event model): subject-safe."""
+        return f"{self.prefix}.ev.t.{jti}.revoked"
+
     def keys_filter(self) -> str:
         return f"{self.prefix}.ev.k.>"
 
     def revoking(self) -> list[str]:
         """The event subjects whose events revoke something (the broadcaster's filters)."""
         p = self.prefix
-        return [f"{p}.ev.s.*.revoked", f"{p}.ev.s.*.reuse", f"{p}.ev.u.*.revoked", f"{p}.ev.k.*.retired"]
+        return [
+            f"{p}.ev.s.*.revoked", f"{p}.ev.s.*.reuse", f"{p}.ev.u.*.revoked", f"{p}.ev.k.*.retired",
+            f"{p}.ev.t.*.revoked",
+        ]  # fmt: skip
 
     def command(self, name: str) -> str:
         return f"{self.prefix}.cmd.{name}"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from ledger.domain.access import AccessClaims
 from ledger.domain.errors import (
     BadRequest,
     IdempotencyKeyReused,
@@ -22,6 +23,7 @@ from ledger.domain.errors import (
 )
 from ledger.domain.events import (
     MAX_SESSION_LIMIT,
+    AccessTokenRevoked,
     AuthContext,
     DeviceInfo,
     FamilyEvent,
@@ -314,6 +316,21 @@ def revoke_user(
         reason=reason,
         not_before=now,
         requested_at=requested_at,
+    )
+
+
+def revoke_access(claims: AccessClaims, *, now: datetime, event_id: str) -> AccessTokenRevoked | None:
+    """Revoke one verified access token; None when it has expired already (nothing to do)."""
+    expires_at = datetime.fromtimestamp(claims.exp, tz=UTC)
+    if expires_at <= now:
+        return None
+    return AccessTokenRevoked(
+        event_id=event_id,
+        occurred_at=now,
+        jti=claims.jti,
+        sid=claims.sid,
+        sub=claims.sub,
+        expires_at=expires_at,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-from ledger.domain.ids import EVENT_ID_PATTERN, KID_PATTERN, SID_PATTERN, SUB_MAX
+from ledger.domain.ids import EVENT_ID_PATTERN, KID_PATTERN, NAME_PATTERN, SID_PATTERN, SUB_MAX
 
 Sid = Annotated[str, Field(pattern=SID_PATTERN)]
 Sub = Annotated[str, Field(min_length=1, max_length=SUB_MAX)]  # stored events stay readable
@@ -154,6 +154,20 @@ class SessionAdmitted(_Event):
     limit: Annotated[int, Field(ge=1, le=MAX_SESSION_LIMIT)]
 
 
+class AccessTokenRevoked(_Event):
+    """One access token (``jti``) revoked alone (RFC 7009); its session goes on.
+
+    Lives on its own subject (``<p>.ev.t.<jti>.revoked``), not the family's: it changes no
+    family head. ``expires_at`` bounds how long anyone must remember it.
+    """
+
+    type: Literal["AccessTokenRevoked"] = "AccessTokenRevoked"
+    jti: Annotated[str, Field(pattern=NAME_PATTERN)]
+    sid: Sid
+    sub: Sub
+    expires_at: AwareDatetime
+
+
 class SigningKeyAdded(_Event):
     type: Literal["SigningKeyAdded"] = "SigningKeyAdded"
     schema_version: Literal[2] = 2  # type: ignore[assignment]  # v2: activates_at, proof
@@ -191,6 +205,7 @@ Event = Annotated[
     | SessionRevoked
     | SessionSteppedUp
     | UserSessionsRevoked
+    | AccessTokenRevoked
     | SessionAdmitted
     | SigningKeyAdded
     | SigningKeyActivated

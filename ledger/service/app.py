@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ledger.config import Settings
 from ledger.contracts.commands import (
     LogoutRequest,
+    RevokeAccessRequest,
     RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
@@ -84,6 +85,7 @@ def command_routes(service: LedgerService) -> list[Route]:
         ("step_up", StepUpRequest, service.step_up),
         ("revoke_own", RevokeOwnSessionRequest, service.revoke_own),
         ("sign_out_others", SignOutOthersRequest, service.sign_out_others),
+        ("revoke_access", RevokeAccessRequest, service.revoke_access),
     ]
 
 
@@ -170,7 +172,8 @@ async def build_service(
         signing, issuer=settings.issuer, audience=settings.audience, ttl=settings.access_ttl
     )
     follower = KeyFollower(nc, settings)
-    service = LedgerService(store, keys, ServiceKeys(follower, settings, bootstrap), settings, clock=clock)
+    signer = ServiceKeys(follower, settings, bootstrap)
+    service = LedgerService(store, keys, signer, settings, clock=clock, ring=follower.ring)
 
     async def bootstrap_keys() -> LedgerService:
         await ensure_streams(nc, settings)

@@ -16,6 +16,7 @@ from ledger.contracts.commands import (
     ClientContext,
     LogoutRequest,
     Revocation,
+    RevokeAccessRequest,
     RevokeOwnSessionRequest,
     RevokeSessionRequest,
     RevokeUserRequest,
@@ -28,11 +29,13 @@ from ledger.contracts.commands import (
 )
 from ledger.contracts.subjects import Subjects
 from ledger.domain import decide, device, refresh
+from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_signature
 from ledger.domain.decide import Family, Ids, Policy
 from ledger.domain.errors import (
     ConcurrencyConflict,
     ConfigError,
     SessionRevokedError,
+    TokenInvalid,
     TokenReused,
     Unavailable,
 )
@@ -69,6 +72,7 @@ class LedgerService:
         *,
         clock: Callable[[], datetime] = utcnow,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        ring: KeyRing | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -78,6 +82,8 @@ class LedgerService:
         self.clock = clock
         self.random_bytes = random_bytes
         self.policy = Policy(settings.grace_window, settings.reuse_policy, settings.max_generations)
+        self.ring = ring  # the trusted public keys (the key events), to judge revoke_access tokens
+        self.expect = Expectations(settings.issuer, settings.audience)
         self.limiter = SessionLimiter(store, settings, clock, self._evict)
 
     async def publish_signing_key(self, seen: int) -> None:
@@ -176,6 +182,7 @@ class LedgerService:
         client = self._device(req.client)
         for _ in range(MAX_CAS_ATTEMPTS):
             family, cut, complete_to = await self.store.family_and_cut(token.sid)
+            _check_client(family, req.client_id)
             now = self.clock()
             outcome = decide.rotate(
                 family,
@@ -216,6 +223,7 @@ class LedgerService:
         """Revoke the session of a presented refresh token (proof of possession, not just a sid)."""
         token = refresh.parse(req.refresh_token)
         family, _, _ = await self.store.family_and_cut(token.sid)
+        _check_client(family, req.client_id)
         decide.check_genuine(family, token, self.keys, self.settings.max_generations)
         return await self.revoke_session(RevokeSessionRequest(sid=token.sid))
 
@@ -248,6 +256,29 @@ class LedgerService:
         )
         seq = await self.store.append(self.subjects.user(req.sub), event)
         return Revocation(seq=seq, sub=req.sub, revoked_at=now)
+
+    async def revoke_access(self, req: RevokeAccessRequest) -> Revocation:
+        """Revoke one access token (RFC 7009): judged by the one verifier, then its ``jti`` is
+        appended once (compare-and-set on its own subject; a repeat is ``already_revoked``)."""
+        now = self.clock()
+        if self.ring is None:
+            raise Unavailable("this instance follows no key events")
+        try:
+            claims = check_signature(req.access_token, self.ring, self.expect, now=now.timestamp())
+        except TokenRejected:
+            raise TokenInvalid("invalid access token") from None
+        if req.client_id is not None and claims.client_id != req.client_id:
+            raise TokenInvalid("invalid access token")
+        event_id = hashlib.sha256(claims.jti.encode()).hexdigest()[:32]  # a retry is deduplicated
+        event = decide.revoke_access(claims, now=now, event_id=event_id)
+        if event is None:
+            return Revocation(seq=None, already_revoked=True, sid=claims.sid, sub=claims.sub, revoked_at=now)
+        subject = self.subjects.access_token(claims.jti)
+        try:
+            seq = await self.store.append(subject, event, expect=(subject, 0))
+        except ConcurrencyConflict:
+            return Revocation(seq=None, already_revoked=True, sid=claims.sid, sub=claims.sub, revoked_at=now)
+        return Revocation(seq=seq, sid=claims.sid, sub=claims.sub, revoked_at=now)
 
     async def step_up(self, req: StepUpRequest) -> StepUp:
         """Raise the family's authentication context; its next access tokens carry it."""
@@ -339,6 +370,12 @@ class LedgerService:
             refresh_expires_at=family.refresh_expires_at,
             session_expires_at=family.expires_at,
         )
+
+
+def _check_client(family: Family | None, client_id: str | None) -> None:
+    """A client presents only its own sessions' tokens; a mismatch looks like any bad token."""
+    if client_id is not None and family is not None and family.started.client_id != client_id:
+        raise TokenInvalid("invalid refresh token")
 
 
 _KIND = {

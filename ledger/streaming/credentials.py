@@ -30,21 +30,41 @@ def credentials_path(data_dir: Path) -> Path:
 
 def load(data_dir: Path) -> dict[str, str] | None:
     """The passwords ``up`` generated for ``data_dir``, or None when it never ran there."""
-    path = credentials_path(data_dir)
+    data = _read(credentials_path(data_dir), users=USERS)
+    return None if data is None else {user: data[user] for user in USERS}
+
+
+def _read(path: Path, users: tuple[str, ...]) -> dict[str, str] | None:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         raise ConfigError(f"{path} is unreadable; delete it and restart `session-ledger up`") from None
-    if not isinstance(data, dict) or not all(_PASSWORD.fullmatch(str(data.get(u, ""))) for u in USERS):
+    if not isinstance(data, dict) or not all(_PASSWORD.fullmatch(str(data.get(u, ""))) for u in users):
         # the passwords go into the server's config verbatim: nothing but what load_or_create makes
         raise ConfigError(f"{path} lacks a user or holds an odd password; delete it and restart `up`")
-    return {user: data[user] for user in USERS}
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _add_missing_users(data_dir: Path) -> None:
+    """A data dir from before a role existed (the ``gateway`` user) gets that user's password
+    added (atomic replace, 0600); the other passwords stay."""
+    path = credentials_path(data_dir)
+    data = _read(path, users=tuple(u for u in USERS if u != "gateway"))
+    if data is None or all(u in data for u in USERS):
+        return
+    data.update({u: "p" + secrets.token_urlsafe(24) for u in USERS if u not in data})
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)
 
 
 def load_or_create(data_dir: Path) -> dict[str, str]:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _add_missing_users(data_dir)
     found = load(data_dir)
     if found is not None:
         return found

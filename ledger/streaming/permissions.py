@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STREAM, NOTICES, RECEIPTS = "LEDGER", "LEDGER_REVOCATIONS", "LEDGER_RECEIPTS"
+RATE = "LEDGER_GATEWAY_RATE"  # the gateways' shared rate-limit counters (created by the ledger)
 BUCKETS = ("LEDGER_PROJECTIONS", "LEDGER_SESSIONS_1", "LEDGER_SESSIONS_2")
 BROADCASTER = "ledger-revocation-broadcast"
 PROJECTOR_DURABLES = {
@@ -109,6 +110,7 @@ SERVICE = Role(
         *durable(STREAM, BROADCASTER),
         f"$JS.ACK.{STREAM}.{BROADCASTER}.>",
         *(rule for name in BUCKETS for rule in stream_admin(f"KV_{name}", "CREATE", "INFO")),
+        *stream_admin(RATE, "CREATE", "UPDATE", "INFO"),
     ),
     subscribe=("ledger.cmd.* ledger-service", "ledger.sim.*.cmd.*", "_INBOX.ledger.>"),
     allow_responses=True,
@@ -144,6 +146,32 @@ EDGE = Role(
     ),
     subscribe=("ledger.revoked.>", "ledger.heartbeat.>", "ledger.verifiers.ping", "_INBOX.edge.>"),
     allow_responses=True,
+    deny_publish=(*protected(STREAM, BROADCASTER, *PROJECTOR_NAMES[STREAM]),),
+)
+
+GATEWAY = Role(
+    user="gateway",
+    block="LEDGER_GATEWAY",
+    purpose="HTTP gateways (OAuth endpoints, browser cookie flow): start sessions for authenticated "
+    "backends, rotate, log out and revoke single access tokens (each with proof of possession), "
+    "introspect, read key events for the JWKS, count requests in the shared rate-limit stream. "
+    "Never revoke by sid or by user, list sessions, read or write an event, a notice or a stream",
+    publish=(
+        "ledger.cmd.start",
+        "ledger.cmd.rotate",
+        "ledger.cmd.logout",
+        "ledger.cmd.revoke_access",
+        "ledger.q.introspect",
+        "ledger.rate.>",
+        f"$JS.API.DIRECT.GET.{RATE}.ledger.rate.>",
+        "$JS.API.INFO",
+        *stream_admin(STREAM, "INFO"),
+        f"$JS.API.DIRECT.GET.{STREAM}.ledger.ev.k.>",  # key events only: the JWKS
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.*.ledger.ev.k.>",
+        f"$JS.FC.{STREAM}.>",
+        f"$JS.API.CONSUMER.INFO.{STREAM}.*",
+    ),
+    subscribe=("_INBOX.gateway.>",),
     deny_publish=(*protected(STREAM, BROADCASTER, *PROJECTOR_NAMES[STREAM]),),
 )
 
@@ -202,11 +230,12 @@ ANALYST = Role(
     ),
 )
 
-ROLES = (SERVICE, APP, EDGE, PROJECTOR, ANALYST)
+ROLES = (SERVICE, APP, EDGE, GATEWAY, PROJECTOR, ANALYST)
 PASSWORD_ENV = {
     "ledger": "LEDGER_SERVICE_PASSWORD",
     "app": "LEDGER_APP_PASSWORD",
     "edge": "LEDGER_EDGE_PASSWORD",
+    "gateway": "LEDGER_GATEWAY_PASSWORD",
     "projector": "LEDGER_PROJECTOR_PASSWORD",
     "analyst": "LEDGER_ANALYST_PASSWORD",
 }

@@ -7,6 +7,7 @@ until the service or the broadcaster has made them.
 from __future__ import annotations
 
 import contextlib
+import json
 
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -16,7 +17,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from ledger.config import Settings
 from ledger.contracts.notices import notices_stream_config
 from ledger.contracts.receipts import receipts_stream_config
-from ledger.contracts.subjects import pointer_bucket, sessions_bucket
+from ledger.contracts.subjects import RATE_STREAM, Subjects, pointer_bucket, sessions_bucket
 from ledger.streaming.store import EventStore, config_differs
 
 
@@ -52,6 +53,30 @@ async def ensure_bucket(nc: NATS, bucket: str, replicas: int = 1) -> None:
             await js.create_key_value(kv_config(bucket, replicas))
 
 
+RATE_MAX_AGE_S = 3600  # longer than any rate-limit window; counters of past windows then vanish
+
+
+def rate_stream_request(prefix: str = "ledger", replicas: int = 1) -> dict[str, object]:
+    """The gateways' rate counters: a NATS counter stream (``Nats-Incr``: one atomic round trip
+    per count, shared by every gateway instance), in memory, latest value per subject only."""
+    return {
+        "name": RATE_STREAM, "subjects": [Subjects(prefix).rate], "storage": "memory",
+        "num_replicas": replicas, "allow_msg_counter": True, "allow_direct": True,
+        "max_msgs_per_subject": 1, "max_age": RATE_MAX_AGE_S * 1_000_000_000, "max_bytes": 64 * 1024 * 1024,
+        "discard": "old",
+    }  # fmt: skip
+
+
+async def ensure_rate_stream(nc: NATS, prefix: str = "ledger", replicas: int = 1) -> None:
+    """Created by the ledger, never by a gateway: a stream's subjects are its creator's choice.
+    Raw API (nats-py's StreamConfig has no ``allow_msg_counter``); an existing stream is kept."""
+    info = await nc.request(f"$JS.API.STREAM.INFO.{RATE_STREAM}", b"", timeout=5)
+    if b'"config"' in info.data:
+        return
+    body = json.dumps(rate_stream_request(prefix, replicas)).encode()
+    await nc.request(f"$JS.API.STREAM.CREATE.{RATE_STREAM}", body, timeout=5)
+
+
 async def ensure_streams(nc: NATS, settings: Settings) -> None:
     """LEDGER (events), LEDGER_REVOCATIONS (notices), LEDGER_RECEIPTS (receipts) and the
     projections' three KV buckets: a projector may use them but never create a stream, whose
@@ -62,3 +87,4 @@ async def ensure_streams(nc: NATS, settings: Settings) -> None:
     await ensure_receipts_stream(nc, prefix, replicas)
     for bucket in (pointer_bucket(settings.stream), *(sessions_bucket(settings.stream, n) for n in (1, 2))):
         await ensure_bucket(nc, bucket, replicas)
+    await ensure_rate_stream(nc, prefix, replicas)

@@ -6,6 +6,7 @@ State is a mapping ``key -> record``, the same keys the KV store uses:
 ``u.<sub>.s.<sid>``     index entry: ``sid`` is one of ``sub``'s sessions
 ``u.<sub>.cut``         the user's latest revoke-all (stream seq = the not-before cut-off)
 ``k.<kid>``             a signing key's public JWK and lifecycle
+``t.<jti>``             one access token revoked alone (RFC 7009)
 ``checkpoint``          the last stream sequence folded
 
 Every record carries ``seq``, the last stream sequence applied to its key: an event
@@ -27,6 +28,7 @@ from ledger.contracts.subjects import encode_token
 from ledger.domain.decide import Family, check_alive, effective_cut
 from ledger.domain.errors import SessionExpired, SessionRevokedError
 from ledger.domain.events import (
+    AccessTokenRevoked,
     DeviceInfo,
     Event,
     RecordedEvent,
@@ -109,7 +111,19 @@ class KeyRecord(_Record):
     retired_seq: int | None = None
 
 
-Record = Annotated[SessionRecord | UserSessionRecord | UserCutRecord | KeyRecord, Field(discriminator="kind")]
+class RevokedTokenRecord(_Record):
+    """One access token revoked alone; introspection answers it inactive."""
+
+    kind: Literal["revoked_token"] = "revoked_token"
+    jti: str
+    sid: str
+    expires_at: AwareDatetime
+
+
+Record = Annotated[
+    SessionRecord | UserSessionRecord | UserCutRecord | KeyRecord | RevokedTokenRecord,
+    Field(discriminator="kind"),
+]
 RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
 
 
@@ -137,6 +151,10 @@ def signing_key_key(kid: str) -> str:
     return f"k.{kid}"
 
 
+def revoked_token_key(jti: str) -> str:
+    return f"t.{jti}"
+
+
 def touched(event: Event) -> tuple[str, ...]:
     """The keys an event may change."""
     if isinstance(event, SessionStarted):
@@ -145,6 +163,8 @@ def touched(event: Event) -> tuple[str, ...]:
         return (session_key(event.sid),)
     if isinstance(event, UserSessionsRevoked):
         return (user_cut_key(event.sub),)
+    if isinstance(event, AccessTokenRevoked):
+        return (revoked_token_key(event.jti),)
     if isinstance(event, SessionAdmitted):
         return ()  # the cap's bookkeeping: the sessions themselves say all a reader needs
     return (signing_key_key(event.kid),)
@@ -164,6 +184,8 @@ def next_record(
         return _family_step(current, event, rec.seq, cut)
     if isinstance(event, UserSessionsRevoked):
         return _user_cut(current, event, rec.seq)
+    if isinstance(event, AccessTokenRevoked):
+        return RevokedTokenRecord(seq=rec.seq, jti=event.jti, sid=event.sid, expires_at=event.expires_at)
     if isinstance(event, SessionAdmitted):
         return None
     return _signing_key(current, event, rec.seq)

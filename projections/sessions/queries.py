@@ -121,6 +121,8 @@ class SessionQueries:
             return INACTIVE
         session = await store.session(claims.sid) if is_sid(claims.sid) else None
         cut = await store.user_cut(claims.sub, claims.sid)
+        if await store.token_revoked(claims.jti):
+            return INACTIVE  # revoked alone (RFC 7009), the session goes on
         return access_answer(claims, session, user_cut=cut, now=now, expect=self.expect)
 
 

@@ -24,10 +24,12 @@ from ledger.config import Settings
 from ledger.contracts.subjects import pointer_bucket as contract_pointer_bucket
 from ledger.contracts.subjects import sessions_bucket
 from ledger.domain.events import RecordedEvent, SessionStarted, TokenRotated
+from ledger.domain.ids import NAME_RE
 from ledger.streaming.streams import kv_config
 from projections.sessions.fold import (
     CHECKPOINT_KEY,
     Record,
+    RevokedTokenRecord,
     SessionRecord,
     UserCutRecord,
     changes,
@@ -36,6 +38,7 @@ from projections.sessions.fold import (
     encode,
     encode_checkpoint,
     is_cut_key,
+    revoked_token_key,
     session_key,
     touched,
     user_cut_key,
@@ -99,6 +102,11 @@ class SessionStore:
         if record is None:
             return None
         return record.seq if sid is None else record.cut_for(sid)
+
+    async def token_revoked(self, jti: str) -> bool:
+        if not NAME_RE.fullmatch(jti):
+            return False  # never one of ours: no key to look up
+        return isinstance(await self.get(revoked_token_key(jti)), RevokedTokenRecord)
 
     async def user_sessions(self, sub: str) -> list[SessionRecord]:
         sids = [key.rsplit(".", 1)[1] for key in await self._keys(f"{user_prefix(sub)}.s.*")]

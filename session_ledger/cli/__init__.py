@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ledger.domain.errors import LedgerError
-from session_ledger.cli import analytics, edge, keys, projections, session, sessions, up
+from session_ledger.cli import analytics, edge, gateway, keys, projections, session, sessions, up
 from session_ledger.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -25,7 +25,7 @@ from session_ledger.cli.common import (
 )
 
 # The command groups, in the order ``--help`` lists them. Each has ``register(subparsers)``.
-GROUPS = (session, up, analytics, sessions, projections, edge, keys)
+GROUPS = (session, up, analytics, sessions, projections, edge, gateway, keys)
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

@@ -33,7 +33,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2,
 def settings_from(args: argparse.Namespace, role: str | None = None) -> Settings:
     """The settings for this command; connecting as ``role`` (a nats.conf user) with the
     credentials the embedded ``up`` generated in the data dir, when the URL has none."""
-    given = {"nats_url": args.nats_url, "data_dir": getattr(args, "data_dir", None)}
+    given = {"nats_url": getattr(args, "nats_url", None), "data_dir": getattr(args, "data_dir", None)}
     given |= {name: getattr(args, name, None) for name in ("log_level", "log_format", "metrics_listen")}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)

@@ -29,6 +29,7 @@ USERS = {
     "ledger": "LEDGER_SERVICE_PASSWORD",
     "app": "LEDGER_APP_PASSWORD",
     "edge": "LEDGER_EDGE_PASSWORD",
+    "gateway": "LEDGER_GATEWAY_PASSWORD",
     "projector": "LEDGER_PROJECTOR_PASSWORD",
     "analyst": "LEDGER_ANALYST_PASSWORD",
     "sys": "NATS_SYS_PASSWORD",

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from ledger.client import LedgerClient
@@ -100,6 +101,8 @@ def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env["LEDGER_EDGE_LISTEN"] = f"127.0.0.1:{free_port()}"  # never collide with a real 8081
+    gateway_port = free_port()
+    env["LEDGER_GATEWAY_LISTEN"] = f"127.0.0.1:{gateway_port}"  # nor with a real 8082
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -134,6 +137,10 @@ def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
                 return (await c.rotate(pair.refresh_token)).sub
 
         assert asyncio.run(use()) == "alice"
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json", timeout=10
+        ) as res:
+            assert len(json.load(res)["keys"]) == 1  # up's gateway serves, as its own NATS user
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=30)
     finally:

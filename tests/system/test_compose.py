@@ -131,7 +131,7 @@ def test_real_nats_server_accepts_the_configs(services: dict[str, Any], node: st
 
 def test_each_process_connects_as_its_own_user(services: dict[str, Any]) -> None:
     users = conf_users()
-    assert set(users) == {"ledger", "app", "edge", "projector", "analyst", "sys"}
+    assert set(users) == {"ledger", "app", "edge", "gateway", "projector", "analyst", "sys"}
     for name, app in app_services(services).items():
         url = app["environment"]["LEDGER_NATS_URL"]
         first = urlsplit(url.split(",")[0])

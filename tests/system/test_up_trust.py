@@ -45,7 +45,11 @@ class Up:
 
 
 def start_up(data: Path, port: int, edge_port: int, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "LEDGER_EDGE_LISTEN": f"127.0.0.1:{edge_port}"}
+    env = {
+        **os.environ,
+        "LEDGER_EDGE_LISTEN": f"127.0.0.1:{edge_port}",
+        "LEDGER_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",
+    }
     env.pop("LEDGER_NATS_URL", None)
     argv = [*CLI, "up", "--data-dir", str(data), "--nats-port", str(port), *extra]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -99,7 +103,7 @@ async def test_finding4_a_forged_key_cannot_enter_and_its_tokens_are_refused(up:
     async def seen(exc: Exception) -> None:
         errors.append(str(exc))
 
-    for user in ("app", "edge", "projector", "analyst"):  # every role but the ledger itself
+    for user in ("app", "edge", "gateway", "projector", "analyst"):  # every role but the ledger itself
         nc = await connect(role_url(up.url, up.data, user), f"forger-{user}", error_cb=seen)
         try:
             await nc.publish(f"ledger.ev.k.{kid}.added", event.model_dump_json().encode())
@@ -107,7 +111,7 @@ async def test_finding4_a_forged_key_cannot_enter_and_its_tokens_are_refused(up:
             await asyncio.sleep(0.2)
         finally:
             await nc.close()
-    assert sum("permissions violation" in e.lower() for e in errors) == 4, errors
+    assert sum("permissions violation" in e.lower() for e in errors) == 5, errors
     now = int(time.time())
     claims = {"iss": "session-ledger", "aud": "api", "sub": "admin", "sid": "A" * 22, "jti": "j", "iat": now,
               "nbf": now, "exp": now + 300, "ssq": 1, "scope": "admin"}  # fmt: skip
