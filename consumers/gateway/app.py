@@ -27,6 +27,7 @@ from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.streaming.connection import connect
 from ledger.streaming.keys import KeyFollower
+from ledger.telemetry.endpoint import http_metrics
 
 log = logging.getLogger("consumers.gateway")
 
@@ -64,7 +65,9 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 
 def build_app(gateway: Gateway) -> web.Application:
     limits = {"max_field_size": MAX_FIELD, "max_line_size": MAX_LINE, "max_headers": MAX_HEADERS}
-    app = web.Application(client_max_size=MAX_BODY, handler_args=limits, middlewares=[errors])
+    app = web.Application(
+        client_max_size=MAX_BODY, handler_args=limits, middlewares=[http_metrics("gateway"), errors]
+    )
     app[GATEWAY] = gateway
     app.on_response_prepare.append(_headers)
     for module in (oauth, browser, backend, discovery):
