@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ledger.config import Settings
 from ledger.streaming.credentials import role_url
 from ledger.streaming.embedded import free_port
 from tests.support.edge import broadcaster, verifier
+from tests.support.processes import wait_ready
 from tests.support.services import ServiceRunner
 
 
@@ -119,16 +119,8 @@ def test_up_runs_everything_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
         env=env,
         text=True,
     )
-    lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if line.startswith("ready:") or not line:
-                break
-        assert lines[-1].startswith("ready:"), "".join(lines)
+        wait_ready(proc)
 
         async def use() -> str:
             url = role_url(f"nats://127.0.0.1:{port}", tmp_path / "d", "app")  # up's own users

@@ -35,6 +35,7 @@ from ledger.streaming.credentials import role_url
 from ledger.streaming.embedded import NatsServer
 from ledger.streaming.store import EventStore
 from tests.support.deploy import conf_cluster, set_passwords
+from tests.support.processes import wait_ready
 
 WORKERS = 6
 
@@ -334,12 +335,8 @@ def test_up_cluster_3_runs_the_ledger_on_r3(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline()]
-        while not lines[-1].startswith("ready:") and lines[-1] and len(lines) < 50:  # banner, log lines
-            lines.append(proc.stdout.readline())
+        lines = wait_ready(proc)  # banner, log lines
         assert lines[0].startswith("starting 3 nats-servers"), lines
-        assert lines[-1].startswith("ready:"), lines
         url = lines[0].rsplit(" on ", 1)[1].strip()
         asyncio.run(_rotate_on_r3(url, tmp_path / "state"))  # as up's own users
     finally:

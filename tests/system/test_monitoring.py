@@ -23,6 +23,7 @@ from ledger.client import LedgerClient
 from ledger.domain.errors import TokenReused
 from ledger.streaming.credentials import role_url
 from ledger.streaming.embedded import free_port
+from tests.support.processes import wait_ready
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -37,19 +38,6 @@ class Stack:
     edge: str
     data: Path
     stderr: Path
-
-
-def wait_banner(proc: subprocess.Popen[str], limit: float = 90) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + limit
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if line.startswith("ready:") or not line:
-            break
-    assert lines[-1].startswith("ready:"), "".join(lines)
-    return lines
 
 
 @pytest.fixture
@@ -70,7 +58,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True
         )
     try:
-        banner = wait_banner(proc)
+        banner = wait_ready(proc)
         urls = (
             f"nats://127.0.0.1:{port}",
             f"http://127.0.0.1:{metrics}/metrics",

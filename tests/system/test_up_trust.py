@@ -28,6 +28,7 @@ from ledger.service.keys import key_id, public_jwk
 from ledger.streaming.connection import connect
 from ledger.streaming.credentials import FILE, role_url
 from ledger.streaming.embedded import free_port, port_answers
+from tests.support.processes import wait_ready
 
 CLI = [sys.executable, "-m", "session_ledger.cli"]
 
@@ -53,19 +54,6 @@ def start_up(data: Path, port: int, edge_port: int, *extra: str) -> subprocess.P
     env.pop("LEDGER_NATS_URL", None)
     argv = [*CLI, "up", "--data-dir", str(data), "--nats-port", str(port), *extra]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def wait_ready(proc: subprocess.Popen[str], limit: float = 60) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + limit
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if line.startswith("ready:") or not line:
-            break
-    assert lines[-1].startswith("ready:"), "".join(lines)
-    return lines
 
 
 @pytest.fixture
