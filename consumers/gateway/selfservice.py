@@ -41,7 +41,8 @@ def _unauthorized(realm: str, error: str | None, description: str) -> OAuthError
 
 async def caller(request: web.Request) -> Introspection:
     """The presenting access token's introspection (active, an access token, with sub and sid),
-    else 401. The IP's rate count comes first: guessing tokens spends it too."""
+    else 401. The IP's rate count comes first (guessing tokens spends it too), the session's once
+    the token is known good."""
     gw = request.app[GATEWAY]
     await gw.limit(request, None)
     realm = gw.settings.audience
@@ -62,6 +63,10 @@ async def caller(request: web.Request) -> Introspection:
         answer = Introspection(active=False)
     if not answer.active or answer.token_type != "access_token" or not answer.sub or not answer.sid:
         raise _unauthorized(realm, "invalid_token", "the access token is invalid, expired or revoked")
+    # the session's count, like a refresh's: only verified tokens spend it (no lock-out by a sid)
+    wait = await gw.limiter.hit("session", answer.sid, gw.config.rate_per_session, now=gw.clock())
+    if wait is not None:
+        raise OAuthError("rate_limited", "too many requests; retry later", status=429, retry_after=wait)
     return answer
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +38,7 @@ from tests.integration.test_session_features import (
 )
 from tests.support.deploy import Secured
 from tests.support.edge import broadcaster, claims_for, reason_of, running, service_key, sign, verifier
-from tests.support.gateway import Registry, gateway, gateway_config, write_registry
+from tests.support.gateway import Registry, gateway, gateway_config, window_start_clock, write_registry
 
 APP = "https://app.example"
 CHALLENGE_RE = re.compile(r'([a-z_]+)="([^"]*)"')
@@ -58,7 +58,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(settings: Settings, registry: Registry, **config: Any) -> AsyncIterator[Stack]:
+async def stack(
+    settings: Settings, registry: Registry, clock: Callable[[], float] = time.time, **config: Any
+) -> AsyncIterator[Stack]:
     port = free_port()
     edge_settings = settings.model_copy(update={"edge_listen": f"127.0.0.1:{port}"})
     async with (
@@ -66,7 +68,7 @@ async def stack(settings: Settings, registry: Registry, **config: Any) -> AsyncI
         projection(settings),
         running(run_edge, edge_settings),
         verifier(settings) as edge,
-        gateway(settings, gateway_config(registry, cors_origins=(APP,), **config)) as base,
+        gateway(settings, gateway_config(registry, cors_origins=(APP,), **config), clock) as base,
         httpx.AsyncClient(timeout=15) as http,
     ):
         yield Stack(base, f"http://127.0.0.1:{port}", edge, http)
@@ -359,3 +361,25 @@ async def test_the_gateway_user_may_do_self_service_and_nothing_more(
     finally:
         await as_gateway.close()
         await app.close()
+
+
+async def test_self_service_is_rate_limited_per_session_by_verified_tokens_only(
+    settings: Settings, service: Any, client: LedgerClient, registry: Registry
+) -> None:
+    mine = await client.start_session("ivan", client_id="web")
+    victim = await client.start_session("judy", client_id="web")
+    config = {"rate_per_session": 3, "rate_per_ip": 1000, "rate_window": "10m"}
+    async with stack(settings, registry, window_start_clock(600), **config) as s:  # one window
+        await devices_of(s, victim.access_token, 1)  # the projection knows both (one count spent)
+        forged = sign(_foreign_key(settings), claims_for(settings, sub="judy", sid=victim.sid))
+        for _ in range(5):  # forged tokens naming judy's session spend nothing of hers
+            res = await s.http.get(f"{s.gateway}/session/devices", headers=bearer(forged))
+            assert res.status_code == 401
+        statuses = []
+        for _ in range(5):
+            res = await s.http.get(f"{s.gateway}/session/devices", headers=bearer(mine.access_token))
+            statuses.append(res.status_code)
+        assert statuses == [200, 200, 200, 429, 429], statuses
+        assert 1 <= int(res.headers["Retry-After"]) <= 600 and res.json()["error"] == "rate_limited"
+        res = await s.http.get(f"{s.gateway}/session/devices", headers=bearer(victim.access_token))
+        assert res.status_code == 200, res.text  # judy's second count: not locked out
