@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from consumers.gateway.settings import GatewaySettings
 from ledger.domain.errors import ConfigError
 from ledger.domain.stepup import NONE, BadRequirement, Requirement, parse_requirement, shortfall
+from session_ledger.cli import gateway as gateway_cli
 
 
 def test_parse_requirement_reads_header_text_and_refuses_what_would_break_the_challenge() -> None:
@@ -52,3 +55,12 @@ def test_the_gateway_setting_is_checked_at_start_up() -> None:
     assert config.self_service_requirement() == Requirement(("aal2",), 600)
     with pytest.raises(ConfigError):
         GatewaySettings(self_service_acr=('aal2"',))
+
+
+def test_the_gateway_command_takes_the_level_as_options() -> None:
+    parser = argparse.ArgumentParser()
+    gateway_cli.register(parser.add_subparsers())
+    options = ["--self-service-acr", "aal2", "--self-service-acr", "aal3", "--self-service-max-age", "10m"]
+    args = parser.parse_args(["gateway", *options])
+    assert gateway_cli.gateway_config(args).self_service_requirement() == Requirement(("aal2", "aal3"), 600)
+    assert gateway_cli.gateway_config(parser.parse_args(["gateway"])).self_service_requirement().empty
