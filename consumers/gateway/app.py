@@ -82,9 +82,10 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.pop("Server", None)
     response.headers.update(security_headers(response.headers, hsts=config.hsts))
     if request.path.startswith(COOKIE_PATH + "/"):
-        response.headers.update(
-            cors_headers(request.headers.get("Origin"), config.cors_origins, credentials=True)
-        )
+        cors = cors_headers(request.headers.get("Origin"), config.cors_origins, credentials=True)
+        if "Access-Control-Allow-Origin" in cors:  # the app may read a step-up challenge, a wait
+            cors["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After"
+        response.headers.update(cors)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

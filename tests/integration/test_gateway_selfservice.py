@@ -258,8 +258,10 @@ async def test_the_gateway_asks_for_a_step_up_before_signing_out_the_others(
             f"{s.gateway}/session/sign-out-others",
             f"{s.gateway}/session/devices/{second.sid}/revoke",
         ):
-            res = await s.http.post(url, headers=bearer(first.access_token))
+            res = await s.http.post(url, headers={**bearer(first.access_token), "Origin": APP})
             assert res.status_code == 401 and res.json()["error"] == "insufficient_user_authentication"
+            assert res.headers["Access-Control-Allow-Origin"] == APP  # a cross-origin app reads it
+            assert "WWW-Authenticate" in res.headers["Access-Control-Expose-Headers"]
             challenge = parse_challenge(res.headers["WWW-Authenticate"])
             assert (
                 challenge["error"] == "insufficient_user_authentication" and challenge["acr_values"] == "aal2"
