@@ -5,6 +5,11 @@ and Envoy ``ext_authz`` (HTTP service), backed by one ``EdgeVerifier``.
   200 + ``X-Auth-Subject`` / ``X-Auth-Session`` / ``X-Auth-Scopes`` for a valid token, and
   ``X-Auth-Acr`` / ``X-Auth-Amr`` / ``X-Auth-Time`` (empty without an authentication context),
   so the upstream can ask for a step-up (RFC 9470);
+  with ``X-Required-Acr: aal2 aal3`` and/or ``X-Required-Max-Age: <seconds>`` (set by the proxy
+  per location, never by a client: the proxy overwrites them), a valid token below that level
+  or authenticated too long ago gets 401 + the RFC 9470 challenge
+  ``Bearer error="insufficient_user_authentication", acr_values="...", max_age="..."``;
+  a malformed requirement is the proxy's error: 500, failing closed;
   401 + ``WWW-Authenticate: Bearer error="invalid_token"`` for any other token (one opaque
   answer, the reason goes to the log and the /healthz counters), or without ``error``
   when no token was sent (RFC 6750 section 3);
@@ -26,6 +31,7 @@ from aiohttp import web
 
 from consumers.edge.verifier import AccessClaims, EdgeVerifier, TokenRejected
 from ledger.config import Settings
+from ledger.domain.stepup import ERROR, BadRequirement, parse_requirement, shortfall
 from ledger.telemetry.endpoint import http_metrics
 
 log = logging.getLogger("consumers.edge.sidecar")
@@ -37,6 +43,8 @@ MAX_BODY = 16 * 1024  # the body is never read; forward-auth requests carry none
 BEARER_RE = re.compile(r"^Bearer +([A-Za-z0-9._~+/=-]+) *$", re.IGNORECASE)
 HEADER_SAFE = "@.:_-+~!$&'()*,;=/"  # everything else is percent-encoded in X-Auth-* values
 VERIFIER_KEY = web.AppKey("verifier", EdgeVerifier)
+REQUIRED_ACR = "X-Required-Acr"  # from the proxy only (nginx proxy_set_header in the auth location)
+REQUIRED_MAX_AGE = "X-Required-Max-Age"
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -54,6 +62,11 @@ def challenge(realm: str, *, invalid: bool) -> str:
 async def authorize(request: web.Request) -> web.Response:
     verifier = request.app[VERIFIER_KEY]
     realm = verifier.settings.audience
+    try:
+        required = parse_requirement(request.headers.get(REQUIRED_ACR), request.headers.get(REQUIRED_MAX_AGE))
+    except BadRequirement:
+        log.error("malformed %s/%s from the proxy: denying", REQUIRED_ACR, REQUIRED_MAX_AGE)
+        return web.json_response({"error": "server_error"}, status=500, headers={"Cache-Control": "no-store"})
     token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         return _deny(realm, invalid=False)
@@ -64,6 +77,15 @@ async def authorize(request: web.Request) -> web.Response:
             return web.json_response({"error": "unavailable"}, status=503, headers={"Retry-After": "1"})
         log.info("token rejected: %s", err.reason.value)
         return _deny(realm, invalid=True)
+    short = shortfall(required, acr=claims.acr, auth_time=claims.auth_time, now=verifier.clock(), realm=realm)
+    if short is not None:
+        log.info("step-up required: %s", short.reason)
+        return web.Response(
+            status=401,
+            text=f'{{"error":"{ERROR}"}}',
+            content_type="application/json",
+            headers={"WWW-Authenticate": short.challenge, "Cache-Control": "no-store"},
+        )
     headers = {
         "X-Auth-Subject": quote(claims.sub, safe=HEADER_SAFE),
         "X-Auth-Session": claims.sid,

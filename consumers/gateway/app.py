@@ -13,7 +13,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from consumers.gateway import backend, browser, discovery, oauth
+from consumers.gateway import backend, browser, discovery, oauth, selfservice
 from consumers.gateway.clients import load_registry
 from consumers.gateway.context import GATEWAY, Gateway
 from consumers.gateway.cookies import PATH as COOKIE_PATH
@@ -70,7 +70,7 @@ def build_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
     app.on_response_prepare.append(_headers)
-    for module in (oauth, browser, backend, discovery):
+    for module in (oauth, browser, selfservice, backend, discovery):
         module.register(app)
     return app
 
@@ -82,9 +82,10 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.pop("Server", None)
     response.headers.update(security_headers(response.headers, hsts=config.hsts))
     if request.path.startswith(COOKIE_PATH + "/"):
-        response.headers.update(
-            cors_headers(request.headers.get("Origin"), config.cors_origins, credentials=True)
-        )
+        cors = cors_headers(request.headers.get("Origin"), config.cors_origins, credentials=True)
+        if "Access-Control-Allow-Origin" in cors:  # the app may read a step-up challenge, a wait
+            cors["Access-Control-Expose-Headers"] = "WWW-Authenticate, Retry-After"
+        response.headers.update(cors)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -15,17 +15,25 @@ class OAuthError(Exception):
     """``error`` is an RFC 6749 / 7009 / 7662 code; ``description`` never quotes the input."""
 
     def __init__(
-        self, error: str, description: str, *, status: int = 400, retry_after: int | None = None
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int = 400,
+        retry_after: int | None = None,
+        www_authenticate: str | None = None,
     ) -> None:
         super().__init__(error)
         self.error, self.description, self.status = error, description, status
-        self.retry_after = retry_after
+        self.retry_after, self.www_authenticate = retry_after, www_authenticate
 
 
 def error_response(err: OAuthError) -> web.Response:
     headers = dict(NO_STORE)
     if err.error == "invalid_client":
         headers["WWW-Authenticate"] = 'Basic realm="session-ledger"'
+    if err.www_authenticate is not None:  # a bearer challenge (RFC 6750, RFC 9470)
+        headers["WWW-Authenticate"] = err.www_authenticate
     if err.retry_after is not None:
         headers["Retry-After"] = str(err.retry_after)
     body = json.dumps({"error": err.error, "error_description": err.description})

@@ -134,6 +134,7 @@ def paths(cookie: str, csrf: str) -> dict[str, Any]:
                 },
             },
         },
+        **self_service_paths(),
         "/.well-known/jwks.json": {
             "get": {
                 "summary": "JWKS (RFC 7517)",
@@ -171,6 +172,68 @@ def paths(cookie: str, csrf: str) -> dict[str, Any]:
     }
 
 
+def _bearer_preflight(*extra: str) -> dict[str, Any]:
+    return {
+        "summary": "CORS preflight (allow-listed origins; Authorization header)",
+        "responses": {
+            "204": {"description": "allowed"},
+            "403": {"description": "origin not allowed", **_json(ERROR)},
+            **{code: {"description": code, **_json(ERROR)} for code in extra},
+        },
+    }
+
+
+def self_service_paths() -> dict[str, Any]:
+    """Authenticated by the presenting access token; 401 carries ``WWW-Authenticate: Bearer``
+    (with RFC 9470's ``insufficient_user_authentication`` when a level is required)."""
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    sid = {"name": "sid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+    return {
+        "/session/devices": {
+            "get": {
+                "summary": "My sessions (devices): device, last seen, acr, current = this one",
+                "security": bearer,
+                "responses": _answers(
+                    {"description": "sessions", **_json({"$ref": "#/components/schemas/Devices"})},
+                    "401",
+                    "429",
+                    "503",
+                ),
+            },
+            "options": _bearer_preflight(),
+        },
+        "/session/devices/{sid}/revoke": {
+            "post": {
+                "summary": "Revoke one of my sessions (another user's is 404 like an unknown one)",
+                "security": bearer,
+                "parameters": [sid],
+                "responses": _answers(
+                    {"description": "revoked", **_json({"type": "object", "required": ["sid", "revoked"]})},
+                    "400",
+                    "401",
+                    "404",
+                    "429",
+                    "503",
+                ),
+            },
+            "options": _bearer_preflight("404"),  # a sid no session id can be (e.g. "{sid}")
+        },
+        "/session/sign-out-others": {
+            "post": {
+                "summary": "Sign out all my other devices; the presenting session keeps working",
+                "security": bearer,
+                "responses": _answers(
+                    {"description": "signed out", **_json({"type": "object", "required": ["kept_sid"]})},
+                    "401",
+                    "429",
+                    "503",
+                ),
+            },
+            "options": _bearer_preflight(),
+        },
+    }
+
+
 def document(base: str, cookie: str, csrf: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -178,12 +241,41 @@ def document(base: str, cookie: str, csrf: str) -> dict[str, Any]:
         "servers": [{"url": base}],
         "paths": paths(cookie, csrf),
         "components": {
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
                     "required": ["error"],
                     "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+                },
+                "Devices": {
+                    "type": "object",
+                    "required": ["sessions", "as_of"],
+                    "properties": {
+                        "as_of": {"type": "string", "format": "date-time"},
+                        "sessions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["sid", "current", "started_at"],
+                                "properties": {
+                                    "sid": {"type": "string"},
+                                    "client_id": {"type": ["string", "null"]},
+                                    "scopes": {"type": "array", "items": {"type": "string"}},
+                                    "started_at": {"type": "string", "format": "date-time"},
+                                    "last_seen_at": {"type": ["string", "null"], "format": "date-time"},
+                                    "idle_expires_at": {"type": "string", "format": "date-time"},
+                                    "expires_at": {"type": "string", "format": "date-time"},
+                                    "device": {"type": ["object", "null"]},
+                                    "acr": {"type": ["string", "null"]},
+                                    "current": {"type": "boolean"},
+                                },
+                            },
+                        },
+                    },
                 },
                 "Token": {
                     "type": "object",

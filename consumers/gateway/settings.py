@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.config import Duration
 from ledger.domain.errors import ConfigError
+from ledger.domain.stepup import BadRequirement, Requirement, parse_requirement
 
 HEADER_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
 
@@ -32,6 +33,10 @@ class GatewaySettings(BaseSettings):
     rate_per_ip: int = Field(default=600, ge=1)
     rate_per_session: int = Field(default=60, ge=1)
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Real-IP names the client (nginx)
+    # the level the self-service actions (revoke a device, sign out the others) require of the
+    # presenting access token (RFC 9470): acceptable acr values, and/or a max age of auth_time
+    self_service_acr: tuple[str, ...] = ()
+    self_service_max_age: Duration | None = None
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:
@@ -41,7 +46,17 @@ class GatewaySettings(BaseSettings):
             raise ConfigError("cors_origins are exact origins such as https://app.example.com, never *")
         if not timedelta(seconds=1) <= self.rate_window <= timedelta(minutes=30):
             raise ConfigError("rate_window must be between 1 s and 30 min")
+        try:
+            self.self_service_requirement()
+        except BadRequirement as err:
+            raise ConfigError(f"self_service_acr / self_service_max_age: {err}") from None
         return self
+
+    def self_service_requirement(self) -> Requirement:
+        age = self.self_service_max_age
+        return parse_requirement(
+            " ".join(self.self_service_acr), None if age is None else str(int(age.total_seconds()))
+        )
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.listen}").rstrip("/")

@@ -85,6 +85,10 @@ class Introspection(_Model):
     nbf: int | None = None
     jti: str | None = None
     generation: int | None = None
+    # RFC 9470 section 6.2: the access token's authentication level and time, so that a resource
+    # server (and the gateway's self-service) can answer a step-up challenge
+    acr: str | None = None
+    auth_time: int | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude_none=True)

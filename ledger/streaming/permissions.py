@@ -152,16 +152,22 @@ EDGE = Role(
 GATEWAY = Role(
     user="gateway",
     block="LEDGER_GATEWAY",
-    purpose="HTTP gateways (OAuth endpoints, browser cookie flow): start sessions for authenticated "
-    "backends, rotate, log out and revoke single access tokens (each with proof of possession), "
-    "introspect, read key events for the JWKS, count requests in the shared rate-limit stream. "
-    "Never revoke by sid or by user, list sessions, read or write an event, a notice or a stream",
+    purpose="HTTP gateways (OAuth endpoints, browser cookie flow, self-service): start sessions for "
+    "authenticated backends, rotate, log out and revoke single access tokens (each with proof of "
+    "possession), introspect, list a user's sessions and revoke them as that user from one of "
+    "their live sessions (self-service: the gateway names the user and session an introspected "
+    "access token carries; no more than it could do by starting a session for that user), read "
+    "key events for the JWKS, count requests in the shared rate-limit stream. Never revoke by sid "
+    "or by user, read one session by sid, read or write an event, a notice or a stream",
     publish=(
         "ledger.cmd.start",
         "ledger.cmd.rotate",
         "ledger.cmd.logout",
         "ledger.cmd.revoke_access",
+        "ledger.cmd.revoke_own",
+        "ledger.cmd.sign_out_others",
         "ledger.q.introspect",
+        "ledger.q.sessions",
         "ledger.rate.>",
         f"$JS.API.DIRECT.GET.{RATE}.ledger.rate.>",
         "$JS.API.INFO",

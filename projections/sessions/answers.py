@@ -132,4 +132,6 @@ def access_answer(
         iat=claims.iat,
         nbf=claims.nbf,
         jti=claims.jti,
+        acr=claims.acr,
+        auth_time=claims.auth_time,
     )

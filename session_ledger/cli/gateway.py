@@ -38,6 +38,15 @@ def register(sub: Any) -> None:
     gateway.add_argument(
         "--trusted-proxy", action="append", help="a proxy address whose X-Real-IP is believed"
     )
+    gateway.add_argument(
+        "--self-service-acr",
+        action="append",
+        help="an acr value the self-service actions (revoke a device, sign out the others) accept "
+        "(repeatable; default: any level); a lower one gets the RFC 9470 challenge",
+    )
+    gateway.add_argument(
+        "--self-service-max-age", help="the self-service actions need auth_time within this (e.g. 10m)"
+    )
     gateway.set_defaults(func=cmd_gateway)
     secret = sub.add_parser(
         "gateway-secret",
@@ -61,6 +70,8 @@ def gateway_config(args: argparse.Namespace) -> GatewaySettings:
         "cors_origins": tuple(args.cors_origin) if args.cors_origin else None,
         "browser_client_id": args.browser_client_id,
         "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
+        "self_service_acr": tuple(args.self_service_acr) if args.self_service_acr else None,
+        "self_service_max_age": args.self_service_max_age,
     }
     base = GatewaySettings()
     return GatewaySettings(**{**base.model_dump(), **{k: v for k, v in update.items() if v is not None}})

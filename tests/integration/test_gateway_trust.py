@@ -46,8 +46,7 @@ async def test_the_gateway_user_cannot_do_more_than_the_gateway_needs(
             f"ledger.revoked.session.{victim.sid}",  # forge a notice
             "ledger.cmd.revoke",  # revoke by sid: no proof of possession
             "ledger.cmd.revoke_user",
-            "ledger.q.sessions",  # list a user's sessions
-            "ledger.q.session",
+            "ledger.q.session",  # read any session by sid (listing is by user: self-service)
             "ledger.heartbeat.broadcast",  # keep dead edges serving
             "$JS.API.STREAM.DELETE.LEDGER",
             "$JS.API.STREAM.CREATE.CAPTURE",  # a stream on ledger.cmd.> would capture refresh tokens

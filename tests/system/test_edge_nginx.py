@@ -1,6 +1,7 @@
 """A real nginx (Debian package) in front of a tiny upstream, asking the sidecar through
 ``auth_request``: a valid token reaches the upstream with the identity headers, a revoked
-one gets 401. Skipped, with the reason shown, where nginx is not installed."""
+one gets 401, a token below a location's required level gets the RFC 9470 challenge.
+Skipped, with the reason shown, where nginx is not installed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,26 @@ http {{
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Required-Acr $ledger_acr;          # the location's level, never the client's
+      proxy_set_header X-Required-Max-Age $ledger_max_age;
+    }}
+    location /admin/ {{
+      set $ledger_acr "aal2 aal3";                          # RFC 9470 step-up for this location
+      set $ledger_max_age "600";
+      auth_request /_auth;
+      auth_request_set $auth_sub $upstream_http_x_auth_subject;
+      auth_request_set $auth_sid $upstream_http_x_auth_session;
+      auth_request_set $auth_acr $upstream_http_x_auth_acr;
+      auth_request_set $auth_challenge $upstream_http_www_authenticate;
+      add_header WWW-Authenticate $auth_challenge always;
+      proxy_set_header X-Auth-Subject $auth_sub;
+      proxy_set_header X-Auth-Session $auth_sid;
+      proxy_set_header X-Auth-Acr $auth_acr;
+      proxy_pass http://127.0.0.1:{upstream};
     }}
     location / {{
+      set $ledger_acr "";                                   # no level required here
+      set $ledger_max_age "";
       auth_request /_auth;
       auth_request_set $auth_sub $upstream_http_x_auth_subject;
       auth_request_set $auth_sid $upstream_http_x_auth_session;
@@ -169,3 +189,33 @@ async def test_a_client_cannot_claim_an_authentication_level_through_nginx(
             forged = {"Authorization": f"Bearer {pair.access_token}", "X-Auth-Acr": "aal3"}
             async with http.get(url, headers=forged) as resp:
                 assert resp.status == 200 and resp.headers.get("X-Upstream-Saw-Acr") == want
+
+
+async def test_a_location_requiring_a_level_answers_the_step_up_challenge_through_nginx(
+    client: LedgerClient, settings_for: Any, nginx: dict[str, int], upstream: None
+) -> None:
+    """``/admin/`` sets ``X-Required-Acr: aal2 aal3`` and a max age of 600 s for the sidecar: an
+    aal1 token gets RFC 9470's 401, the stepped-up successor passes. A client's own
+    ``X-Required-Acr`` never reaches the sidecar (nginx sets the header from the location)."""
+    settings = settings_for(edge_listen=f"127.0.0.1:{nginx['sidecar']}")
+    now = datetime.now(UTC)
+    pair = await client.start_session("olga", acr="aal1", amr=["pwd"], auth_time=now)
+    admin, api = (f"http://127.0.0.1:{nginx['port']}{p}" for p in ("/admin/users", "/api/orders"))
+    async with broadcaster(settings), running(run_edge, settings), aiohttp.ClientSession() as http:
+        await _wait_listening(http, admin)
+        status, _, challenge = await _get(http, admin, pair.access_token)
+        assert status == 401, challenge
+        assert 'error="insufficient_user_authentication"' in challenge
+        assert 'acr_values="aal2 aal3"' in challenge and 'max_age="600"' in challenge
+        lowered = {"Authorization": f"Bearer {pair.access_token}", "X-Required-Acr": "aal1"}
+        async with http.get(admin, headers=lowered) as resp:  # the client cannot lower the level
+            assert resp.status == 401
+        raised = {"Authorization": f"Bearer {pair.access_token}", "X-Required-Acr": "aal9"}
+        async with http.get(api, headers=raised) as resp:  # nor does its header reach the sidecar
+            assert resp.status == 200
+        await client.step_up(
+            pair.sid, sub="olga", acr="aal2", amr=["pwd", "otp"], auth_time=datetime.now(UTC)
+        )
+        stepped = await client.rotate(pair.refresh_token)
+        async with http.get(admin, headers={"Authorization": f"Bearer {stepped.access_token}"}) as resp:
+            assert resp.status == 200 and resp.headers.get("X-Upstream-Saw-Acr") == "aal2"

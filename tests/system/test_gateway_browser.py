@@ -23,10 +23,12 @@ import pytest
 from aiohttp import web
 
 from consumers.edge.sidecar import run_edge
+from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.events import ReuseDetected, TokenRotated
 from ledger.streaming.embedded import free_port
 from ledger.streaming.store import EventStore
+from projections.sessions.runner import run_sessions
 from tests.support.edge import broadcaster, running
 from tests.support.gateway import Registry, gateway, gateway_config, write_registry
 from tests.support.helpers import all_events
@@ -229,3 +231,50 @@ async def _status(tab: Any, want: int) -> bool:
 
 async def _ended_everywhere(tabs: list[Any]) -> bool:
     return all(await asyncio.gather(*(tab.evaluate("ended.length > 0") for tab in tabs)))
+
+
+async def test_the_helper_lists_my_devices_and_signs_out_the_others_from_the_browser(
+    settings_for: Any, services: Any, tmp_path: Path, browser: Any
+) -> None:
+    """The self-service endpoints from a page of another origin (CORS preflight for the bearer
+    header): the browser's session lists both devices, marks itself current, signs out the other,
+    whose access token the sidecar then rejects, and keeps working itself."""
+    settings: Settings = settings_for(edge_listen=f"127.0.0.1:{free_port()}")
+    await services.start(settings)
+    registry = write_registry(tmp_path)
+    app_port = free_port()
+    app_origin = f"http://127.0.0.1:{app_port}"
+    config = gateway_config(registry, cors_origins=(app_origin,), browser_client_id="web")
+    sidecar = f"http://{settings.edge_listen}"
+    async with (
+        broadcaster(settings),
+        running(run_sessions, settings),
+        running(run_edge, settings),
+        gateway(settings, config) as gw,
+        serving(app_server(gw, sidecar, registry), app_port),
+        await LedgerClient.connect(settings.nats_url) as ledger,
+        aiohttp.ClientSession() as http,
+    ):
+        phone = await ledger.start_session("alice", client_id="web")  # another device
+        context = await browser.new_context()
+        tab = await open_tab(context, f"{app_origin}/session/app.html")
+        sid = (await tab.evaluate("fetch('/login', {method: 'POST'}).then(r => r.json())"))["sid"]
+        count = "session.devices().then(d => d.length, e => `failed ${e.status} ${e.error}`)"
+
+        async def listed(n: int) -> bool:
+            return bool(await tab.evaluate(count) == n)
+
+        await until(lambda: listed(2))
+        current = await tab.evaluate("session.devices().then(d => d.filter(s => s.current).map(s => s.sid))")
+        assert current == [sid]
+        assert (await tab.evaluate("session.signOutOthers()"))["kept_sid"] == sid
+
+        async def phone_rejected() -> bool:
+            headers = {"Authorization": f"Bearer {phone.access_token}"}
+            async with http.get(f"{sidecar}/auth", headers=headers) as res:
+                return res.status == 401
+
+        await until(phone_rejected)
+        await until(lambda: listed(1))
+        assert await tab.evaluate("apiThroughHelper()") == 200
+        await context.close()

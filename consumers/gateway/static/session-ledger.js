@@ -4,6 +4,7 @@
 //   const session = createSession({ base: "https://auth.example.com" });
 //   const res = await session.fetch("/api/me");  // Bearer added; a 401 refreshes once and retries
 //   session.onEnded(() => showLogin());           // the session ended (logout, reuse, expiry)
+//   await session.devices();                       // my sessions; await session.signOutOthers();
 //   await session.logout();
 //
 // The refresh token lives in an HttpOnly cookie this code never sees; the access token only in
@@ -166,6 +167,20 @@ export function createSession(options = {}) {
     return send(current.accessToken);
   }
 
+  // Self-service with this session's access token: my devices, revoke one, sign out the others.
+  // A refusal throws an Error with .status and .error (e.g. "insufficient_user_authentication":
+  // the gateway requires a step-up; re-authenticate, then refresh).
+  async function selfService(method, path) {
+    const res = await authorizedFetch(`${base}${path}`, { method });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      const err = new Error(body.error_description ?? `${path} failed with ${res.status}`);
+      Object.assign(err, { status: res.status, error: body.error });
+      throw err;
+    }
+    return body;
+  }
+
   async function logout() {
     await fetch(`${base}/session/logout`, { method: "POST", credentials: "include", headers: { [csrfHeader]: "1" } });
     end(0, true);
@@ -178,5 +193,8 @@ export function createSession(options = {}) {
     logout,
     info: () => (current ? { expiresAt: current.expiresAt, ...current.session } : null),
     onEnded: (callback) => ended.add(callback),
+    devices: () => selfService("GET", "/session/devices").then((body) => body.sessions),
+    revokeDevice: (sid) => selfService("POST", `/session/devices/${encodeURIComponent(sid)}/revoke`),
+    signOutOthers: () => selfService("POST", "/session/sign-out-others"),
   };
 }
