@@ -32,7 +32,7 @@ from aiohttp import web
 from consumers.edge.verifier import AccessClaims, EdgeVerifier, TokenRejected
 from ledger.config import Settings
 from ledger.domain.stepup import ERROR, BadRequirement, parse_requirement, shortfall
-from ledger.telemetry.endpoint import http_metrics
+from ledger.telemetry.endpoint import http_metrics, serve_app
 
 log = logging.getLogger("consumers.edge.sidecar")
 
@@ -139,20 +139,8 @@ async def _hide_server(request: web.Request, response: web.StreamResponse) -> No
     response.headers.pop("Server", None)  # no version banner for scanners
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"listen address must be host:port, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
 async def serve(verifier: EdgeVerifier, listen: str) -> web.AppRunner:
-    """Start the HTTP server (access log off: requests carry bearer tokens)."""
-    runner = web.AppRunner(build_app(verifier), access_log=None)
-    await runner.setup()
-    host, port = parse_listen(listen)
-    await web.TCPSite(runner, host, port, backlog=1024).start()
-    return runner
+    return (await serve_app(build_app(verifier), listen, "LEDGER_EDGE_LISTEN / --listen"))[0]
 
 
 async def run_edge(

@@ -27,7 +27,7 @@ from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.streaming.connection import connect
 from ledger.streaming.keys import KeyFollower
-from ledger.telemetry.endpoint import http_metrics
+from ledger.telemetry.endpoint import http_metrics, serve_app
 
 log = logging.getLogger("consumers.gateway")
 
@@ -88,13 +88,6 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(cors)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"listen address must be host:port, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
 async def open_gateway(
     settings: Settings, config: GatewaySettings, clock: Callable[[], float] = time.time
 ) -> Gateway:
@@ -134,12 +127,7 @@ async def close_gateway(gateway: Gateway) -> None:
 
 
 async def serve(gateway: Gateway) -> web.AppRunner:
-    """Start the HTTP server (access log off: requests carry tokens and cookies)."""
-    runner = web.AppRunner(build_app(gateway), access_log=None)
-    await runner.setup()
-    host, port = parse_listen(gateway.config.listen)
-    await web.TCPSite(runner, host, port, backlog=1024).start()
-    return runner
+    return (await serve_app(build_app(gateway), gateway.config.listen, "LEDGER_GATEWAY_LISTEN / --listen"))[0]
 
 
 async def run_gateway(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from ledger.domain.events import (
+    AccessTokenRevoked,
     Event,
     ReuseDetected,
     SessionRevoked,
@@ -31,6 +32,8 @@ def revocation_of(event: Event) -> tuple[str, str] | None:
         return "user", str(event.reason)
     if isinstance(event, SigningKeyRetired):
         return "key", event.reason
+    if isinstance(event, AccessTokenRevoked):
+        return "token", "revoked"
     return None
 
 

@@ -3,7 +3,9 @@
 * ``serve_metrics("127.0.0.1:9464")``: a small server of its own (what ``up`` and every
   component command start when ``LEDGER_METRICS_LISTEN`` / ``--metrics-listen`` is set);
 * ``add_metrics_route(app)``: ``GET /metrics`` on an app that already serves HTTP;
-* ``http_metrics("gateway")``: a middleware counting requests by route and status.
+* ``http_metrics("gateway")``: a middleware counting requests by route and status;
+* ``serve_app(app, "127.0.0.1:8081", "--listen")``: how every HTTP server of the project
+  starts (the edge sidecar, the gateway, this endpoint): a clear error for a taken port.
 """
 
 from __future__ import annotations
@@ -64,11 +66,31 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def split_listen(listen: str) -> tuple[str, int]:
+def split_listen(listen: str, option: str = "--metrics-listen") -> tuple[str, int]:
     host, _, port = listen.strip().rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"metrics listen address must be host:port, got {listen!r}")
+        raise ConfigError(f"{option}: a listen address is host:port, got {listen!r}")
     return host.strip("[]"), int(port)
+
+
+async def serve_app(app: web.Application, listen: str, option: str) -> tuple[web.AppRunner, str, int]:
+    """Start ``app`` on ``host:port`` (access log off: requests carry tokens and cookies);
+    (runner, host, bound port). A taken or unopenable port is a ConfigError naming ``option``."""
+    host, port = split_listen(listen, option)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        taken = err.errno == errno.EADDRINUSE
+        raise ConfigError(
+            f"{host}:{port} "
+            + ("is taken" if taken else f"cannot be opened: {err.strerror}")
+            + f"; pass another {option}"
+        ) from None
+    return runner, host, _bound_port(site, port)
 
 
 @dataclass
@@ -87,23 +109,10 @@ class MetricsServer:
 
 async def serve_metrics(listen: str) -> MetricsServer:
     """Serve ``/metrics`` on ``host:port`` (port 0: any free one, see ``.url``)."""
-    host, port = split_listen(listen)
     app = web.Application()
     add_metrics_route(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as err:
-        await runner.cleanup()
-        taken = err.errno == errno.EADDRINUSE
-        raise ConfigError(
-            f"metrics port {host}:{port} "
-            + ("is taken" if taken else f"cannot be opened: {err.strerror}")
-            + "; pass another --metrics-listen (or off)"
-        ) from None
-    return MetricsServer(runner, host, _bound_port(site, port))
+    runner, host, port = await serve_app(app, listen, "--metrics-listen (or off)")
+    return MetricsServer(runner, host, port)
 
 
 async def serve_if_enabled(listen: str | None) -> MetricsServer | None:

@@ -115,3 +115,16 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_every_revoking_event_is_counted_by_kind() -> None:
+    """A revocation kind the audit forgot (the gateway's single-token one was) is invisible on
+    the dashboard."""
+    from datetime import UTC, datetime
+
+    from ledger.domain.events import AccessTokenRevoked
+    from ledger.telemetry.audit import revocation_of
+
+    token = AccessTokenRevoked(event_id="e" * 32, occurred_at=datetime.now(UTC), jti="j1", sid="S" * 22,
+                               sub="ann", expires_at=datetime.now(UTC))  # fmt: skip
+    assert revocation_of(token) == ("token", "revoked")

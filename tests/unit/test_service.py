@@ -4,13 +4,10 @@ in-memory event store: the same code paths as production, in milliseconds."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 
-from ledger.config import Settings
 from ledger.contracts.commands import (
     LogoutRequest,
     RevokeUserRequest,
@@ -34,35 +31,10 @@ from ledger.domain.events import (
     UserSessionsRevoked,
 )
 from ledger.domain.events import SessionRevoked as SessionRevokedEvent
-from ledger.domain.refresh import TokenKeys
 from ledger.eventstore import MemoryEventStore
 from ledger.service.app import command_routes
-from ledger.service.handlers import LedgerService
-from ledger.service.keys import load_or_create_signing_key
 from ledger.service.signer import AccessTokenSigner
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 6, 1, 12, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> AccessTokenSigner:
-    key = load_or_create_signing_key(tmp_path_factory.mktemp("keys"), "ES256", None)
-    return AccessTokenSigner(key, issuer="i", audience="a", ttl=timedelta(minutes=5))
-
-
-def make(signer: AccessTokenSigner, **settings: object) -> tuple[LedgerService, MemoryEventStore, Clock]:
-    store, clock = MemoryEventStore(), Clock()
-    config = Settings(data_dir=Path("/nonexistent"), **settings)  # type: ignore[arg-type]
-    return LedgerService(store, TokenKeys(secrets.token_bytes(32)), signer, config, clock=clock), store, clock
+from tests.support.memory_service import make
 
 
 def types(store: MemoryEventStore) -> list[str]:

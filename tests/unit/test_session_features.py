@@ -4,15 +4,12 @@ idempotent start, minimised device context, self-service and the per-user sessio
 from __future__ import annotations
 
 import asyncio
-import secrets
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
-from ledger.config import Settings
 from ledger.contracts.commands import (
     ClientContext,
     RevokeOwnSessionRequest,
@@ -34,37 +31,13 @@ from ledger.domain.errors import (
     Unavailable,
 )
 from ledger.domain.events import Event, RevokeReason, SessionAdmitted, SessionRevoked, UserSessionsRevoked
-from ledger.domain.refresh import TokenKeys
 from ledger.eventstore import MemoryEventStore
 from ledger.service.handlers import LedgerService
-from ledger.service.keys import load_or_create_signing_key
 from ledger.service.signer import AccessTokenSigner
+from tests.support.memory_service import make
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 AUTH_TIME = datetime(2026, 6, 1, 11, 59, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 6, 1, 12, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> AccessTokenSigner:
-    key = load_or_create_signing_key(tmp_path_factory.mktemp("keys"), "ES256", None)
-    return AccessTokenSigner(key, issuer="i", audience="a", ttl=timedelta(minutes=5))
-
-
-def make(signer: AccessTokenSigner, **settings: Any) -> tuple[LedgerService, MemoryEventStore, Clock]:
-    store, clock = MemoryEventStore(), Clock()
-    config = Settings(data_dir=Path("/nonexistent"), **settings)
-    return LedgerService(store, TokenKeys(secrets.token_bytes(32)), signer, config, clock=clock), store, clock
 
 
 def claims(signer: AccessTokenSigner, token: str) -> dict[str, Any]:
