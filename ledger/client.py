@@ -64,6 +64,11 @@ def _answer(model: type[M], result: dict[str, Any]) -> M:
         raise LedgerError(f"malformed {model.__name__} in the answer") from None
 
 
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a request waits for its answer unless ``timeout`` says otherwise (tests on busy
+machines raise it; every command is safe to retry after a timeout)."""
+
+
 class LedgerClient:
     """Commands over NATS request/reply. Errors are ``ledger.domain.errors.LedgerError`` subclasses.
 
@@ -71,10 +76,10 @@ class LedgerClient:
     same successor inside the grace window.
     """
 
-    def __init__(self, nc: NATS, *, prefix: str = "ledger", timeout: float = 5.0, owns: bool = False):
+    def __init__(self, nc: NATS, *, prefix: str = "ledger", timeout: float | None = None, owns: bool = False):
         self.nc = nc
         self.subjects = Subjects(prefix)
-        self.timeout = timeout
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self._owns = owns
 
     @classmethod
@@ -83,7 +88,7 @@ class LedgerClient:
         url: str = "nats://127.0.0.1:4222",
         *,
         prefix: str = "ledger",
-        timeout: float = 5.0,
+        timeout: float | None = None,
         connect_timeout: float = 10.0,
         **options: Any,
     ) -> LedgerClient:

@@ -9,12 +9,29 @@ from typing import Any
 
 import pytest
 
+import ledger.client
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.streaming.connection import connect
 from ledger.streaming.embedded import NatsServer, free_port
 from ledger.streaming.store import EventStore
 from tests.support.services import ServiceRunner
+
+PATIENCE = 30.0
+"""Seconds a test's request waits for an answer. CI runs on busy shared machines where a
+5 s answer (production's default) was seen missed while the whole box stalled; a test that
+means to exercise a timeout passes its own."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def patient_requests() -> Iterator[None]:
+    """Raise the request deadline for in-process clients and for every CLI/service subprocess."""
+    before = ledger.client.DEFAULT_TIMEOUT
+    ledger.client.DEFAULT_TIMEOUT = PATIENCE
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEDGER_REQUEST_TIMEOUT", str(PATIENCE))
+        yield
+    ledger.client.DEFAULT_TIMEOUT = before
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from ledger.domain.events import UPCASTERS, upcast
 from projections.analytics.schema import STAGE_COLUMNS, create_schema, fold_sessions, load_select
 
 WAL_LIMIT = "256MB"
+WRITER_WAIT = 15.0
+"""Seconds a starting writer waits for readers to let go of the file. A reader opens the live
+file only while no writer holds it, and only for one query; another writer never lets go."""
 
 
 def db_path_for(settings: Settings) -> Path:
@@ -143,6 +147,19 @@ class AnalyticsDB:
     def close(self) -> None:
         self.conn.close()
         self.stage.unlink(missing_ok=True)
+
+
+async def open_writer(path: Path, *, grace_window_s: float = 30.0, wait: float = WRITER_WAIT) -> AnalyticsDB:
+    """The writer, once the file is free: a query that opened the live file while no writer
+    held it holds a shared lock until it ends. Still held after ``wait``: ``duckdb.IOException``."""
+    give_up_at = time.monotonic() + wait
+    while True:
+        try:
+            return AnalyticsDB(path, grace_window_s=grace_window_s)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower() or time.monotonic() >= give_up_at:
+                raise
+        await asyncio.sleep(0.1)
 
 
 # Analysts run arbitrary SQL: no file system (read_text/read_blob/COPY/ATTACH/EXPORT),

@@ -35,6 +35,7 @@ from projections.analytics.db import (
     Feed,
     db_path_for,
     open_reader,
+    open_writer,
     snapshot_path,
     stage_line,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ack_position",
     "db_path_for",
     "open_reader",
+    "open_writer",
     "rebuild_subject",
     "snapshot_path",
     "stage_line",

@@ -34,6 +34,7 @@ from projections.analytics.projection import (
     AnalyticsProjection,
     Progress,
     db_path_for,
+    open_writer,
     print_progress,
     rebuild_subject,
     snapshot_path,
@@ -137,7 +138,7 @@ async def rebuild_in_place(projection: AnalyticsProjection) -> dict[str, Any]:
         try:
             swap_in(path)
         finally:  # swapped or not, keep a live connection to follow the stream
-            projection.db = AnalyticsDB(path, grace_window_s=grace)
+            projection.db = await open_writer(path, grace_window_s=grace)
             projection.db.before_commit = hook
         await projection.rebind()
         projection.dirty = True
@@ -154,10 +155,17 @@ async def run_analytics(
     ready: asyncio.Event | None = None,
     *,
     path: Path | None = None,
+    db: AnalyticsDB | None = None,
     batch: int = BATCH,
 ) -> None:
-    """The analytics component: follow the streams until ``stop``; rebuild on request."""
-    db = AnalyticsDB(path or db_path_for(settings), grace_window_s=settings.grace_window.total_seconds())
+    """The analytics component: follow the streams until ``stop``; rebuild on request.
+
+    ``db``, already open, is the writer a caller took to report a held file at once; this
+    component then owns it (no close and reopen in between: a reader could take the file).
+    """
+    if db is None:
+        grace = settings.grace_window.total_seconds()
+        db = await open_writer(path or db_path_for(settings), grace_window_s=grace)
     projection = AnalyticsProjection(settings, db, batch=batch)
     projection.rebuilder = rebuild_in_place
     try:

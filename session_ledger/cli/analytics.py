@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from ledger.config import Settings, parse_duration
 from ledger.domain.errors import BadRequest, Unavailable
 from projections.analytics.html import render_html
-from projections.analytics.projection import BATCH, AnalyticsDB, db_path_for, open_reader
+from projections.analytics.projection import BATCH, AnalyticsDB, db_path_for, open_reader, open_writer
 from projections.analytics.rebuild import rebuild_anywhere, run_analytics
 from projections.analytics.reports import REPORTS, Table, WhatIf, build, query, render, window
 from projections.sessions.rebuild import RebuildResult
@@ -216,14 +216,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     settings, path = settings_from(args, "projector"), db_path(args)
     if args.batch < 1:
         raise BadRequest("--batch must be 1 or more")
-    open_writer(path, settings).close()  # a clear error now if another process holds the file
-    runner = functools.partial(run_analytics, path=path, batch=args.batch)
+    db = asyncio.run(take_file(path, settings))  # a clear error now if another process holds it
+    runner = functools.partial(run_analytics, db=db, batch=args.batch)
     run_one(Component("analytics", runner, f"DuckDB analytics {path}"), settings)
 
 
-def open_writer(path: Path, settings: Settings) -> AnalyticsDB:
+async def take_file(path: Path, settings: Settings) -> AnalyticsDB:
+    """The writer, kept open from here on: closing it to reopen later let a reader take it."""
     try:
-        return AnalyticsDB(path, grace_window_s=settings.grace_window.total_seconds())
+        return await open_writer(path, grace_window_s=settings.grace_window.total_seconds())
     except duckdb.IOException as err:
         raise Unavailable(f"{path} is held by another process (is `session-ledger up` running?)") from err
 

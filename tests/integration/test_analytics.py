@@ -306,6 +306,10 @@ async def publish_receipts(settings: Settings, verifiers: tuple[str, ...]) -> No
         await nc.drain()
 
 
+PHASE_LIMIT = 90.0  # per phase: a CI box was seen to stall a fresh subprocess for over 30 s
+
+
+@pytest.mark.timeout(5 * PHASE_LIMIT)
 async def test_reports_work_while_the_projection_runs(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -317,10 +321,13 @@ async def test_reports_work_while_the_projection_runs(
         stderr=(tmp_path / "projection.log").open("wb"),
     )
     try:
-        deadline = time.monotonic() + 30
+        log_file = tmp_path / "projection.log"
+        deadline = time.monotonic() + PHASE_LIMIT
         seen = 0
         while seen < total:
-            assert time.monotonic() < deadline, f"snapshot showed {seen}/{total} events"
+            assert time.monotonic() < deadline, (
+                f"snapshot showed {seen}/{total} events; log:\n" + (log_file.read_text()[-3000:])
+            )
             await asyncio.sleep(0.5)
             try:
                 result = cli_json(capsys, "sql", "SELECT count(*) AS n FROM events", "--db", str(db))
@@ -337,12 +344,12 @@ async def test_reports_work_while_the_projection_runs(
 
         # rebuild while it runs: the projection rebuilds itself on request and carries on
         argv = [*RUN, "analytics", "rebuild", "--nats-url", settings.nats_url, "--db", str(db), "--json"]
-        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, timeout=60)
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, timeout=PHASE_LIMIT)
         assert done.returncode == 0, done.stderr
         rebuilt = json.loads(done.stdout)
         assert rebuilt["where"] == "running projection" and rebuilt["rows"] == total
         more = await publish_more(settings, 100)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + PHASE_LIMIT
         while seen < more:
             assert time.monotonic() < deadline, "ingest did not resume after the rebuild"
             await asyncio.sleep(0.5)
@@ -354,7 +361,7 @@ async def test_reports_work_while_the_projection_runs(
         await publish_one_receipt(settings)
         receipts = 0
         while receipts < 1:
-            assert time.monotonic() < deadline + 30, "receipts stream was not followed"
+            assert time.monotonic() < deadline + PHASE_LIMIT, "receipts stream was not followed"
             await asyncio.sleep(0.5)
             receipts = cli_json(capsys, "sql", "SELECT count(*) AS n FROM receipts", "--db", str(db))[
                 "result"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from projections.analytics.db import AnalyticsDB
+from projections.analytics.db import AnalyticsDB, open_writer
 from projections.analytics.html import render_html
 from projections.analytics.reports import Window, parse_time
 from projections.analytics.schema import create_schema, fold_sessions
@@ -157,3 +159,39 @@ def test_sql_says_when_it_answered_from_the_snapshot(
         writer.close()
     assert main(["sql", "SELECT 1 AS one", "--db", str(path)]) == 0  # the live file: no note
     assert "snapshot" not in capsys.readouterr().err
+
+
+HOLD_READER = """
+import sys, time, duckdb
+conn = duckdb.connect(sys.argv[1], read_only=True)
+conn.execute("SELECT count(*) FROM events").fetchall()
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_starting_writer_waits_for_a_reader_of_the_live_file(tmp_path: Path) -> None:
+    """CI flake: `analytics run` closed its writer to reopen it later; an analyst's query took the
+    file in between and the projection never started. The writer now waits readers out."""
+    path = make_db(tmp_path / "r.duckdb", [started(1, NOW, "s1")])
+
+    async def scenario(hold: float, wait: float) -> AnalyticsDB:
+        reader = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLD_READER, str(path), str(hold), stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert reader.stdout is not None
+            assert await asyncio.wait_for(reader.stdout.readline(), 60) == b"holding\n"
+            return await open_writer(path, wait=wait)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                reader.kill()
+            await reader.wait()
+
+    with pytest.raises(duckdb.IOException, match=r"(?i)lock"):  # another holder for good: a clear error
+        asyncio.run(scenario(hold=30, wait=0.5))
+    writer = asyncio.run(scenario(hold=1.0, wait=60))  # a query's worth of holding: waited out
+    try:
+        assert writer.conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    finally:
+        writer.close()

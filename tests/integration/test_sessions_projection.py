@@ -392,7 +392,7 @@ async def test_unknown_session_is_not_found(settings: Settings, nc: NATS) -> Non
         client = LedgerClient(nc)
         with pytest.raises(LedgerError) as err:
             await client.get_session("A" * 22)
-        assert err.value.code == "not_found"
+        assert err.value.code == "not_found", str(err.value)
         assert (await client.introspect("rt1." + "A" * 22 + ".0." + "B" * 43)).active is False
 
 
