@@ -49,6 +49,34 @@ EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
 LOST_ACK = (nats.errors.TimeoutError, nats.errors.NoRespondersError)  # the append may have landed
 MAX_BATCH = 16  # a family has four event subjects, a user one cut subject
+JOIN_LIMIT = 64  # reads joined into one batch direct get: at most 64 x MAX_BATCH messages back
+Found = tuple[bytes, int, str, str | None]  # data, stream sequence, subject, time stamp
+
+
+class _Join:
+    """The batch reads asked for during one event-loop turn, sent as one request."""
+
+    def __init__(self) -> None:
+        self.callers: list[tuple[list[str], asyncio.Future[tuple[_Found, int | None]]]] = []
+
+
+class _Found:
+    """A batch's messages by subject, and by prefix for ``<prefix>.*`` filters (built once)."""
+
+    def __init__(self, found: list[Found]) -> None:
+        self.exact = {m[2]: m for m in found}
+        self.under: dict[str, list[Found]] = {}
+        for m in found:
+            self.under.setdefault(m[2].rsplit(".", 1)[0], []).append(m)
+
+    def pick(self, filters: list[str]) -> list[Found]:
+        picked: list[Found] = []
+        for f in filters:
+            if f.endswith(".*"):
+                picked.extend(self.under.get(f[:-2], ()))
+            elif (hit := self.exact.get(f)) is not None:
+                picked.append(hit)
+        return picked
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -83,9 +111,11 @@ class EventStore(BaseEventStore):
         self.settings = settings
         self.timeout = settings.request_timeout
         self._direct = f"$JS.API.DIRECT.GET.{settings.stream}."
-        self._batches: dict[str, tuple[list[Msg], asyncio.Future[Msg]]] = {}
+        self._batches: dict[str, tuple[list[Msg], asyncio.Future[Msg], int]] = {}
         self._batch_inbox: str | None = None
         self._batch_ids = 0
+        self._join: _Join | None = None
+        self._join_tasks: set[asyncio.Task[None]] = set()
 
     async def ensure_stream(self) -> None:
         """Create the stream, or bring an existing one to our config (idempotent).
@@ -240,7 +270,7 @@ class EventStore(BaseEventStore):
         if sub is None or self.settings.replicas > 1:
             return await super().family_and_cut(sid)
         family_filter, user_subject = self.subjects.family_filter(sid), self.subjects.user(sub)
-        found, up_to = await self._multi_last([family_filter, user_subject])
+        found, up_to = await self._joined_last([family_filter, user_subject])
         family_msgs = [m for m in found if m[2] != user_subject]
         if not family_msgs or up_to is None:
             return await super().family_and_cut(sid)
@@ -260,9 +290,67 @@ class EventStore(BaseEventStore):
         started, start_seq = await self._facts_for(sid, head)
         return Family(started=started, start_seq=start_seq, head=head.event, head_seq=seq), cut, up_to
 
+    async def user_cut(self, sub: str, sid: str | None = None) -> int | None:
+        """The base class's answer, read through a joined batch get with one replica (the
+        post-commit check of every rotation asks this: one request serves a loop turn's worth)."""
+        if self.settings.replicas > 1:
+            return await super().user_cut(sub, sid)
+        subject = self.subjects.user(sub)
+        found, _ = await self._joined_last([subject])
+        if not found:
+            return None
+        data, seq, _, _ = found[0]
+        try:
+            event = decode_event(data)
+        except (ValidationError, ValueError):
+            event = None
+        if not isinstance(event, UserSessionsRevoked):  # not a ledger event: the careful path
+            return await super().user_cut(sub, sid)
+        return seq if sid is None else effective_cut(seq, event.keep_sid, sid)
+
+    async def _joined_last(self, filters: list[str]) -> tuple[list[Found], int | None]:
+        """``_multi_last(filters)``, joined with the other such reads of this event-loop turn
+        into one batch direct get: one consistent view (under the stream's lock, with the
+        sequence it is complete up to) serves them all, and each caller gets its own subjects.
+        Under load, rotations read and check in one request per turn instead of one each."""
+        loop = asyncio.get_running_loop()
+        join = self._join
+        if join is None or len(join.callers) >= JOIN_LIMIT:
+            join = self._join = _Join()
+            loop.call_soon(self._send_join, join)
+        answer: asyncio.Future[tuple[_Found, int | None]] = loop.create_future()
+        join.callers.append((filters, answer))
+        found, up_to = await answer
+        return found.pick(filters), up_to
+
+    def _send_join(self, join: _Join) -> None:
+        if self._join is join:
+            self._join = None
+        task = asyncio.create_task(self._answer_join(join))
+        self._join_tasks.add(task)
+        task.add_done_callback(self._join_tasks.discard)
+
+    async def _answer_join(self, join: _Join) -> None:
+        wanted = list(dict.fromkeys(f for filters, _ in join.callers for f in filters))
+        try:
+            found, up_to = await self._multi_last(wanted, limit=MAX_BATCH * len(join.callers))
+        except asyncio.CancelledError:
+            for _, answer in join.callers:
+                answer.cancel()
+            raise
+        except Exception as err:  # every caller hears it
+            for _, answer in join.callers:
+                if not answer.done():
+                    answer.set_exception(err)
+            return
+        result = (_Found(found), up_to)
+        for _, answer in join.callers:
+            if not answer.done():
+                answer.set_result(result)
+
     async def _multi_last(
-        self, filters: list[str]
-    ) -> tuple[list[tuple[bytes, int, str, str | None]], int | None]:
+        self, filters: list[str], *, limit: int = MAX_BATCH
+    ) -> tuple[list[Found], int | None]:
         """The last message of every subject matching ``filters`` and the view's upper bound."""
         if self._batch_inbox is None:
             self._batch_inbox = self.nc.new_inbox()
@@ -271,7 +359,7 @@ class EventStore(BaseEventStore):
         token = str(self._batch_ids)
         msgs: list[Msg] = []
         done: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._batches[token] = (msgs, done)
+        self._batches[token] = (msgs, done, limit)
         try:
             request = json.dumps({"multi_last": filters}).encode()
             await self.nc.publish(self._direct.rstrip("."), request, reply=f"{self._batch_inbox}.{token}")
@@ -300,8 +388,8 @@ class EventStore(BaseEventStore):
         entry = self._batches.get(msg.subject.rsplit(".", 1)[-1])
         if entry is None:
             return
-        msgs, done = entry
-        if (msg.headers or {}).get("Status") is None and len(msgs) < MAX_BATCH:
+        msgs, done, limit = entry
+        if (msg.headers or {}).get("Status") is None and len(msgs) < limit:
             msgs.append(msg)
         elif not done.done():
             done.set_result(msg)
