@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import rotation
 from bench.common import Report
 
-SECTIONS = ["rotation", "verify", "reach", "peer", "gateway", "analytics"]
+SECTIONS = ["rotation", "cpu", "verify", "reach", "peer", "gateway", "analytics"]
 
 
 def main() -> None:
@@ -31,6 +31,10 @@ def main() -> None:
         data = Path(tmp)
         if "rotation" in only:
             asyncio.run(rotation.run(report, reps, seconds, data / "rotation"))
+        if "cpu" in only:
+            from bench import cpu
+
+            asyncio.run(cpu.run(report, reps, 20 if args.quick else 40, data / "cpu"))
         if "verify" in only:
             from bench import verify
 
