@@ -47,16 +47,21 @@ async function seed(n) {
   return tokens;
 }
 
+function reply(res, status, body = '') {
+  const headers = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+  res.writeHead(status, headers).end(body);
+}
+
 function seedRoute(req, res) {
   const loopback = ['127.0.0.1', '::ffff:127.0.0.1', '::1'].includes(req.socket.remoteAddress);
   const n = Number(new URL(req.url, 'http://127.0.0.1').searchParams.get('n') ?? '64');
   if (!loopback || req.method !== 'POST' || !Number.isInteger(n) || n < 1 || n > MAX_SEED) {
-    res.writeHead(400).end();
+    reply(res, 400);
     return;
   }
   seed(n).then(
-    (tokens) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(tokens)),
-    (err) => res.writeHead(500).end(String(err)),
+    (tokens) => reply(res, 200, JSON.stringify(tokens)),
+    (err) => reply(res, 500, JSON.stringify({ error: String(err) })),
   );
 }
 

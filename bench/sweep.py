@@ -1,0 +1,227 @@
+"""Concurrency sweep (issue #17): ledger rotation at 1, 16 and 64 in flight on R1, at 64 on a
+3-node R3 cluster, and node-oidc-provider 9 side by side; one run, interleaved.
+
+Every run starts on 64 fresh chains (ledger sessions / provider grants). Worker w of C
+presents, in turn, the newest token of chains w, w+C, w+2C, ...: every level rotates all 64
+chains, so no chain's history grows much longer than another's. ops/s is rotations answered
+over wall time; p50 is the median latency of the run's own requests. The runs of one
+repetition alternate in order (forward, then backward) so that a neighbour's load on the
+shared cores falls on every target alike; ratios are of medians taken in this same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import oidc_peer
+from bench.common import (
+    Report,
+    Row,
+    Stat,
+    cpu_seconds,
+    nats_server,
+    percentile,
+    service_processes,
+    wait_for_service,
+)
+from ledger.client import LedgerClient
+from ledger.config import Settings
+from ledger.streaming.cluster import Cluster, ensure_stream_ready
+from ledger.streaming.connection import connect
+
+LEVELS = (1, 16, 64)
+CHAINS = 64
+MAX_OPS = 500_000  # per run, besides its time bound
+NO_FALL = 0.97  # "does not fall from 16 to 64": within 3% (run-to-run noise on shared cores)
+PEER_TARGET = 1.2
+
+
+@dataclass
+class Sample:
+    ops_s: float
+    p50_ms: float
+    server_cpu_ms: float | None  # CPU of the serving processes per rotation
+    bench_cpu_ms: float  # CPU of this (driving) process per rotation
+
+
+@dataclass(eq=False)  # identity: one per serving setup
+class Target:
+    name: str
+    seed: Callable[[int], Awaitable[list[str]]]  # n fresh chains -> their first tokens
+    rotate: Callable[[str], Awaitable[str]]  # newest token -> its successor
+    pids: list[int]  # the serving processes (CPU accounting)
+    samples: dict[int, list[Sample]] = field(default_factory=dict)
+
+    def stat(self, level: int, what: str = "ops_s") -> Stat:
+        return Stat.of([getattr(s, what) for s in self.samples[level]])
+
+
+async def measure(target: Target, level: int, seconds: float) -> Sample:
+    tokens = await target.seed(CHAINS)
+    latencies: list[float] = []
+    server0, bench0 = cpu_seconds(target.pids), time.process_time()
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def worker(w: int) -> None:
+        mine = range(w, CHAINS, level)
+        k = 0
+        while time.perf_counter() < stop_at and len(latencies) < MAX_OPS:
+            i = mine[k % len(mine)]
+            k += 1
+            t = time.perf_counter()
+            tokens[i] = await target.rotate(tokens[i])
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    await asyncio.gather(*(worker(w) for w in range(level)))
+    elapsed = time.perf_counter() - started
+    server1, bench1 = cpu_seconds(target.pids), time.process_time()
+    n = max(1, len(latencies))
+    server_ms = None if server0 is None or server1 is None else (server1 - server0) * 1000 / n
+    bench_ms = (bench1 - bench0) * 1000 / n
+    return Sample(len(latencies) / elapsed, percentile(latencies, 0.5), server_ms, bench_ms)
+
+
+def ledger_target(name: str, client: LedgerClient, pids: list[int]) -> Target:
+    async def seed(n: int) -> list[str]:
+        pairs = await asyncio.gather(*(client.start_session(f"sweep-{i}") for i in range(n)))
+        return [p.refresh_token for p in pairs]
+
+    async def rotate(token: str) -> str:
+        return (await client.rotate(token)).refresh_token
+
+    return Target(name, seed, rotate, pids)
+
+
+async def _ledger(stack: AsyncExitStack, settings: Settings, nats_pids: list[int]) -> Target:
+    procs = stack.enter_context(service_processes(settings, 1))
+    url = settings.nats_url
+    await wait_for_service(url)
+    client = await stack.enter_async_context(await LedgerClient.connect(url))
+    name = f"ledger R{settings.replicas}"
+    return ledger_target(name, client, [p.pid for p in procs] + nats_pids)
+
+
+async def _r3(stack: AsyncExitStack, data_dir: Path) -> Target:
+    """The same service on a 3-node loopback cluster (ledger.streaming.cluster), stream R3."""
+    cluster = Cluster(data_dir / "cluster", size=3)
+    stack.callback(cluster.stop)  # before start: a node that started is stopped even if another fails
+    await asyncio.to_thread(cluster.start)  # Cluster.start runs its own event loop
+    settings = Settings(nats_url=cluster.url, replicas=3, data_dir=data_dir / "r3")
+    await ensure_stream_ready(settings)
+    target = await _ledger(stack, settings, [s.process.pid for s in cluster.servers if s.process])
+    nc = await connect(cluster.url, "bench-sweep-probe")
+    try:
+        replicas = (await nc.jetstream().stream_info(settings.stream)).config.num_replicas
+    finally:
+        await nc.close()
+    if replicas != 3:
+        raise RuntimeError(f"the R3 run's stream has {replicas} replicas")
+    return target
+
+
+def _cpu_note(target: Target) -> str:
+    parts = []
+    for level in sorted(target.samples):
+        server = [s.server_cpu_ms for s in target.samples[level] if s.server_cpu_ms is not None]
+        bench = Stat.of([s.bench_cpu_ms for s in target.samples[level]]).median
+        srv = f"{Stat.of(server).median:.2f}" if server else "?"
+        parts.append(f"C={level} {srv}/{bench:.2f}")
+    return f"{target.name} CPU ms per rotation (serving processes/bench driver): " + ", ".join(parts)
+
+
+async def run(
+    report: Report, reps: int, seconds: float, data_dir: Path, *, cluster: bool = True, oidc: bool = True
+) -> None:
+    """``cluster``: the C sweep's verdict and the R3 run; ``oidc``: the node-oidc-provider peer."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        server = stack.enter_context(nats_server())
+        assert server.process is not None
+        r1_settings = Settings(nats_url=server.url, data_dir=data_dir / "r1")
+        r1 = await _ledger(stack, r1_settings, [server.process.pid])
+        r3 = await _r3(stack, data_dir) if cluster else None
+        peer_target = None
+        if oidc:
+            reason = oidc_peer.skip_reason()
+            if reason is not None:
+                report.note("oidc", f"node-oidc-provider comparison skipped: {reason}")
+            else:
+                peer = await stack.enter_async_context(oidc_peer.started())
+                name = f"oidc-provider {oidc_peer.version()}"
+                peer_target = Target(name, peer.seed, peer.rotate, [peer.pid])
+
+        plan: list[tuple[Target, int]] = []
+        for level in LEVELS:
+            plan.append((r1, level))
+            if peer_target is not None:
+                plan.append((peer_target, level))
+        if r3 is not None:
+            plan.append((r3, max(LEVELS)))
+        targets = list(dict.fromkeys(t for t, _ in plan))
+        for target in targets:  # warm-up: connections, caches, the JIT
+            await measure(target, 16, min(0.5, seconds / 2))
+        for rep in range(reps):
+            for target, level in plan if rep % 2 == 0 else reversed(plan):
+                target.samples.setdefault(level, []).append(await measure(target, level, seconds))
+
+    _report(report, r1, r3, peer_target)
+
+
+def _report(report: Report, r1: Target, r3: Target | None, peer: Target | None) -> None:
+    top = max(LEVELS)
+    for level in LEVELS:
+        report.add(Row("sweep", f"ledger rotate R1, {level} in flight", "ops/s", r1.stat(level)))
+        report.add(Row("sweep", f"ledger rotate R1, {level} in flight p50", "ms", r1.stat(level, "p50_ms")))
+    if r3 is not None:
+        tp16, tp64 = r1.stat(16), r1.stat(top)
+        report.add(
+            Row(
+                "sweep",
+                "throughput does not fall from 16 to 64 in flight",
+                "ops/s",
+                tp64,
+                "R1, 16 in flight",
+                tp16,
+                f">= {NO_FALL:.2f}x",
+                tp64.median >= NO_FALL * tp16.median,
+            )
+        )
+        r3_tp = r3.stat(top)
+        r3_name = "ledger rotate R3 (3 nodes), 64 in flight"
+        report.add(Row("sweep", r3_name, "ops/s", r3_tp, "R1", r1.stat(top)))
+        report.add(
+            Row(
+                "sweep",
+                "ledger rotate R3 (3 nodes), 64 in flight p50",
+                "ms",
+                r3.stat(top, "p50_ms"),
+                "R1",
+                r1.stat(top, "p50_ms"),
+            )
+        )
+    if peer is not None:
+        for level in LEVELS:
+            report.add(Row("oidc", f"{peer.name} refresh, {level} in flight", "ops/s", peer.stat(level)))
+            p50 = peer.stat(level, "p50_ms")
+            report.add(Row("oidc", f"{peer.name} refresh, {level} in flight p50", "ms", p50))
+            report.add(
+                Row(
+                    "oidc",
+                    f"ledger R1 / peer, {level} in flight",
+                    "ops/s",
+                    r1.stat(level),
+                    "oidc-provider",
+                    peer.stat(level),
+                    f">= {PEER_TARGET:.1f}x",
+                    r1.stat(level).median >= PEER_TARGET * peer.stat(level).median,
+                )
+            )
+    for target in (r1, r3, peer):
+        if target is not None:
+            report.note("sweep", _cpu_note(target))
