@@ -45,8 +45,7 @@ PEER_TARGET = 1.2
 class Sample:
     ops_s: float
     p50_ms: float
-    server_cpu_ms: float | None  # CPU of the serving processes per rotation
-    bench_cpu_ms: float  # CPU of this (driving) process per rotation
+    cpu_ms: dict[str, float]  # CPU per rotation: each group of serving processes, and "bench"
 
 
 @dataclass(eq=False)  # identity: one per serving setup
@@ -54,7 +53,7 @@ class Target:
     name: str
     seed: Callable[[int], Awaitable[list[str]]]  # n fresh chains -> their first tokens
     rotate: Callable[[str], Awaitable[str]]  # newest token -> its successor
-    pids: list[int]  # the serving processes (CPU accounting)
+    pids: dict[str, list[int]]  # the serving processes by role (CPU accounting)
     samples: dict[int, list[Sample]] = field(default_factory=dict)
 
     def stat(self, level: int, what: str = "ops_s") -> Stat:
@@ -64,7 +63,7 @@ class Target:
 async def measure(target: Target, level: int, seconds: float) -> Sample:
     tokens = await target.seed(CHAINS)
     latencies: list[float] = []
-    server0, bench0 = cpu_seconds(target.pids), time.process_time()
+    cpu0 = _cpu(target)
     started = time.perf_counter()
     stop_at = started + seconds
 
@@ -80,14 +79,21 @@ async def measure(target: Target, level: int, seconds: float) -> Sample:
 
     await asyncio.gather(*(worker(w) for w in range(level)))
     elapsed = time.perf_counter() - started
-    server1, bench1 = cpu_seconds(target.pids), time.process_time()
-    n = max(1, len(latencies))
-    server_ms = None if server0 is None or server1 is None else (server1 - server0) * 1000 / n
-    bench_ms = (bench1 - bench0) * 1000 / n
-    return Sample(len(latencies) / elapsed, percentile(latencies, 0.5), server_ms, bench_ms)
+    cpu1, n = _cpu(target), max(1, len(latencies))
+    cpu_ms = {role: (cpu1[role] - cpu0[role]) * 1000 / n for role in cpu0 if role in cpu1}
+    return Sample(len(latencies) / elapsed, percentile(latencies, 0.5), cpu_ms)
 
 
-def ledger_target(name: str, client: LedgerClient, pids: list[int]) -> Target:
+def _cpu(target: Target) -> dict[str, float]:
+    """CPU seconds so far of each role's processes (a role is left out where /proc is not)."""
+    out = {"bench": time.process_time()}
+    for role, pids in target.pids.items():
+        if (seconds := cpu_seconds(pids)) is not None:
+            out[role] = seconds
+    return out
+
+
+def ledger_target(name: str, client: LedgerClient, pids: dict[str, list[int]]) -> Target:
     async def seed(n: int) -> list[str]:
         pairs = await asyncio.gather(*(client.start_session(f"sweep-{i}") for i in range(n)))
         return [p.refresh_token for p in pairs]
@@ -104,7 +110,7 @@ async def _ledger(stack: AsyncExitStack, settings: Settings, nats_pids: list[int
     await wait_for_service(url)
     client = await stack.enter_async_context(await LedgerClient.connect(url))
     name = f"ledger R{settings.replicas}"
-    return ledger_target(name, client, [p.pid for p in procs] + nats_pids)
+    return ledger_target(name, client, {"service": [p.pid for p in procs], "nats": nats_pids})
 
 
 async def _r3(stack: AsyncExitStack, data_dir: Path) -> Target:
@@ -126,13 +132,17 @@ async def _r3(stack: AsyncExitStack, data_dir: Path) -> Target:
 
 
 def _cpu_note(target: Target) -> str:
+    """Median CPU ms per rotation of each role: where a rotation's time goes, and whether the
+    driver (this process) rather than the server was the limit."""
+    roles = [*target.pids, "bench"]
     parts = []
     for level in sorted(target.samples):
-        server = [s.server_cpu_ms for s in target.samples[level] if s.server_cpu_ms is not None]
-        bench = Stat.of([s.bench_cpu_ms for s in target.samples[level]]).median
-        srv = f"{Stat.of(server).median:.2f}" if server else "?"
-        parts.append(f"C={level} {srv}/{bench:.2f}")
-    return f"{target.name} CPU ms per rotation (serving processes/bench driver): " + ", ".join(parts)
+        medians = []
+        for role in roles:
+            values = [s.cpu_ms[role] for s in target.samples[level] if role in s.cpu_ms]
+            medians.append(f"{Stat.of(values).median:.2f}" if values else "?")
+        parts.append(f"C={level} " + "/".join(medians))
+    return f"{target.name} CPU ms per rotation ({'/'.join(roles)}): " + ", ".join(parts)
 
 
 async def run(
@@ -154,7 +164,7 @@ async def run(
             else:
                 peer = await stack.enter_async_context(oidc_peer.started())
                 name = f"oidc-provider {oidc_peer.version()}"
-                peer_target = Target(name, peer.seed, peer.rotate, [peer.pid])
+                peer_target = Target(name, peer.seed, peer.rotate, {"node": [peer.pid]})
 
         plan: list[tuple[Target, int]] = []
         for level in LEVELS:
