@@ -37,7 +37,7 @@ def main() -> None:
         if "sweep" in only or "oidc" in only:
             from bench import sweep
 
-            sections = {"cluster": "sweep" in only, "oidc": "oidc" in only}
+            sections = {"r3": "sweep" in only, "oidc": "oidc" in only}
             asyncio.run(sweep.run(report, reps, seconds, data / "sweep", **sections))
         if "verify" in only:
             from bench import verify

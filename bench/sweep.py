@@ -131,6 +131,20 @@ async def _r3(stack: AsyncExitStack, data_dir: Path) -> Target:
     return target
 
 
+async def _peer(stack: AsyncExitStack, report: Report) -> Target | None:
+    reason = oidc_peer.skip_reason()
+    if reason is None:
+        try:
+            peer = await stack.enter_async_context(oidc_peer.started())
+        except RuntimeError as err:  # e.g. a node too old for oidc-provider 9
+            reason = str(err)
+        else:
+            name = f"oidc-provider {oidc_peer.version()}"
+            return Target(name, peer.seed, peer.rotate, {"node": [peer.pid]})
+    report.note("oidc", f"node-oidc-provider comparison skipped: {reason}")
+    return None
+
+
 def _cpu_note(target: Target) -> str:
     """Median CPU ms per rotation of each role: where a rotation's time goes, and whether the
     driver (this process) rather than the server was the limit."""
@@ -146,33 +160,26 @@ def _cpu_note(target: Target) -> str:
 
 
 async def run(
-    report: Report, reps: int, seconds: float, data_dir: Path, *, cluster: bool = True, oidc: bool = True
+    report: Report, reps: int, seconds: float, data_dir: Path, *, r3: bool = True, oidc: bool = True
 ) -> None:
-    """``cluster``: the C sweep's verdict and the R3 run; ``oidc``: the node-oidc-provider peer."""
+    """The ledger's R1 sweep always; ``r3``: the 16->64 verdict and the R3 run (section "sweep");
+    ``oidc``: node-oidc-provider side by side (section "oidc"), skipped with a note if absent."""
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         server = stack.enter_context(nats_server())
         assert server.process is not None
         r1_settings = Settings(nats_url=server.url, data_dir=data_dir / "r1")
         r1 = await _ledger(stack, r1_settings, [server.process.pid])
-        r3 = await _r3(stack, data_dir) if cluster else None
-        peer_target = None
-        if oidc:
-            reason = oidc_peer.skip_reason()
-            if reason is not None:
-                report.note("oidc", f"node-oidc-provider comparison skipped: {reason}")
-            else:
-                peer = await stack.enter_async_context(oidc_peer.started())
-                name = f"oidc-provider {oidc_peer.version()}"
-                peer_target = Target(name, peer.seed, peer.rotate, {"node": [peer.pid]})
+        r3_target = await _r3(stack, data_dir) if r3 else None
+        peer_target = await _peer(stack, report) if oidc else None
 
         plan: list[tuple[Target, int]] = []
         for level in LEVELS:
             plan.append((r1, level))
             if peer_target is not None:
                 plan.append((peer_target, level))
-        if r3 is not None:
-            plan.append((r3, max(LEVELS)))
+        if r3_target is not None:
+            plan.append((r3_target, max(LEVELS)))
         targets = list(dict.fromkeys(t for t, _ in plan))
         for target in targets:  # warm-up: connections, caches, the JIT
             await measure(target, 16, min(0.5, seconds / 2))
@@ -180,7 +187,7 @@ async def run(
             for target, level in plan if rep % 2 == 0 else reversed(plan):
                 target.samples.setdefault(level, []).append(await measure(target, level, seconds))
 
-    _report(report, r1, r3, peer_target)
+    _report(report, r1, r3_target, peer_target)
 
 
 def _report(report: Report, r1: Target, r3: Target | None, peer: Target | None) -> None:
