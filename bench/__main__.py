@@ -1,6 +1,9 @@
 """``python -m bench``: every figure beside the raw primitive it is built on, same run.
 
 Options: --quick (shorter runs), --only SECTION[,SECTION], --out PATH (JSON results).
+Sections "sweep" (rotation at 1/16/64 in flight, R1 and R3) and "oidc" (node-oidc-provider 9
+side by side; needs `cd bench/peers/oidc && npm ci`, else skipped with a note) share one
+interleaved run when both are chosen.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from bench import rotation
 from bench.common import Report
 
-SECTIONS = ["rotation", "cpu", "verify", "reach", "peer", "gateway", "analytics"]
+SECTIONS = ["rotation", "cpu", "sweep", "oidc", "verify", "reach", "peer", "gateway", "analytics"]
 
 
 def main() -> None:
@@ -35,6 +38,11 @@ def main() -> None:
             from bench import cpu
 
             asyncio.run(cpu.run(report, reps, 20 if args.quick else 40, data / "cpu"))
+        if "sweep" in only or "oidc" in only:
+            from bench import sweep
+
+            sections = {"r3": "sweep" in only, "oidc": "oidc" in only}
+            asyncio.run(sweep.run(report, reps, seconds, data / "sweep", **sections))
         if "verify" in only:
             from bench import verify
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -51,15 +52,22 @@ class Row:
 @dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
         print(_line(row), flush=True)
         return row
 
+    def note(self, section: str, text: str) -> None:
+        """A line under the table: a section skipped and why, or how to read its figures."""
+        self.notes.append(f"{section}: {text}")
+        print(f"{section:<10} note: {text}", flush=True)
+
     def table(self) -> str:
         head = _cols("section", "measure", "median", "[min..max]", "unit", "ratio", "target")
-        return "\n".join([head, "-" * len(head), *(_line(r) for r in self.rows)])
+        notes = ["", *(f"note - {n}" for n in self.notes)] if self.notes else []
+        return "\n".join([head, "-" * len(head), *(_line(r) for r in self.rows), *notes])
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +108,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds the processes ``pids`` have used so far (Linux /proc), else None."""
+    total = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 @contextmanager
 def nats_server() -> Iterator[NatsServer]:
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
@@ -112,9 +132,16 @@ def nats_server() -> Iterator[NatsServer]:
 
 @contextmanager
 def service_processes(settings: Settings, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Ledger service instances as separate processes, as they run in production."""
+    """Ledger service instances as separate processes, as they run in production.
+
+    The command line carries the URL and the data dir; ``replicas`` goes by the environment
+    (an R3 stream would otherwise be put back to R1 by the service's own stream check).
+    """
+    env = {**os.environ, "LEDGER_REPLICAS": str(settings.replicas)}
     procs = [
-        subprocess.Popen(service_command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            service_command(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
         for _ in range(count)
     ]
     try:

@@ -10,33 +10,31 @@ this reads the user+system time of the ledger service process and of nats-server
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.common import Report, Row, Stat, nats_server, service_processes, wait_for_service
+from bench.common import Report, Row, Stat, cpu_seconds, nats_server, service_processes, wait_for_service
 from bench.rotation import FAMILIES, _ledger_ops, _raw_rotation, _raw_stream
 from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.streaming.connection import connect
 
-TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15)
+def _cpu(pid: int) -> float:
+    seconds = cpu_seconds([pid])
+    if seconds is None:
+        raise RuntimeError(f"no CPU time for PID {pid} (needs Linux /proc)")
+    return seconds
 
 
 async def _spend(
     op: Callable[[int], Awaitable[None]], per_chain: int, pids: dict[str, int]
 ) -> dict[str, float]:
     """Run ``per_chain`` operations on each of the 64 chains; CPU microseconds per operation."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: _cpu(pid) for name, pid in pids.items()}
     mine = time.process_time()
 
     async def chain(i: int) -> None:
@@ -45,7 +43,7 @@ async def _spend(
 
     await asyncio.gather(*(chain(i) for i in range(FAMILIES)))
     count = per_chain * FAMILIES
-    spent = {name: (cpu_seconds(pid) - before[name]) / count * 1e6 for name, pid in pids.items()}
+    spent = {name: (_cpu(pid) - before[name]) / count * 1e6 for name, pid in pids.items()}
     spent["client"] = (time.process_time() - mine) / count * 1e6
     return spent
 
