@@ -1,6 +1,7 @@
 """``python -m bench``: every figure beside the raw primitive it is built on, same run.
 
-Options: --quick (shorter runs), --only SECTION[,SECTION], --out PATH (JSON results).
+Options: --quick (shorter runs), --only SECTION[,SECTION], --out PATH (JSON results),
+--ingest-events N (analytics growth curve length).
 Sections "sweep" (rotation at 1/16/64 in flight, R1 and R3) and "oidc" (node-oidc-provider 9
 side by side; needs `cd bench/peers/oidc && npm ci`, else skipped with a note) share one
 interleaved run when both are chosen.
@@ -25,6 +26,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer/shorter repetitions")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections: {','.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument(
+        "--ingest-events",
+        type=int,
+        default=None,
+        help="analytics: events ingested for the growth curve (default 1,000,000; --quick 200,000); "
+        "10,000,000 needs ~6 GB of disk and tens of minutes",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     reps, seconds = (3, 1.0) if args.quick else (5, 2.0)
@@ -62,7 +70,11 @@ def main() -> None:
         if "analytics" in only:
             from bench import analytics
 
-            asyncio.run(analytics.run(report, quick=args.quick, data=data / "analytics"))
+            asyncio.run(
+                analytics.run(
+                    report, quick=args.quick, data=data / "analytics", ingest_events=args.ingest_events
+                )
+            )
     print()
     print(report.table())
     report.write(args.out)

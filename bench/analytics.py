@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench.analytics_ingest import load, projection, raw_pull, report_seconds
+from bench.analytics_ingest import load, projection, raw_pull, report_seconds, window_rates
 from bench.common import Report, Row, Stat
 from ledger.config import Settings
 from ledger.streaming.embedded import NatsServer, free_port
@@ -38,6 +38,22 @@ def _replicate(db_path: Path, total: int) -> int:
         return int(result[0]) if result else 0
 
 
+def growth(report: Report, marks: list[tuple[int, float]], raw: Stat, at: list[int]) -> None:
+    """The ingest rate while the file holds m events (the last 10% before m), beside the raw pull:
+    a flat curve means a batch costs the same in a big file as in a small one."""
+    rates = window_rates(marks, at)
+    for m, r in rates.items():
+        value = Stat(r, r, r)
+        met = r >= 0.7 * raw.median
+        report.add(Row("analytics", f"ingest at {m:,} events (last 10%)", "ev/s", value, "raw pull", raw,
+                       ">= 0.70x", met))  # fmt: skip
+    if len(rates) > 1:
+        first, last = rates[min(rates)], rates[max(rates)]
+        flat = Stat(last / first, last / first, last / first)
+        report.add(Row("analytics", f"ingest rate at {max(rates):,} / at {min(rates):,} events", "x", flat,
+                       target=">= 0.80x", met=flat.median >= 0.8))  # fmt: skip
+
+
 def _summary_seconds(db_path: Path, reps: int) -> Stat:
     with duckdb.connect(str(db_path), read_only=True) as conn:
         w = window(conn, None, None)
@@ -49,15 +65,22 @@ def _summary_seconds(db_path: Path, reps: int) -> Stat:
     return Stat.of(times)
 
 
-async def run(report: Report, *, quick: bool, data: Path) -> None:
-    n = 200_000 if quick else 1_000_000
+GROWTH_AT = (100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
+
+
+async def run(report: Report, *, quick: bool, data: Path, ingest_events: int | None = None) -> None:
+    n = ingest_events or (200_000 if quick else 1_000_000)
     server = NatsServer(store_dir=data / "js", port=free_port()).start()
+    marks: list[tuple[int, float]] = []
     try:
         settings = Settings(nats_url=server.url, data_dir=data / "data")
         await load(settings, n)
-        raw = Stat.of([await raw_pull(settings, n, BATCH, nats_py_fetch=False)])
+        # The raw pull before and after the ingest: the machine is shared, the ratio is same-run.
+        raws = [await raw_pull(settings, n, BATCH, nats_py_fetch=False)]
         db_path = data / "data" / "analytics.duckdb"
-        ingest = Stat.of([await projection(settings, db_path, BATCH)])
+        ingest = Stat.of([await projection(settings, db_path, BATCH, marks)])
+        raws.append(await raw_pull(settings, n, BATCH, nats_py_fetch=False))
+        raw = Stat.of(raws)
     finally:
         server.stop()
     report.add(Row("analytics", f"raw pull consumer, {n:,} events", "ev/s", raw))
@@ -73,6 +96,7 @@ async def run(report: Report, *, quick: bool, data: Path) -> None:
             ingest.median >= 0.7 * raw.median,
         )
     )
+    growth(report, marks, raw, [m for m in GROWTH_AT if m < n] + [n])
     summary_n = Stat.of([report_seconds(db_path)["summary"]])
     report.add(Row("analytics", f"summary report over {n:,} events", "s", summary_n))
     rows = _replicate(db_path, TEN_MILLION)

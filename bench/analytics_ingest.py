@@ -25,9 +25,11 @@ from ledger.streaming.connection import connect
 from ledger.streaming.embedded import NatsServer, free_port
 from ledger.streaming.pull import Puller
 from ledger.streaming.store import EventStore
-from projections.analytics.projection import BATCH, AnalyticsDB, AnalyticsProjection, open_reader
+from projections.analytics.projection import BATCH, AnalyticsDB, AnalyticsProjection, Progress, open_reader
 from projections.analytics.reports import build, window
 from session_ledger.sim.synthetic import synthetic_events
+
+LOAD_WAIT = 600.0  # seconds the stream may take to hold every published event
 
 
 async def load(settings: Settings, n: int) -> float:
@@ -40,7 +42,10 @@ async def load(settings: Settings, n: int) -> float:
             await nc.publish(subject, payload)
             if i % 20_000 == 0:
                 await nc.flush()  # keep the server's slow-consumer guard happy
+        give_up = time.monotonic() + LOAD_WAIT
         while (await js.stream_info(settings.stream)).state.messages < n:
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"the stream did not reach {n} events in {LOAD_WAIT:.0f} s")
             await asyncio.sleep(0.1)
         return n / (time.perf_counter() - began)
     finally:
@@ -61,7 +66,8 @@ async def raw_pull(settings: Settings, n: int, batch: int, *, nats_py_fetch: boo
         else:
             puller = await Puller(nc, settings.stream, durable).start()
         got, began = 0, time.perf_counter()
-        while got < n:
+        give_up = time.monotonic() + max(60.0, n / 2_000)  # far below any rate seen: a stuck pull
+        while got < n and time.monotonic() < give_up:
             if nats_py_fetch:
                 try:
                     msgs = await sub.fetch(batch, timeout=2.0)
@@ -79,15 +85,39 @@ async def raw_pull(settings: Settings, n: int, batch: int, *, nats_py_fetch: boo
         await nc.drain()
 
 
-async def projection(settings: Settings, db_path: Path, batch: int) -> float:
-    """Events/s until the rows are durable in the file: the final CHECKPOINT (on close) counts."""
+async def projection(
+    settings: Settings, db_path: Path, batch: int, marks: list[tuple[int, float]] | None = None
+) -> float:
+    """Events/s until the rows are durable in the file: the final CHECKPOINT (on close) counts.
+    ``marks`` gets (events applied, seconds since start) after every batch: the growth curve."""
     db = AnalyticsDB(db_path)
     began = time.perf_counter()
+
+    def mark(p: Progress) -> None:
+        if marks is not None:
+            marks.append((p.applied, time.perf_counter() - began))
+
     try:
-        progress = await AnalyticsProjection(settings, db, batch=batch, snapshot_every=None).catch_up()
+        progress = await AnalyticsProjection(settings, db, batch=batch, snapshot_every=None).catch_up(mark)
     finally:
         db.close()
     return progress.applied / (time.perf_counter() - began)
+
+
+def window_rates(marks: list[tuple[int, float]], at: list[int], width: float = 0.1) -> dict[int, float]:
+    """Ingest rate over the batches that end in (m - width*m, m], for each m of ``at`` reached:
+    the rate while the file holds about m events (flat = ingest does not slow as it grows)."""
+    out = {}
+    for m in at:
+        inside = [(n, t) for n, t in marks if m * (1 - width) <= n <= m]
+        before = [(n, t) for n, t in marks if n < m * (1 - width)]
+        if not inside:
+            continue
+        n0, t0 = before[-1] if before else (0, 0.0)
+        n1, t1 = inside[-1]
+        if t1 > t0:
+            out[m] = (n1 - n0) / (t1 - t0)
+    return out
 
 
 def report_seconds(db_path: Path) -> dict[str, float]:

@@ -203,3 +203,50 @@ def test_a_version_2_file_gets_session_facts_folded_again_without_refused_rotati
     assert conn.execute("SELECT value FROM analytics_meta WHERE key = 'schema_version'").fetchone() == (
         SCHEMA_VERSION,
     )
+
+
+# Events with a keep_sid ("sign out the other devices") and two users, for the table comparison.
+cut_event = st.tuples(
+    st.sampled_from((*KINDS, "UserSessionsRevoked")),
+    st.integers(0, 3),  # which session (for a cut: the one it keeps, or 3 = none)
+    st.integers(0, 1),
+    st.integers(-1, 700).map(lambda s: None if s < 0 else s),
+    st.sampled_from(("logout", "admin", None)),
+)
+
+
+def _rows_with_data(events: list[tuple[str, int, int, int | None, str | None]]) -> list[tuple[object, ...]]:
+    rows = []
+    for row, (kind, s, _, _, _) in zip(_rows(events), events, strict=True):
+        keep = f'{{"keep_sid": "s{s}"}}' if kind == "UserSessionsRevoked" and s < 3 else None
+        rows.append((*row, keep))
+    return rows
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(cut_event, min_size=1, max_size=40), st.lists(st.integers(0, 40), max_size=6))
+def test_the_incremental_fold_gives_the_table_a_full_fold_gives(
+    events: list[tuple[str, int, int, int | None, str | None]], cuts: list[int]
+) -> None:
+    """Folding batch by batch (only the batch's sessions are read and rewritten) leaves exactly the
+    rows one fold of every event leaves: refused rotations, keep_sid cuts and duplicate starts too."""
+    rows = _rows_with_data(events)
+    insert = (
+        "INSERT INTO events (seq, subject, type, occurred_at, sid, sub, generation, idle_ttl_s, "
+        "absolute_ttl_s, reason, data) VALUES (?, 's', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    batched = duckdb.connect()
+    create_schema(batched)
+    last = 0
+    for end in [*sorted(set(cuts)), len(rows)]:
+        if rows[last:end]:
+            batched.executemany(insert, rows[last:end])
+            batched.execute("BEGIN TRANSACTION")  # as ingest does: one transaction per batch
+            fold_sessions(batched, last)
+            batched.execute("COMMIT")
+            last = end
+    whole = duckdb.connect()
+    create_schema(whole)
+    whole.executemany(insert, rows)
+    fold_sessions(whole, 0)
+    assert _folded(batched) == _folded(whole)
