@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import duckdb
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -113,6 +114,7 @@ def _ingest(conn: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]], cut
             last = end
 
 
+@pytest.mark.timeout(600)  # hypothesis runs 60 DuckDB folds: minutes on a busy CI box
 @settings(max_examples=60, deadline=None)
 @example(  # a user revocation after t must not end the session as of t
     [("SessionStarted", 0, 0, 10, None), ("UserSessionsRevoked", 0, 0, 500, "admin")], [1], [100]
@@ -223,6 +225,7 @@ def _rows_with_data(events: list[tuple[str, int, int, int | None, str | None]]) 
     return rows
 
 
+@pytest.mark.timeout(600)  # 40 examples, each folded batch by batch and at once
 @settings(max_examples=40, deadline=None)
 @given(st.lists(cut_event, min_size=1, max_size=40), st.lists(st.integers(0, 40), max_size=6))
 def test_the_incremental_fold_gives_the_table_a_full_fold_gives(
