@@ -127,29 +127,26 @@ class EdgeVerifier:
     # -- verification (synchronous, no I/O) ---------------------------------------------
 
     def verify(self, token: str) -> AccessClaims:
-        """Claims of a valid, unrevoked token, or ``TokenRejected(reason)``."""
+        """Claims of a valid, unrevoked token, or ``TokenRejected(reason)``. One frame: this is
+        the per-request path, where a call costs about a percent of an RS256 check."""
         try:
-            claims = self._verify(token)
+            if not self.fail_open and not self._serving_at(time.monotonic()):
+                raise TokenRejected(RejectReason.STALE)
+            claims = self._cache.get(token)
+            if claims is None:
+                claims = check_signature(token, self.keys, self.expect, now=self.clock())
+                cache = self._cache
+                cache[token] = claims
+                if len(cache) > CACHE_SIZE:
+                    del cache[next(iter(cache))]  # the oldest: a dict keeps insertion order
+            else:
+                self.keys.lookup(claims.kid)  # the key may have been retired since
+                check_times(claims, now=self.clock(), leeway=self.expect.leeway)
+            self.revocations.check(claims)
         except TokenRejected as err:
             self.stats[f"rejected.{err.reason.value}"] += 1
             raise
         self.stats["accepted"] += 1
-        return claims
-
-    def _verify(self, token: str) -> AccessClaims:
-        if not self.fail_open and not self._serving_at(time.monotonic()):
-            raise TokenRejected(RejectReason.STALE)
-        claims = self._cache.get(token)
-        if claims is None:
-            claims = check_signature(token, self.keys, self.expect, now=self.clock())
-            cache = self._cache
-            cache[token] = claims
-            if len(cache) > CACHE_SIZE:
-                del cache[next(iter(cache))]  # the oldest: a dict keeps insertion order
-        else:
-            self.keys.lookup(claims.kid)  # the key may have been retired since
-            check_times(claims, now=self.clock(), leeway=self.expect.leeway)
-        self.revocations.check(claims)
         return claims
 
     def serving(self) -> bool:

@@ -340,7 +340,7 @@ def _b64(segment: bytes) -> bytes:
         raise TokenRejected(RejectReason.MALFORMED) from None
 
 
-JSON_SCAN = json.JSONDecoder().raw_decode
+JSON_SCAN = json.JSONDecoder().scan_once  # json.loads' own C scanner, without raw_decode's frame
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -351,8 +351,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise TokenRejected(RejectReason.MALFORMED)
     try:
         text = raw.decode()
-        data, end = JSON_SCAN(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        data, end = JSON_SCAN(text, 0)
+    except (StopIteration, ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError: ValueErrors
         return _json_loads(raw)
     if end != len(text) or type(data) is not dict:
         return _json_loads(raw)
