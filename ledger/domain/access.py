@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import functools
 import json
+import json.scanner
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -340,7 +341,8 @@ def _b64(segment: bytes) -> bytes:
         raise TokenRejected(RejectReason.MALFORMED) from None
 
 
-JSON_SCAN = json.JSONDecoder().scan_once  # json.loads' own C scanner, without raw_decode's frame
+# json.loads' own C scanner (what JSONDecoder builds), called without raw_decode's frame
+JSON_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # duck-typed context
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
