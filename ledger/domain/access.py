@@ -14,7 +14,6 @@ import binascii
 import functools
 import json
 import json.scanner
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,7 +32,6 @@ from ledger.domain.keys import proof_kid, statement_of
 
 MAX_TOKEN_CHARS = 8192  # a real access token is well under 1 kB
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
-SEGMENTS_RE = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)", re.ASCII)
 ALGORITHMS = ("ES256", "EdDSA", "RS256")  # the allow-list: a key is learnt only for one of these
 REQUIRED = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "ssq"]
 MAX_INT_CLAIM = 2**53  # exp, nbf, iat, ssq: JSON-safe integers, and always comparable with a float
@@ -311,17 +309,6 @@ def _header(segment: bytes) -> tuple[str | None, object, RejectReason | None]:
         fault = RejectReason.MALFORMED  # no critical extension is understood here
     usable_kid = kid if isinstance(kid, str) and KID_RE.fullmatch(kid) else None
     return usable_kid, header.get("alg"), fault
-
-
-def header_kid(token: str) -> str | None:
-    """The ``kid`` of a well-formed JWS header (to look its key up), else None. Judges nothing."""
-    if len(token) > MAX_TOKEN_CHARS or (match := SEGMENTS_RE.fullmatch(token)) is None:
-        return None
-    try:
-        kid = _json_object(_b64(match[1].encode().translate(TO_STANDARD_B64))).get("kid")
-    except TokenRejected:
-        return None
-    return kid if isinstance(kid, str) and KID_RE.fullmatch(kid) else None
 
 
 def check_times(claims: AccessClaims, *, now: float, leeway: float) -> None:
