@@ -48,8 +48,9 @@ EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
 LOST_ACK = (nats.errors.TimeoutError, nats.errors.NoRespondersError)  # the append may have landed
-MAX_BATCH = 16  # a family has four event subjects, a user one cut subject
-JOIN_LIMIT = 64  # reads joined into one batch direct get: at most 64 x MAX_BATCH messages back
+MAX_BATCH = 16  # a family has five event subjects, a user one cut subject
+SERVER_MULTI_LAST_MAX = 1024  # nats-server answers 413 "Too Many Results" past this many subjects
+JOIN_LIMIT = SERVER_MULTI_LAST_MAX // MAX_BATCH  # reads joined into one batch direct get (64)
 Found = tuple[bytes, int, str, str | None]  # data, stream sequence, subject, time stamp
 
 
