@@ -1,15 +1,26 @@
-"""Access tokens: short-lived JWTs signed with the active asymmetric key (``kid`` in the header)."""
+"""Access tokens: short-lived JWTs signed with the active asymmetric key (``kid`` in the header).
+
+A token is a JWS compact serialisation built here (header encoded once per key, claims with
+``json.dumps``, the signature from ``cryptography``): PyJWT's ``encode`` did the same work
+with twice the cost per token on the rotation path (68 vs 33 us for ES256). Every verifier
+still checks the result with standard libraries (PyJWT, joserfc, jose in Node: tests).
+"""
 
 from __future__ import annotations
 
-import uuid
+import base64
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ledger.domain.events import AuthContext
-from ledger.service.keys import SigningKey
+from ledger.service.keys import PrivateKey, SigningKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +40,9 @@ class AccessTokenSigner:
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
-        self._headers = {"kid": key.kid, "typ": "at+jwt"}
+        header = {"alg": key.alg, "kid": key.kid, "typ": "at+jwt"}
+        self._header = _b64(json.dumps(header, separators=(",", ":")).encode()) + b"."
+        self._sign = jws_signer(key.alg, key.private)
 
     def current(self, now: datetime) -> AccessTokenSigner:
         """A fixed signer is its own current signer (``ServiceKeys`` picks one per moment)."""
@@ -44,7 +57,7 @@ class AccessTokenSigner:
             "aud": self.audience,
             "sub": grant.sub,
             "sid": grant.sid,
-            "jti": uuid.uuid4().hex,
+            "jti": os.urandom(16).hex(),
             "iat": iat,
             "nbf": iat,
             "exp": int(exp.timestamp()),
@@ -56,8 +69,32 @@ class AccessTokenSigner:
             claims["client_id"] = grant.client_id
         if grant.auth is not None:
             claims.update(auth_claims(grant.auth))
-        token = jwt.encode(claims, self.key.private, algorithm=self.key.alg, headers=self._headers)
-        return token, exp.replace(microsecond=0)
+        signing_input = self._header + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        token = signing_input + b"." + _b64(self._sign(signing_input))
+        return token.decode("ascii"), exp.replace(microsecond=0)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def jws_signer(alg: str, key: PrivateKey) -> Callable[[bytes], bytes]:
+    """The JWS signature function for ``alg`` (RFC 7518 3.3, 3.4; RFC 8037): ES256 as the raw
+    32-byte ``r || s``, not DER. Only the allow-listed algorithms, each with its own key type."""
+    if alg == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        ecdsa = ec.ECDSA(hashes.SHA256())
+
+        def es256(data: bytes) -> bytes:
+            r, s = decode_dss_signature(key.sign(data, ecdsa))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        return es256
+    if alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign
+    if alg == "RS256" and isinstance(key, rsa.RSAPrivateKey):
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+        return lambda data: key.sign(data, pkcs1, sha256)
+    raise ValueError(f"a {type(key).__name__} cannot sign {alg!r}")
 
 
 def auth_claims(auth: AuthContext) -> dict[str, object]:
