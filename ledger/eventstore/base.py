@@ -86,6 +86,12 @@ class BaseEventStore(ABC):
             raise LedgerError(f"family {sid} holds a foreign event")
         return Family(started=facts[0], start_seq=facts[1], head=event, head_seq=position)
 
+    def remember_start(self, started: SessionStarted, seq: int) -> None:
+        """A family's facts as its writer appended them (later reads of it are then one batch)."""
+        self._facts[started.sid] = (started, seq)
+        if len(self._facts) > FACTS_CACHE_SIZE:
+            self._facts.popitem(last=False)
+
     def cached_sub(self, sid: str) -> str | None:
         cached = self._facts.get(sid)
         return None if cached is None else cached[0].sub
@@ -100,9 +106,7 @@ class BaseEventStore(ABC):
             if rec is None or not isinstance(rec.event, SessionStarted):
                 raise LedgerError(f"family {sid} has no SessionStarted")
             facts = (rec.event, rec.seq)
-        self._facts[sid] = facts
-        if len(self._facts) > FACTS_CACHE_SIZE:
-            self._facts.popitem(last=False)
+        self.remember_start(*facts)
         return facts
 
     async def family_and_cut(self, sid: str) -> tuple[Family | None, int | None, int | None]:

@@ -34,6 +34,7 @@ from ledger.domain.decide import Family, Ids, Policy
 from ledger.domain.errors import (
     ConcurrencyConflict,
     ConfigError,
+    LedgerError,
     SessionRevokedError,
     TokenInvalid,
     TokenReused,
@@ -44,6 +45,7 @@ from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.keys import added_statement
 from ledger.domain.refresh import RefreshToken, TokenKeys
 from ledger.eventstore.base import BaseEventStore
+from ledger.service.heads import Heads
 from ledger.service.keys import ROOT_PRIVATE, SigningKey, load_root_key, sign_statement
 from ledger.service.limits import SessionLimiter
 from ledger.service.signer import AccessGrant, AccessTokenSigner
@@ -85,6 +87,7 @@ class LedgerService:
         self.ring = ring  # the trusted public keys (the key events), to judge revoke_access tokens
         self.expect = Expectations(settings.issuer, settings.audience)
         self.limiter = SessionLimiter(store, settings, clock, self._evict)
+        self.heads = Heads()  # each family's head as this instance last wrote or read it
 
     async def publish_signing_key(self, seen: int) -> None:
         """The ledger's first key: publish the key directory's key when no trusted key event
@@ -147,6 +150,8 @@ class LedgerService:
                 expect=(self.subjects.family_filter(first.sid), 0),
             )
             family = decide.evolve(None, event, seq)
+            self.store.remember_start(event, seq)
+            self.heads.put(family, None)
         except ConcurrencyConflict:
             if req.idempotency_key is None:
                 raise Unavailable("session id collision; retry") from None
@@ -180,30 +185,26 @@ class LedgerService:
     async def rotate(self, req: RotateRequest) -> TokenPair:
         token = refresh.parse(req.refresh_token)
         client = self._device(req.client)
+        hint = self.heads.get(token.sid)
+        if hint is not None:
+            pair = await self._rotate_on_hint(*hint, token, req.client_id, client)
+            if pair is not None:
+                return pair
         for _ in range(MAX_CAS_ATTEMPTS):
             family, cut, complete_to = await self.store.family_and_cut(token.sid)
             _check_client(family, req.client_id)
             now = self.clock()
-            outcome = decide.rotate(
-                family,
-                token,
-                user_cut_seq=cut,
-                keys=self.keys,
-                policy=self.policy,
-                now=now,
-                ids=Ids((new_event_id(), new_event_id())),
-                device=client,
-            )
+            outcome = self._decide_rotation(family, token, cut, now, client)
             assert family is not None
             try:
                 if isinstance(outcome, decide.Retried):
+                    self.heads.put(family, cut)
                     return self._pair(family, outcome.successor, now)
                 if isinstance(outcome, decide.Rotated):
                     seq = await self._append_family(family, outcome.events)
                     if complete_to is None or seq != complete_to + len(outcome.events):
                         await self._check_user_cut_after(family, seq)  # something came between
-                    rotated = decide.evolve(family, outcome.events[0], seq)
-                    return self._pair(rotated, outcome.successor, now)
+                    return self._rotated(family, outcome, seq, cut, now)
                 for event in outcome.user_events:  # widest revocation first: a crash can't narrow it
                     await self.store.append(self.subjects.user(event.sub), event)
                 await self._append_family(family, outcome.family_events)
@@ -218,6 +219,59 @@ class LedgerService:
             except ConcurrencyConflict:
                 continue  # another writer extended the family first: re-read, decide again
         raise Unavailable("too much contention on this session; retry")
+
+    async def _rotate_on_hint(
+        self,
+        family: Family,
+        cut: int | None,
+        token: RefreshToken,
+        client_id: str | None,
+        client: DeviceInfo | None,
+    ) -> TokenPair | None:
+        """Rotate from what this instance last knew of the family (``heads``), or None: then
+        the caller decides on a fresh read. Only a rotation is acted on; its compare-and-set
+        proves the head was current, and the cut is re-read after the append (invariant 8)."""
+        if client_id is not None and family.started.client_id != client_id:
+            return None
+        now = self.clock()
+        try:
+            outcome = self._decide_rotation(family, token, cut, now, client)
+        except LedgerError:
+            return None  # an error is never answered from a hint
+        if not isinstance(outcome, decide.Rotated):
+            return None
+        try:
+            seq = await self._append_family(family, outcome.events)
+        except ConcurrencyConflict:
+            return None
+        await self._check_user_cut_after(family, seq)
+        return self._rotated(family, outcome, seq, cut, now)
+
+    def _decide_rotation(
+        self,
+        family: Family | None,
+        token: RefreshToken,
+        cut: int | None,
+        now: datetime,
+        client: DeviceInfo | None,
+    ) -> decide.RotateOutcome:
+        return decide.rotate(
+            family,
+            token,
+            user_cut_seq=cut,
+            keys=self.keys,
+            policy=self.policy,
+            now=now,
+            ids=Ids((new_event_id(), new_event_id())),
+            device=client,
+        )
+
+    def _rotated(
+        self, family: Family, outcome: decide.Rotated, seq: int, cut: int | None, now: datetime
+    ) -> TokenPair:
+        rotated = decide.evolve(family, outcome.events[0], seq)
+        self.heads.put(rotated, cut)
+        return self._pair(rotated, outcome.successor, now)
 
     async def logout(self, req: LogoutRequest) -> Revocation:
         """Revoke the session of a presented refresh token (proof of possession, not just a sid)."""
@@ -334,7 +388,10 @@ class LedgerService:
         return family, cut
 
     async def _append_family(self, family: Family, events: tuple[FamilyEvent, ...]) -> int:
+        """Append with a compare-and-set on the family; its hint is dropped (a rotation puts
+        the new head back once it is sure of it)."""
         sid = family.started.sid
+        self.heads.drop(sid)
         return await self.store.append_chain(
             lambda e: self.subjects.family_event(sid, _KIND[type(e).__name__]),
             events,

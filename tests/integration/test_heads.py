@@ -1,0 +1,132 @@
+"""Rotations from a hint (``ledger.service.heads``), on a real server with two instances.
+
+A hint is what one instance last wrote or read of a family. These tests make hints stale in
+every way another writer can (another instance rotates, revokes the session, revokes the
+user) and show that the answer is always the one a fresh read gives: a hint saves a read,
+never changes a verdict (invariants 1, 2, 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from ledger.config import Settings
+from ledger.contracts.commands import (
+    RevokeSessionRequest,
+    RevokeUserRequest,
+    RotateRequest,
+    StartSessionRequest,
+    TokenPair,
+)
+from ledger.domain.errors import SessionRevokedError, TokenReused
+from ledger.domain.events import TokenRotated
+from ledger.eventstore.base import BaseEventStore
+from ledger.service.app import build_service
+from ledger.service.handlers import LedgerService
+from ledger.streaming.connection import connect
+from tests.support.helpers import family_events
+
+
+@dataclass
+class Reads:
+    """How many family reads (``family_and_cut``) an instance made."""
+
+    count: int = 0
+
+
+def _count_reads(store: BaseEventStore) -> Reads:
+    reads, real = Reads(), store.family_and_cut
+
+    async def counted(sid: str):  # type: ignore[no-untyped-def]
+        reads.count += 1
+        return await real(sid)
+
+    store.family_and_cut = counted  # type: ignore[method-assign]
+    return reads
+
+
+@pytest.fixture
+async def pair_of_instances(settings_for) -> AsyncIterator[tuple[LedgerService, LedgerService]]:  # type: ignore[no-untyped-def]
+    settings: Settings = settings_for(grace_window=timedelta(milliseconds=300))
+    conns = [await connect(settings.nats_url, f"hint-{name}") for name in ("a", "b")]
+    try:
+        a, b = [await build_service(settings, nc) for nc in conns]
+        yield a, b
+    finally:
+        for nc in conns:
+            await nc.drain()
+
+
+async def _rotate(service: LedgerService, pair: TokenPair) -> TokenPair:
+    return await service.rotate(RotateRequest(refresh_token=pair.refresh_token))
+
+
+async def test_a_rotation_from_a_hint_reads_no_family(pair_of_instances) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair_of_instances
+    reads = _count_reads(a.store)
+    pair = await a.start_session(StartSessionRequest(sub="hana"))
+    for _ in range(5):
+        pair = await _rotate(a, pair)
+    assert pair.generation == 5 and reads.count == 0
+    assert len(a.heads) == 1
+
+
+async def test_a_family_rotated_by_another_instance_is_read_again(pair_of_instances, store) -> None:  # type: ignore[no-untyped-def]
+    """a's hint says generation 1; b rotates to 2; the newest token at a is not 'unknown'."""
+    a, b = pair_of_instances
+    reads = _count_reads(a.store)
+    pair = await _rotate(a, await a.start_session(StartSessionRequest(sub="ines")))
+    newer = await _rotate(b, pair)
+    newest = await _rotate(a, newer)  # a's hint (generation 1) is stale: decided on a read
+    assert newest.generation == 3 and reads.count == 1
+    assert newest.refresh_token == (await _rotate(a, newer)).refresh_token  # a retry: same successor
+    rotated = [r.event for r in await family_events(store, pair.sid) if isinstance(r.event, TokenRotated)]
+    assert [e.generation for e in rotated] == [1, 2, 3]
+
+
+async def test_a_stale_hint_never_rotates_a_revoked_session(pair_of_instances) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair_of_instances
+    pair = await _rotate(a, await a.start_session(StartSessionRequest(sub="jon")))
+    await b.revoke_session(RevokeSessionRequest(sid=pair.sid))  # a's hint still says alive
+    with pytest.raises(SessionRevokedError):
+        await _rotate(a, pair)
+    with pytest.raises(SessionRevokedError):
+        await _rotate(a, pair)
+
+
+async def test_a_revoke_all_after_the_hint_wins(pair_of_instances, store) -> None:  # type: ignore[no-untyped-def]
+    """Invariant 8 from a hint: the hint's cut is old, so the cut is re-read after the append."""
+    a, b = pair_of_instances
+    pairs = [await _rotate(a, await a.start_session(StartSessionRequest(sub="kim"))) for _ in range(3)]
+    await b.revoke_user(RevokeUserRequest(sub="kim"))
+    for pair in pairs:
+        with pytest.raises(SessionRevokedError):
+            await _rotate(a, pair)
+    fresh = await a.start_session(StartSessionRequest(sub="kim"))  # after the cut: alive
+    assert (await _rotate(a, fresh)).generation == 1
+
+
+async def test_reuse_is_judged_on_a_fresh_read_not_on_a_hint(pair_of_instances) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair_of_instances
+    first = await a.start_session(StartSessionRequest(sub="lee"))
+    second = await _rotate(a, first)
+    third = await _rotate(b, second)
+    await asyncio.sleep(0.4)  # past the grace window
+    with pytest.raises(TokenReused):
+        await _rotate(a, second)  # superseded by b: a's hint (gen 1 current) would have rotated it
+    with pytest.raises(SessionRevokedError):
+        await _rotate(b, third)
+
+
+async def test_concurrent_tabs_from_one_hint_get_one_successor(pair_of_instances, store) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair_of_instances
+    pair = await a.start_session(StartSessionRequest(sub="mia"))
+    answers = await asyncio.gather(*(_rotate(s, pair) for s in (a, b) * 10))
+    assert {x.refresh_token for x in answers} == {answers[0].refresh_token}
+    rotated = [r.event for r in await family_events(store, pair.sid) if isinstance(r.event, TokenRotated)]
+    assert len(rotated) == 1
