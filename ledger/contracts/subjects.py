@@ -78,6 +78,21 @@ class Subjects:
     def user_admitted(self, sub: str) -> str:
         return f"{self.prefix}.ev.u.{encode_token(sub)}.admitted"
 
+    def user_revocations(self) -> str:
+        """Every user's revoke-all (``<p>.ev.u.<sub>.revoked``): the service hears them."""
+        return f"{self.prefix}.ev.u.*.revoked"
+
+    def user_of(self, subject: str) -> str | None:
+        """The ``sub`` of a user-scoped event subject, or None for any other subject."""
+        tokens = subject.split(".")
+        prefix_len = self.prefix.count(".") + 1
+        if len(tokens) != prefix_len + 4 or tokens[prefix_len : prefix_len + 2] != ["ev", "u"]:
+            return None
+        try:
+            return decode_token(tokens[prefix_len + 2])
+        except ValueError:
+            return None
+
     def user_filter(self, sub: str) -> str:
         """Every user-scoped event of ``sub``: the compare-and-set that orders them."""
         return f"{self.prefix}.ev.u.{encode_token(sub)}.*"

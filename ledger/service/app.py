@@ -187,9 +187,24 @@ async def build_service(
 
     not_ready = (Unavailable, nats.errors.Error, TimeoutError)
     try:
-        return await retry(bootstrap_keys, on=not_ready, deadline=deadline, delay=0.5, what="ledger stream")
+        await retry(bootstrap_keys, on=not_ready, deadline=deadline, delay=0.5, what="ledger stream")
     except not_ready as err:
         raise Unavailable(f"the ledger stream is not available: {type(err).__name__}") from None
+    await hear_revoke_alls(nc, service)
+    return service
+
+
+async def hear_revoke_alls(nc: NATS, service: LedgerService) -> None:
+    """Every revoke-all appended (by any instance) makes this one forget that user's rotation
+    hints (``ledger.service.heads``): their cut is old. Core NATS, no consumer: a hint is only
+    ever a saved read, so a missed message costs a refused rotation's event, never a verdict."""
+    subjects = service.subjects
+
+    async def forget(msg: Msg) -> None:
+        if (sub := subjects.user_of(msg.subject)) is not None:
+            service.heads.forget_user(sub)
+
+    await nc.subscribe(subjects.user_revocations(), cb=forget)
 
 
 async def run_service(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:

@@ -12,7 +12,9 @@ compare-and-set on the family. With the head remembered from this instance's own
   is decided again on a fresh read;
 * the user's cut in a hint may be old, so a rotation from a hint always re-reads the cut
   after its append (invariant 8), as a rotation on a fresh read does when anything came
-  between its read and its append.
+  between its read and its append. Every instance also hears each revoke-all as it is
+  appended (``forget_user``), so a hint of a revoked user is not used: a rotation of such a
+  session is refused on a fresh read, without appending a rotation it would have to refuse.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ HEADS_CACHE_SIZE = 100_000  # families; each holds its latest event (the facts a
 
 
 class Heads:
-    """A bounded LRU of (family, user cut) by sid."""
+    """A bounded LRU of (family, user cut) by sid, with the sids of each user."""
 
     def __init__(self, size: int = HEADS_CACHE_SIZE) -> None:
         self.size = size
         self._known: OrderedDict[str, tuple[Family, int | None]] = OrderedDict()
+        self._by_user: dict[str, set[str]] = {}
 
     def get(self, sid: str) -> tuple[Family, int | None] | None:
         hint = self._known.get(sid)
@@ -40,15 +43,30 @@ class Heads:
     def put(self, family: Family, cut: int | None) -> None:
         sid = family.started.sid
         if family.is_terminal:  # nothing more to decide from a hint
-            self._known.pop(sid, None)
+            self.drop(sid)
             return
+        if sid not in self._known:
+            self._by_user.setdefault(family.started.sub, set()).add(sid)
         self._known[sid] = (family, cut)
         self._known.move_to_end(sid)
         if len(self._known) > self.size:
-            self._known.popitem(last=False)
+            self.drop(next(iter(self._known)))
 
     def drop(self, sid: str) -> None:
-        self._known.pop(sid, None)
+        hint = self._known.pop(sid, None)
+        if hint is None:
+            return
+        sub = hint[0].started.sub
+        sids = self._by_user.get(sub)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._by_user[sub]
+
+    def forget_user(self, sub: str) -> None:
+        """A revoke-all of ``sub`` was appended: none of its hints knows that cut."""
+        for sid in self._by_user.pop(sub, ()):
+            self._known.pop(sid, None)
 
     def __len__(self) -> int:
         return len(self._known)

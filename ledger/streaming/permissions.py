@@ -92,7 +92,8 @@ SERVICE = Role(
     "in its queue group, own the LEDGER, LEDGER_REVOCATIONS and LEDGER_RECEIPTS streams (never "
     "delete or purge), create the projections' three KV buckets, read by direct or leader get, "
     "run the broadcaster's durable, publish notices and the broadcaster's heartbeat; the "
-    "traffic simulator (`up --demo`, `simulate`) serves its own clock on ledger.sim.*",
+    "traffic simulator (`up --demo`, `simulate`) serves its own clock on ledger.sim.*; it hears "
+    "the revoke-alls it and its peers append (to forget its rotation hints)",
     publish=(
         "ledger.sim.*.cmd.*",
         "ledger.ev.>",
@@ -112,7 +113,12 @@ SERVICE = Role(
         *(rule for name in BUCKETS for rule in stream_admin(f"KV_{name}", "CREATE", "INFO")),
         *stream_admin(RATE, "CREATE", "UPDATE", "INFO"),
     ),
-    subscribe=("ledger.cmd.* ledger-service", "ledger.sim.*.cmd.*", "_INBOX.ledger.>"),
+    subscribe=(
+        "ledger.cmd.* ledger-service",
+        "ledger.sim.*.cmd.*",
+        "ledger.ev.u.*.revoked",
+        "_INBOX.ledger.>",
+    ),
     allow_responses=True,
 )
 

@@ -111,6 +111,25 @@ async def test_a_revoke_all_after_the_hint_wins(pair_of_instances, store) -> Non
     assert (await _rotate(a, fresh)).generation == 1
 
 
+async def test_a_peers_revoke_all_is_heard_and_nothing_is_appended_after_it(pair_of_instances, store) -> None:  # type: ignore[no-untyped-def]
+    """Each instance hears every revoke-all and forgets that user's hints, so a stale hint does
+    not append a rotation that the post-append check would then refuse."""
+    a, b = pair_of_instances
+    pairs = [await _rotate(a, await a.start_session(StartSessionRequest(sub="ned"))) for _ in range(2)]
+    other = await _rotate(a, await a.start_session(StartSessionRequest(sub="ola")))
+    assert len(a.heads) == 3
+    cut = (await b.revoke_user(RevokeUserRequest(sub="ned"))).seq
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(a.heads) > 1 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(a.heads) == 1  # ola's hint is kept
+    for pair in pairs:
+        with pytest.raises(SessionRevokedError):
+            await _rotate(a, pair)
+    assert cut is not None and await store.last_seq() == cut  # nothing appended after the cut
+    assert (await _rotate(a, other)).generation == 2
+
+
 async def test_reuse_is_judged_on_a_fresh_read_not_on_a_hint(pair_of_instances) -> None:  # type: ignore[no-untyped-def]
     a, b = pair_of_instances
     first = await a.start_session(StartSessionRequest(sub="lee"))

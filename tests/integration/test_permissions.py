@@ -137,6 +137,28 @@ async def test_service_user_cannot_delete_purge_or_eavesdrop(secured: Secured, l
         await nc.close()
 
 
+async def test_service_user_hears_revoke_alls_only(secured: Secured, ledger_up: Settings) -> None:
+    """The service's one event subscription (it forgets rotation hints of a revoked user)."""
+    nc = await secured.connect("ledger")
+    app = await LedgerClient.connect(secured.url("app"), error_cb=secured.recorder("app"))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    async def hear(msg: Any) -> None:
+        await heard.put(msg.subject)
+
+    try:
+        await nc.subscribe("ledger.ev.u.*.revoked", cb=hear)
+        await nc.flush()
+        await app.revoke_user("zoe")
+        subject = await asyncio.wait_for(heard.get(), 30)
+        assert subject.startswith("ledger.ev.u.") and subject.endswith(".revoked")
+        await refused_subscribe(secured, nc, "ledger", "ledger.ev.s.*.rotated")
+        await refused_subscribe(secured, app.nc, "app", "ledger.ev.u.*.revoked")
+    finally:
+        await app.close()
+        await nc.close()
+
+
 async def test_projector_and_analyst_consume_events_read_only(secured: Secured, ledger_up: Settings) -> None:
     """The projector reads through its own named durable, the analyst through an ordered
     (ephemeral) consumer; neither may append, command, notify or change a stream."""
