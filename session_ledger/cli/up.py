@@ -29,6 +29,7 @@ from ledger.streaming.embedded import NatsServer, free_port, port_answers
 from session_ledger.cli.common import COMMON, SERVING, settings_from
 from session_ledger.components import COMPONENTS, DEMO, SERVICE
 from session_ledger.runtime import Component, run_components, run_one
+from session_ledger.workers import default_workers, supervise, worker_command, worker_env
 
 DEFAULT_METRICS_PORT = 9464  # the port of OpenTelemetry's Prometheus exporter
 DEFAULT_MONITOR_PORT = 8222  # nats-server's usual monitoring port
@@ -62,9 +63,29 @@ def register(sub: Any) -> None:
     up.set_defaults(func=cmd_up)
 
     service = sub.add_parser(
-        "service", parents=[COMMON, SERVING], help="run one ledger service instance against an existing NATS"
+        "service", parents=[COMMON, SERVING], help="run ledger service instances against an existing NATS"
+    )
+    service.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="run N service processes under one supervisor (one per core; 'auto': this machine's "
+        "cores; default 1); with --metrics-listen HOST:PORT, worker i serves PORT+i",
     )
     service.set_defaults(func=cmd_service)
+
+
+def worker_count(text: str) -> int:
+    if text == "auto":
+        return default_workers()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of processes (1-64) or 'auto'") from None
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError("a number of processes (1-64) or 'auto'")
+    return count
 
 
 def service_command(settings: Settings) -> list[str]:
@@ -80,8 +101,21 @@ def service_command(settings: Settings) -> list[str]:
 
 
 def cmd_service(args: argparse.Namespace) -> None:
-    """One stateless instance of the queue group: run as many as you need."""
-    run_one(SERVICE, settings_from(args, "ledger"))
+    """Stateless instances of the queue group: one here, or ``--workers N`` processes."""
+    settings = settings_from(args, "ledger")
+    if args.workers == 1:
+        run_one(SERVICE, settings)
+        return
+    shared = {
+        **os.environ,
+        "LEDGER_NATS_URL": settings.nats_url,  # the environment, never argv (``ps`` shows argv)
+        "LEDGER_DATA_DIR": str(settings.data_dir),
+        "LEDGER_LOG_LEVEL": settings.log_level,
+        "LEDGER_LOG_FORMAT": settings.log_format,
+    }
+    code = supervise(args.workers, worker_command(), lambda i: worker_env(shared, i, settings.metrics_listen))
+    if code:
+        raise SystemExit(code)
 
 
 def chosen(only: list[str] | None, demo: bool) -> list[Component]:

@@ -1,0 +1,113 @@
+"""``session-ledger service --workers N``: real processes, a real nats-server, real metrics.
+
+Both workers answer commands (each one's own Prometheus endpoint counts them, read with
+Prometheus' own exposition parser); a killed worker is restarted and serves again; SIGTERM
+stops the supervisor and every worker it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ledger.client import LedgerClient
+from ledger.streaming.embedded import NatsServer, free_port
+
+ROTATIONS = 192  # 16 chains of 12
+
+
+def _lines_until(proc: subprocess.Popen[str], done: str, count: int, limit: float = 90) -> list[str]:
+    """Read the supervisor's (and its workers') output until ``count`` lines start with ``done``."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and sum(x.startswith(done) for x in lines) < count:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    assert sum(x.startswith(done) for x in lines) >= count, "".join(lines)
+    return lines
+
+
+def _rotations_served(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as res:
+        text = res.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ledger_commands"
+        for sample in family.samples
+        if sample.name == "ledger_commands_total" and sample.labels.get("command") == "rotate"
+    )
+
+
+async def _rotate_many(url: str) -> int:
+    async with await LedgerClient.connect(url) as client:
+        pairs = await asyncio.gather(*(client.start_session(f"w{i}") for i in range(16)))
+
+        async def chain(i: int) -> int:
+            token = pairs[i].refresh_token
+            for _ in range(ROTATIONS // 16):
+                token = (await client.rotate(token)).refresh_token
+            return ROTATIONS // 16
+
+        return sum(await asyncio.gather(*(chain(i) for i in range(16))))
+
+
+def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer, tmp_path: Path) -> None:
+    metrics = free_port()
+    while not _free(metrics + 1):
+        metrics = free_port()
+    keep = "LEDGER_REQUEST_TIMEOUT"  # the tests' patience on a busy machine
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_") or k == keep}
+    env["LEDGER_NATS_URL"] = nats_server.url
+    command = [sys.executable, "-m", "session_ledger.cli", "service", "--workers", "2",
+               "--data-dir", str(tmp_path / "d"), "--metrics-listen", f"127.0.0.1:{metrics}"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        lines = _lines_until(proc, "ready:", 2)
+        started = next(x for x in lines if "2 workers" in x)
+        pids = [int(p) for p in re.findall(r"\d+", started.split("pids")[1])]
+        assert len(pids) == 2 and proc.pid not in pids
+        assert asyncio.run(_rotate_many(nats_server.url)) == ROTATIONS
+        served = [_rotations_served(metrics), _rotations_served(metrics + 1)]
+        assert sum(served) == ROTATIONS and all(n > 0 for n in served), served  # both answered
+
+        os.kill(pids[1], signal.SIGKILL)  # a worker this test's supervisor started
+        lines = _lines_until(proc, "ready:", 1)
+        restarted = next(x for x in lines if "restarted" in x)
+        new_pid = int(re.findall(r"pid (\d+)", restarted)[0])
+        assert new_pid not in pids
+        assert asyncio.run(_rotate_many(nats_server.url)) == ROTATIONS
+        assert _rotations_served(metrics + 1) > 0  # the new worker serves on its port again
+
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    for pid in (pids[0], new_pid):
+        assert not Path(f"/proc/{pid}").exists()  # reaped by the supervisor, not left running
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
