@@ -1,5 +1,6 @@
-"""Concurrency sweep (issue #17): ledger rotation at 1, 16 and 64 in flight on R1, at 64 on a
-3-node R3 cluster, and node-oidc-provider 9 side by side; one run, interleaved.
+"""Concurrency sweep (issue #17): ledger rotation at 1, 16 and 64 in flight on R1 with one
+service process and with two (``service --workers 2``: one per core of this 2-core class), at
+64 on a 3-node R3 cluster, and node-oidc-provider 9 side by side; one run, interleaved.
 
 Every run starts on 64 fresh chains (ledger sessions / provider grants). Worker w of C
 presents, in turn, the newest token of chains w, w+C, w+2C, ...: every level rotates all 64
@@ -106,13 +107,25 @@ def ledger_target(name: str, client: LedgerClient, pids: dict[str, list[int]]) -
     return Target(name, seed, rotate, pids)
 
 
-async def _ledger(stack: AsyncExitStack, settings: Settings, nats_pids: list[int]) -> Target:
-    procs = stack.enter_context(service_processes(settings, 1))
+async def _ledger(
+    stack: AsyncExitStack, settings: Settings, nats_pids: list[int], workers: int = 1
+) -> Target:
+    """``workers`` service processes in one queue group (what ``service --workers N`` runs)."""
+    procs = stack.enter_context(service_processes(settings, workers))
     url = settings.nats_url
     await wait_for_service(url)
     client = await stack.enter_async_context(await LedgerClient.connect(url))
-    name = f"ledger R{settings.replicas}"
+    name = f"ledger R{settings.replicas}" + (f" x{workers}" if workers > 1 else "")
     return ledger_target(name, client, {"service": [p.pid for p in procs], "nats": nats_pids})
+
+
+async def _two_workers(stack: AsyncExitStack, data_dir: Path) -> Target:
+    """Two service processes on their own nats-server (sharing one would put all three
+    processes in one queue group and blur both figures)."""
+    server = stack.enter_context(nats_server())
+    assert server.process is not None
+    settings = Settings(nats_url=server.url, data_dir=data_dir / "r1x2")
+    return await _ledger(stack, settings, [server.process.pid], workers=2)
 
 
 async def _r3(stack: AsyncExitStack, data_dir: Path) -> Target:
@@ -172,12 +185,13 @@ async def run(
         assert server.process is not None
         r1_settings = Settings(nats_url=server.url, data_dir=data_dir / "r1")
         r1 = await _ledger(stack, r1_settings, [server.process.pid])
+        r1x2 = await _two_workers(stack, data_dir)
         r3_target = await _r3(stack, data_dir) if r3 else None
         peer_target = await _peer(stack, report) if oidc else None
 
         plan: list[tuple[Target, int]] = []
         for level in LEVELS:
-            plan.append((r1, level))
+            plan += [(r1, level), (r1x2, level)]
             if peer_target is not None:
                 plan.append((peer_target, level))
         if r3_target is not None:
@@ -189,7 +203,7 @@ async def run(
             for target, level in plan if rep % 2 == 0 else reversed(plan):
                 target.samples.setdefault(level, []).append(await measure(target, level, seconds))
 
-    _report(report, r1, r3_target, peer_target)
+    _report(report, r1, r1x2, r3_target, peer_target)
 
 
 def paired(a: Target, level_a: int, b: Target, level_b: int) -> Stat:
@@ -199,11 +213,13 @@ def paired(a: Target, level_a: int, b: Target, level_b: int) -> Stat:
     return Stat.of([x.ops_s / y.ops_s if y.ops_s else float("inf") for x, y in pairs])
 
 
-def _report(report: Report, r1: Target, r3: Target | None, peer: Target | None) -> None:
+def _report(report: Report, r1: Target, r1x2: Target, r3: Target | None, peer: Target | None) -> None:
     top = max(LEVELS)
-    for level in LEVELS:
-        report.add(Row("sweep", f"ledger rotate R1, {level} in flight", "ops/s", r1.stat(level)))
-        report.add(Row("sweep", f"ledger rotate R1, {level} in flight p50", "ms", r1.stat(level, "p50_ms")))
+    for target in (r1, r1x2):
+        for level in LEVELS:
+            name = f"{target.name.replace('ledger ', 'ledger rotate ')}, {level} in flight"
+            report.add(Row("sweep", name, "ops/s", target.stat(level)))
+            report.add(Row("sweep", f"{name} p50", "ms", target.stat(level, "p50_ms")))
     if r3 is not None:
         no_fall = paired(r1, top, r1, 16)
         name = f"R1 {top} / 16 in flight: throughput does not fall"
@@ -218,9 +234,11 @@ def _report(report: Report, r1: Target, r3: Target | None, peer: Target | None) 
             report.add(Row("oidc", f"{peer.name} refresh, {level} in flight", "ops/s", peer.stat(level)))
             p50 = peer.stat(level, "p50_ms")
             report.add(Row("oidc", f"{peer.name} refresh, {level} in flight p50", "ms", p50))
-            ratio = paired(r1, level, peer, level)
-            goal, met = f">= {PEER_TARGET:.1f}x", ratio.median >= PEER_TARGET
-            report.add(Row("oidc", f"ledger R1 / peer, {level} in flight", "x", ratio, target=goal, met=met))
-    for target in (r1, r3, peer):
-        if target is not None:
-            report.note("sweep", _cpu_note(target))
+            for ours in (r1, r1x2):
+                ratio = paired(ours, level, peer, level)
+                goal, met = f">= {PEER_TARGET:.1f}x", ratio.median >= PEER_TARGET
+                name = f"{ours.name} / peer, {level} in flight"
+                report.add(Row("oidc", name, "x", ratio, target=goal, met=met))
+    for served in (r1, r1x2, r3, peer):
+        if served is not None:
+            report.note("sweep", _cpu_note(served))

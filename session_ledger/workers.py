@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ STARTUP_SECONDS = 15.0  # a worker that exits sooner after its start failed quic
 MAX_QUICK_FAILURES = 5  # in a row, for one worker: then the group stops
 EXIT_CONFIG = 2  # the CLI's exit code for bad input or configuration: restarting cannot help
 POLL_SECONDS = 0.2
+SUPERVISOR_ENV = "LEDGER_SUPERVISOR_PID"
 
 
 @dataclass
@@ -45,6 +47,7 @@ def worker_env(base: Mapping[str, str], index: int, metrics_listen: str | None) 
     """Worker ``index``'s environment: the supervisor's, with its own metrics port (base + i)."""
     env = dict(base)
     env["LEDGER_WORKER"] = str(index)
+    env[SUPERVISOR_ENV] = str(os.getpid())
     if metrics_listen and metrics_listen != "off":
         host, _, port = metrics_listen.rpartition(":")
         env["LEDGER_METRICS_LISTEN"] = f"{host}:{int(port) + index}"
@@ -110,6 +113,21 @@ def stop_all(workers: list[Worker], grace: float) -> None:
         except subprocess.TimeoutExpired:
             worker.process.kill()
             worker.process.wait()
+
+
+def follow_supervisor(environ: Mapping[str, str] = os.environ) -> None:
+    """In a worker: stop (SIGTERM to itself, the clean path) once its supervisor is gone, even
+    if the supervisor was killed with SIGKILL and could not stop it: no orphaned workers."""
+    supervisor = environ.get(SUPERVISOR_ENV)
+    if not supervisor or not supervisor.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(supervisor):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="follow-supervisor", daemon=True).start()
 
 
 def worker_command() -> list[str]:

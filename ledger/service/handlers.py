@@ -45,7 +45,7 @@ from ledger.domain.ids import new_event_id, new_sid
 from ledger.domain.keys import added_statement
 from ledger.domain.refresh import RefreshToken, TokenKeys
 from ledger.eventstore.base import BaseEventStore
-from ledger.service.heads import Heads
+from ledger.service.heads import Heads, Hint
 from ledger.service.keys import ROOT_PRIVATE, SigningKey, load_root_key, sign_statement
 from ledger.service.limits import SessionLimiter
 from ledger.service.signer import AccessGrant, AccessTokenSigner
@@ -151,7 +151,7 @@ class LedgerService:
             )
             family = decide.evolve(None, event, seq)
             self.store.remember_start(event, seq)
-            self.heads.put(family, None)
+            self.heads.put(family, None, known_to=seq)  # no cut before its start can apply
         except ConcurrencyConflict:
             if req.idempotency_key is None:
                 raise Unavailable("session id collision; retry") from None
@@ -187,7 +187,7 @@ class LedgerService:
         client = self._device(req.client)
         hint = self.heads.get(token.sid)
         if hint is not None:
-            pair = await self._rotate_on_hint(*hint, token, req.client_id, client)
+            pair = await self._rotate_on_hint(hint, token, req.client_id, client)
             if pair is not None:
                 return pair
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -198,12 +198,11 @@ class LedgerService:
             assert family is not None
             try:
                 if isinstance(outcome, decide.Retried):
-                    self.heads.put(family, cut)
+                    self.heads.put(family, cut, complete_to)
                     return self._pair(family, outcome.successor, now)
                 if isinstance(outcome, decide.Rotated):
                     seq = await self._append_family(family, outcome.events)
-                    if complete_to is None or seq != complete_to + len(outcome.events):
-                        await self._check_user_cut_after(family, seq)  # something came between
+                    cut = await self._cut_after(family, outcome, seq, cut, complete_to)
                     return self._rotated(family, outcome, seq, cut, now)
                 for event in outcome.user_events:  # widest revocation first: a crash can't narrow it
                     await self.store.append(self.subjects.user(event.sub), event)
@@ -221,21 +220,17 @@ class LedgerService:
         raise Unavailable("too much contention on this session; retry")
 
     async def _rotate_on_hint(
-        self,
-        family: Family,
-        cut: int | None,
-        token: RefreshToken,
-        client_id: str | None,
-        client: DeviceInfo | None,
+        self, hint: Hint, token: RefreshToken, client_id: str | None, client: DeviceInfo | None
     ) -> TokenPair | None:
         """Rotate from what this instance last knew of the family (``heads``), or None: then
         the caller decides on a fresh read. Only a rotation is acted on; its compare-and-set
-        proves the head was current, and the cut is re-read after the append (invariant 8)."""
+        proves the head was current, and the cut is checked after the append (invariant 8)."""
+        family = hint.family
         if client_id is not None and family.started.client_id != client_id:
             return None
         now = self.clock()
         try:
-            outcome = self._decide_rotation(family, token, cut, now, client)
+            outcome = self._decide_rotation(family, token, hint.cut, now, client)
         except LedgerError:
             return None  # an error is never answered from a hint
         if not isinstance(outcome, decide.Rotated):
@@ -244,8 +239,19 @@ class LedgerService:
             seq = await self._append_family(family, outcome.events)
         except ConcurrencyConflict:
             return None
-        await self._check_user_cut_after(family, seq)
+        cut = await self._cut_after(family, outcome, seq, hint.cut, hint.known_to)
         return self._rotated(family, outcome, seq, cut, now)
+
+    async def _cut_after(
+        self, family: Family, rotated: decide.Rotated, seq: int, cut: int | None, known_to: int | None
+    ) -> int | None:
+        """The user's cut once the rotation's append landed at ``seq``: the one known up to
+        ``known_to`` if the append landed right after it (nothing came between), else read
+        again, refusing the rotation if a revoke-all came first (invariant 8). Either way the
+        answer is complete up to ``seq`` (a read after the ack sees at least that far)."""
+        if known_to is not None and seq == known_to + len(rotated.events):
+            return cut
+        return await self._check_user_cut_after(family, seq)
 
     def _decide_rotation(
         self,
@@ -270,7 +276,7 @@ class LedgerService:
         self, family: Family, outcome: decide.Rotated, seq: int, cut: int | None, now: datetime
     ) -> TokenPair:
         rotated = decide.evolve(family, outcome.events[0], seq)
-        self.heads.put(rotated, cut)
+        self.heads.put(rotated, cut, known_to=seq)
         return self._pair(rotated, outcome.successor, now)
 
     async def logout(self, req: LogoutRequest) -> Revocation:
@@ -399,11 +405,12 @@ class LedgerService:
             family.head_seq,
         )
 
-    async def _check_user_cut_after(self, family: Family, seq: int) -> None:
+    async def _check_user_cut_after(self, family: Family, seq: int) -> int | None:
         """A revoke-all committed before our rotation wins, even if we read before it (inv. 8)."""
         cut = await self.store.user_cut(family.started.sub, family.started.sid)
         if cut is not None and family.start_seq < cut < seq:
             raise SessionRevokedError("session was revoked")
+        return cut
 
     def _pair(self, family: Family, token: RefreshToken, now: datetime) -> TokenPair:
         started = family.started

@@ -10,44 +10,56 @@ compare-and-set on the family. With the head remembered from this instance's own
 * the append's compare-and-set on the family proves the hint's head was current: if another
   writer extended the family (another instance, a revocation), it conflicts and the rotation
   is decided again on a fresh read;
-* the user's cut in a hint may be old, so a rotation from a hint always re-reads the cut
-  after its append (invariant 8), as a rotation on a fresh read does when anything came
-  between its read and its append. Every instance also hears each revoke-all as it is
-  appended (``forget_user``), so a hint of a revoked user is not used: a rotation of such a
-  session is refused on a fresh read, without appending a rotation it would have to refuse.
+* the user's cut in a hint may be old, so a rotation from a hint re-reads the cut after its
+  append (invariant 8) unless the append landed right after the sequence up to which the
+  hint's cut is known (nothing came between), exactly as a rotation on a fresh read does.
+  Every instance also hears each revoke-all as it is appended (``forget_user``), so a hint
+  of a revoked user is not used: a rotation of such a session is refused on a fresh read,
+  without appending a rotation it would have to refuse.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ledger.domain.decide import Family
 
 HEADS_CACHE_SIZE = 100_000  # families; each holds its latest event (the facts are shared)
 
 
+class Hint(NamedTuple):
+    """A family as last known here, its user's cut, and the stream sequence up to which that
+    cut is known complete (None: unknown). A rotation whose append lands right after
+    ``known_to`` had nothing, so no revoke-all, come between: its cut check can be skipped."""
+
+    family: Family
+    cut: int | None
+    known_to: int | None
+
+
 class Heads:
-    """A bounded LRU of (family, user cut) by sid, with the sids of each user."""
+    """A bounded LRU of hints by sid, with the sids of each user."""
 
     def __init__(self, size: int = HEADS_CACHE_SIZE) -> None:
         self.size = size
-        self._known: OrderedDict[str, tuple[Family, int | None]] = OrderedDict()
+        self._known: OrderedDict[str, Hint] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
 
-    def get(self, sid: str) -> tuple[Family, int | None] | None:
+    def get(self, sid: str) -> Hint | None:
         hint = self._known.get(sid)
         if hint is not None:
             self._known.move_to_end(sid)
         return hint
 
-    def put(self, family: Family, cut: int | None) -> None:
+    def put(self, family: Family, cut: int | None, known_to: int | None) -> None:
         sid = family.started.sid
         if family.is_terminal:  # nothing more to decide from a hint
             self.drop(sid)
             return
         if sid not in self._known:
             self._by_user.setdefault(family.started.sub, set()).add(sid)
-        self._known[sid] = (family, cut)
+        self._known[sid] = Hint(family, cut, known_to)
         self._known.move_to_end(sid)
         if len(self._known) > self.size:
             self.drop(next(iter(self._known)))
@@ -56,7 +68,7 @@ class Heads:
         hint = self._known.pop(sid, None)
         if hint is None:
             return
-        sub = hint[0].started.sub
+        sub = hint.family.started.sub
         sids = self._by_user.get(sub)
         if sids is not None:
             sids.discard(sid)

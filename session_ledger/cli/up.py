@@ -29,7 +29,13 @@ from ledger.streaming.embedded import NatsServer, free_port, port_answers
 from session_ledger.cli.common import COMMON, SERVING, settings_from
 from session_ledger.components import COMPONENTS, DEMO, SERVICE
 from session_ledger.runtime import Component, run_components, run_one
-from session_ledger.workers import default_workers, supervise, worker_command, worker_env
+from session_ledger.workers import (
+    default_workers,
+    follow_supervisor,
+    supervise,
+    worker_command,
+    worker_env,
+)
 
 DEFAULT_METRICS_PORT = 9464  # the port of OpenTelemetry's Prometheus exporter
 DEFAULT_MONITOR_PORT = 8222  # nats-server's usual monitoring port
@@ -104,6 +110,7 @@ def cmd_service(args: argparse.Namespace) -> None:
     """Stateless instances of the queue group: one here, or ``--workers N`` processes."""
     settings = settings_from(args, "ledger")
     if args.workers == 1:
+        follow_supervisor()  # a worker of ``--workers N`` ends with its supervisor
         run_one(SERVICE, settings)
         return
     shared = {

@@ -8,6 +8,7 @@ stops the supervisor and every worker it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -64,20 +65,50 @@ async def _rotate_many(url: str) -> int:
         return sum(await asyncio.gather(*(chain(i) for i in range(16))))
 
 
+def _supervisor(url: str, data_dir: Path, metrics: int | None = None) -> subprocess.Popen[str]:
+    keep = "LEDGER_REQUEST_TIMEOUT"  # the tests' patience on a busy machine
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_") or k == keep}
+    env["LEDGER_NATS_URL"] = url
+    command = [sys.executable, "-m", "session_ledger.cli", "service", "--workers", "2",
+               "--data-dir", str(data_dir)]  # fmt: skip
+    if metrics is not None:
+        command += ["--metrics-listen", f"127.0.0.1:{metrics}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+def _worker_pids(lines: list[str]) -> list[int]:
+    started = next(x for x in lines if "2 workers" in x)
+    return [int(p) for p in re.findall(r"\d+", started.split("pids")[1])]
+
+
+def _gone(pids: list[int], limit: float = 60) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.1)
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _stop(proc: subprocess.Popen[str], pids: list[int]) -> None:
+    """After a failure: the supervisor and every worker it said it started, by PID, and only
+    while that PID is still that worker (its environment names this supervisor)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    mark = f"LEDGER_SUPERVISOR_PID={proc.pid}".encode()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer, tmp_path: Path) -> None:
     metrics = free_port()
     while not _free(metrics + 1):
         metrics = free_port()
-    keep = "LEDGER_REQUEST_TIMEOUT"  # the tests' patience on a busy machine
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_") or k == keep}
-    env["LEDGER_NATS_URL"] = nats_server.url
-    command = [sys.executable, "-m", "session_ledger.cli", "service", "--workers", "2",
-               "--data-dir", str(tmp_path / "d"), "--metrics-listen", f"127.0.0.1:{metrics}"]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    proc = _supervisor(nats_server.url, tmp_path / "d", metrics)
+    pids: list[int] = []
     try:
-        lines = _lines_until(proc, "ready:", 2)
-        started = next(x for x in lines if "2 workers" in x)
-        pids = [int(p) for p in re.findall(r"\d+", started.split("pids")[1])]
+        pids = _worker_pids(_lines_until(proc, "ready:", 2))
         assert len(pids) == 2 and proc.pid not in pids
         assert asyncio.run(_rotate_many(nats_server.url)) == ROTATIONS
         served = [_rotations_served(metrics), _rotations_served(metrics + 1)]
@@ -88,18 +119,29 @@ def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer
         restarted = next(x for x in lines if "restarted" in x)
         new_pid = int(re.findall(r"pid (\d+)", restarted)[0])
         assert new_pid not in pids
+        pids.append(new_pid)
         assert asyncio.run(_rotate_many(nats_server.url)) == ROTATIONS
         assert _rotations_served(metrics + 1) > 0  # the new worker serves on its port again
 
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert _gone(pids, limit=1)  # reaped by the supervisor before it exited
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, rest
-    for pid in (pids[0], new_pid):
-        assert not Path(f"/proc/{pid}").exists()  # reaped by the supervisor, not left running
+        _stop(proc, pids)
+
+
+def test_workers_end_with_a_killed_supervisor(nats_server: NatsServer, tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no chance to stop its workers: they notice and stop."""
+    proc = _supervisor(nats_server.url, tmp_path / "d")
+    pids: list[int] = []
+    try:
+        pids = _worker_pids(_lines_until(proc, "ready:", 2))
+        proc.kill()
+        proc.wait()
+        assert _gone(pids), "orphaned workers still running"
+    finally:
+        _stop(proc, pids)
 
 
 def _free(port: int) -> bool:

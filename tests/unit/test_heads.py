@@ -30,13 +30,13 @@ def sid(i: int) -> str:
 def test_lru_keeps_the_newest_and_the_user_index_follows() -> None:
     heads = Heads(size=3)
     for i in range(5):
-        heads.put(family(sid(i), "u"), None)
+        heads.put(family(sid(i), "u"), None, None)
     assert len(heads) == 3 and heads.get(sid(0)) is None and heads.get(sid(4)) is not None
     heads.get(sid(2))  # used: now the newest
-    heads.put(family(sid(9), "v"), 7)
+    heads.put(family(sid(9), "v"), 7, 9)
     assert heads.get(sid(3)) is None and heads.get(sid(2)) is not None
     heads.forget_user("u")
-    assert len(heads) == 1 and heads.get(sid(9)) == (family(sid(9), "v"), 7)
+    assert len(heads) == 1 and heads.get(sid(9)) == (family(sid(9), "v"), 7, 9)
     heads.forget_user("v")
     heads.forget_user("nobody")
     assert len(heads) == 0 and heads._by_user == {}
@@ -45,12 +45,12 @@ def test_lru_keeps_the_newest_and_the_user_index_follows() -> None:
 def test_a_terminal_family_is_dropped_not_remembered() -> None:
     fam = family(sid(1), "u")
     heads = Heads()
-    heads.put(fam, None)
+    heads.put(fam, None, 1)
     revoked = SessionRevoked(
         event_id="1" * 32, occurred_at=NOW + timedelta(seconds=1), sid=sid(1), generation=0,
         token_hash="a" * 64, sub="u", reason=RevokeReason.ADMIN, requested_at=NOW,
     )  # fmt: skip
-    heads.put(evolve(fam, revoked, 2), None)
+    heads.put(evolve(fam, revoked, 2), None, 2)
     assert heads.get(sid(1)) is None and heads._by_user == {}
 
 
@@ -62,7 +62,7 @@ def test_the_user_index_always_names_exactly_the_remembered_sids(ops: list[tuple
         s, sub = sid(i), f"user{u}"
         if op == "put":
             sub = owner.setdefault(s, sub)  # a sid belongs to one user
-            heads.put(family(s, sub), None)
+            heads.put(family(s, sub), None, None)
         elif op == "drop":
             heads.drop(s)
         else:

@@ -56,6 +56,9 @@ def test_sigterm_stops_every_worker_and_returns_0(tmp_path: Path) -> None:
 
 def test_each_worker_gets_its_own_metrics_port_and_index() -> None:
     env = worker_env({"A": "1"}, 2, "127.0.0.1:9464")
-    assert env == {"A": "1", "LEDGER_WORKER": "2", "LEDGER_METRICS_LISTEN": "127.0.0.1:9466"}
+    assert env == {
+        "A": "1", "LEDGER_WORKER": "2", "LEDGER_METRICS_LISTEN": "127.0.0.1:9466",
+        "LEDGER_SUPERVISOR_PID": str(os.getpid()),
+    }  # fmt: skip
     assert "LEDGER_METRICS_LISTEN" not in worker_env({}, 1, "off")
     assert "LEDGER_METRICS_LISTEN" not in worker_env({}, 1, None)
