@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # With nats.conf's users, narrow it to the users that send requests, e.g. ["_INBOX.app."].
     reply_prefixes: tuple[str, ...] = ("_INBOX.",)
     max_generations: int = Field(default=10_000, ge=1)  # bounds the HMAC chain walk
+    # Families whose head each instance remembers to rotate without a read (ledger.service.heads;
+    # ~2.3 KB each); 0 turns the hints off.
+    rotation_hints: int = Field(default=20_000, ge=0, le=1_000_000)
 
     # What a session keeps of a client IP (ledger.domain.device): truncate | hash | raw | off.
     client_ip: IpMode = IpMode.TRUNCATE

@@ -87,7 +87,7 @@ class LedgerService:
         self.ring = ring  # the trusted public keys (the key events), to judge revoke_access tokens
         self.expect = Expectations(settings.issuer, settings.audience)
         self.limiter = SessionLimiter(store, settings, clock, self._evict)
-        self.heads = Heads()  # each family's head as this instance last wrote or read it
+        self.heads = Heads(settings.rotation_hints)  # each family's head as last written or read here
 
     async def publish_signing_key(self, seen: int) -> None:
         """The ledger's first key: publish the key directory's key when no trusted key event

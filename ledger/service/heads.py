@@ -25,8 +25,6 @@ from typing import NamedTuple
 
 from ledger.domain.decide import Family
 
-HEADS_CACHE_SIZE = 100_000  # families; each holds its latest event (the facts are shared)
-
 
 class Hint(NamedTuple):
     """A family as last known here, its user's cut, and the stream sequence up to which that
@@ -41,7 +39,7 @@ class Hint(NamedTuple):
 class Heads:
     """A bounded LRU of hints by sid, with the sids of each user."""
 
-    def __init__(self, size: int = HEADS_CACHE_SIZE) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
         self._known: OrderedDict[str, Hint] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
@@ -54,7 +52,7 @@ class Heads:
 
     def put(self, family: Family, cut: int | None, known_to: int | None) -> None:
         sid = family.started.sid
-        if family.is_terminal:  # nothing more to decide from a hint
+        if family.is_terminal or self.size == 0:  # nothing more to decide from a hint
             self.drop(sid)
             return
         if sid not in self._known:

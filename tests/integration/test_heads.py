@@ -99,6 +99,20 @@ async def test_the_cut_is_read_after_a_rotation_only_if_something_came_between(p
     assert cuts.count == 2
 
 
+async def test_with_hints_off_every_rotation_reads(settings_for) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = settings_for(rotation_hints=0)
+    nc = await connect(settings.nats_url, "hints-off")
+    try:
+        service = await build_service(settings, nc)
+        reads = _count_reads(service.store)
+        pair = await service.start_session(StartSessionRequest(sub="tao"))
+        for _ in range(3):
+            pair = await _rotate(service, pair)
+        assert pair.generation == 3 and reads.count == 3 and len(service.heads) == 0
+    finally:
+        await nc.drain()
+
+
 async def test_a_family_rotated_by_another_instance_is_read_again(pair_of_instances, store) -> None:  # type: ignore[no-untyped-def]
     """a's hint says generation 1; b rotates to 2; the newest token at a is not 'unknown'."""
     a, b = pair_of_instances

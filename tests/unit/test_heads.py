@@ -42,9 +42,12 @@ def test_lru_keeps_the_newest_and_the_user_index_follows() -> None:
     assert len(heads) == 0 and heads._by_user == {}
 
 
-def test_a_terminal_family_is_dropped_not_remembered() -> None:
+def test_a_terminal_family_is_dropped_not_remembered_and_size_0_is_off() -> None:
+    off = Heads(size=0)
+    off.put(family(sid(1), "u"), None, 1)
+    assert len(off) == 0 and off._by_user == {}
     fam = family(sid(1), "u")
-    heads = Heads()
+    heads = Heads(size=10)
     heads.put(fam, None, 1)
     revoked = SessionRevoked(
         event_id="1" * 32, occurred_at=NOW + timedelta(seconds=1), sid=sid(1), generation=0,
