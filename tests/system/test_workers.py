@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.client import LedgerClient
@@ -101,6 +102,7 @@ def _stop(proc: subprocess.Popen[str], pids: list[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.timeout(300)  # two worker starts, a restart, 384 rotations: slow on a busy machine
 def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer, tmp_path: Path) -> None:
     metrics = free_port()
     while not _free(metrics + 1):
@@ -131,6 +133,7 @@ def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer
         _stop(proc, pids)
 
 
+@pytest.mark.timeout(300)
 def test_workers_end_with_a_killed_supervisor(nats_server: NatsServer, tmp_path: Path) -> None:
     """SIGKILL leaves the supervisor no chance to stop its workers: they notice and stop."""
     proc = _supervisor(nats_server.url, tmp_path / "d")
