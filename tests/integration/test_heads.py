@@ -23,7 +23,7 @@ from ledger.contracts.commands import (
     StartSessionRequest,
     TokenPair,
 )
-from ledger.domain.errors import SessionRevokedError, TokenReused
+from ledger.domain.errors import SessionRevokedError, TokenInvalid, TokenReused
 from ledger.domain.events import TokenRotated
 from ledger.eventstore.base import BaseEventStore
 from ledger.service.app import build_service
@@ -168,6 +168,23 @@ async def test_a_peers_revoke_all_is_heard_and_nothing_is_appended_after_it(pair
             await _rotate(a, pair)
     assert cut is not None and await store.last_seq() == cut  # nothing appended after the cut
     assert (await _rotate(a, other)).generation == 2
+
+
+async def test_a_forged_token_of_a_hinted_family_appends_nothing(pair_of_instances, store) -> None:  # type: ignore[no-untyped-def]
+    """Invariant 3 through the hint path: a token with the family's sid and generation but
+    another secret is refused as on a fresh read, and no event is appended."""
+    a, _ = pair_of_instances
+    pair = await _rotate(a, await a.start_session(StartSessionRequest(sub="uma")))
+    assert a.heads.get(pair.sid) is not None
+    before = await store.last_seq()
+    prefix, sid, generation, secret = pair.refresh_token.split(".")
+    forged = ".".join((prefix, sid, generation, ("A" if secret[0] != "A" else "B") + secret[1:]))
+    with pytest.raises(TokenInvalid):
+        await a.rotate(RotateRequest(refresh_token=forged))
+    with pytest.raises(TokenInvalid):
+        await a.rotate(RotateRequest(refresh_token=forged, client_id="someone-else"))
+    assert await store.last_seq() == before
+    assert (await _rotate(a, pair)).generation == 2  # the genuine token still rotates
 
 
 async def test_reuse_is_judged_on_a_fresh_read_not_on_a_hint(pair_of_instances) -> None:  # type: ignore[no-untyped-def]
