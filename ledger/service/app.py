@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
 from ledger.config import Settings
@@ -67,8 +69,19 @@ async def handle(
         outcome = "internal_error"
         return internal_error(log, "handling a command", exc)
     finally:
-        metrics.COMMANDS.labels(command, outcome).inc()
-        metrics.COMMAND_SECONDS.labels(command).observe(time.perf_counter() - began)
+        _answered(command, outcome).inc()
+        _timed(command).observe(time.perf_counter() - began)
+
+
+@functools.cache  # bounded: commands x outcomes (error codes), both fixed sets
+def _answered(command: str, outcome: str) -> Counter:
+    """The labelled counter child, looked up once: ``labels()`` costs ~2% of a rotation."""
+    return metrics.COMMANDS.labels(command, outcome)
+
+
+@functools.cache
+def _timed(command: str) -> Histogram:
+    return metrics.COMMAND_SECONDS.labels(command)
 
 
 Route = tuple[str, type[BaseModel], Callable[..., Awaitable[BaseModel]]]
