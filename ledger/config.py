@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # Families whose head each instance remembers to rotate without a read (ledger.service.heads;
     # ~2.3 KB each); 0 turns the hints off.
     rotation_hints: int = Field(default=20_000, ge=0, le=1_000_000)
+    # Families whose immutable facts (SessionStarted) each reader keeps (~2.2 KB each).
+    facts_cache: int = Field(default=100_000, ge=1, le=10_000_000)
 
     # What a session keeps of a client IP (ledger.domain.device): truncate | hash | raw | off.
     client_ip: IpMode = IpMode.TRUNCATE

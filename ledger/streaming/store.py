@@ -106,7 +106,7 @@ class EventStore(BaseEventStore):
     """The JetStream adapter: one stream, CAS by publish headers, direct gets for reads."""
 
     def __init__(self, nc: NATS, settings: Settings) -> None:
-        super().__init__(Subjects(settings.subject_prefix))
+        super().__init__(Subjects(settings.subject_prefix), settings.facts_cache)
         self.nc = nc
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.settings = settings

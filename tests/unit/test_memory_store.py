@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from ledger.domain.events import SessionStarted
 from ledger.eventstore import MemoryEventStore, subject_matches
 from tests.support.store_contract import StoreContract
 
@@ -30,3 +33,17 @@ class TestMemoryStore(StoreContract):
 )
 def test_subject_matching_follows_nats(filter_: str, subject: str, matches: bool) -> None:
     assert subject_matches(filter_, subject) is matches
+
+
+def test_the_facts_cache_keeps_only_the_newest_families() -> None:
+    """Bounded by ``facts_size`` (LEDGER_FACTS_CACHE on the JetStream store): the oldest go."""
+    store = MemoryEventStore()
+    store.facts_size = 2
+    for i in range(4):
+        started = SessionStarted(
+            event_id=f"{i:032x}", occurred_at=datetime(2026, 12, 4, tzinfo=UTC), sid=f"{i:022d}",
+            generation=0, token_hash="a" * 64, sub=f"u{i}", client_id=None, scopes=(),
+            idle_ttl_s=60, absolute_ttl_s=3600,
+        )  # fmt: skip
+        store.remember_start(started, i + 1)
+    assert [store.cached_sub(f"{i:022d}") for i in range(4)] == [None, None, "u2", "u3"]
