@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 
+from ledger.telemetry.endpoint import metrics_enabled, split_listen
 from session_ledger.runtime import announce
 
 STARTUP_SECONDS = 15.0  # a worker that exits sooner after its start failed quickly
@@ -44,13 +45,15 @@ def restart_delay(quick_failures: int) -> float:
 
 
 def worker_env(base: Mapping[str, str], index: int, metrics_listen: str | None) -> dict[str, str]:
-    """Worker ``index``'s environment: the supervisor's, with its own metrics port (base + i)."""
+    """Worker ``index``'s environment: the supervisor's, with its own metrics port (base + i).
+    A malformed listen address is the ``ConfigError`` the metrics endpoint itself would raise."""
     env = dict(base)
     env["LEDGER_WORKER"] = str(index)
     env[SUPERVISOR_ENV] = str(os.getpid())
-    if metrics_listen and metrics_listen != "off":
-        host, _, port = metrics_listen.rpartition(":")
-        env["LEDGER_METRICS_LISTEN"] = f"{host}:{int(port) + index}"
+    if metrics_listen is not None and metrics_enabled(metrics_listen):
+        host, port = split_listen(metrics_listen)
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+        env["LEDGER_METRICS_LISTEN"] = f"{host}:{port + index}"
     return env
 
 
@@ -69,12 +72,13 @@ def supervise(
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
 
+    envs = [env_of(i) for i in range(count)]  # a configuration error surfaces before any start
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     workers: dict[int, Worker] = {}
     code = 0
     try:
         for i in range(count):
-            workers[i] = Worker(i, subprocess.Popen(command, env=env_of(i)))
+            workers[i] = Worker(i, subprocess.Popen(command, env=envs[i]))
         say(f"service: {count} workers (pids {', '.join(str(w.process.pid) for w in workers.values())})")
         while not received:
             time.sleep(POLL_SECONDS)
@@ -90,7 +94,7 @@ def supervise(
                     received.append(0)
                     break
                 time.sleep(restart_delay(failures))
-                workers[i] = Worker(i, subprocess.Popen(command, env=env_of(i)), quick_failures=failures)
+                workers[i] = Worker(i, subprocess.Popen(command, env=envs[i]), quick_failures=failures)
                 say(f"service: worker {i} restarted (pid {workers[i].process.pid})")
     finally:
         stop_all(list(workers.values()), grace)

@@ -1,9 +1,9 @@
 """Access tokens: short-lived JWTs signed with the active asymmetric key (``kid`` in the header).
 
 A token is a JWS compact serialisation built here (header encoded once per key, claims with
-``json.dumps``, the signature from ``cryptography``): PyJWT's ``encode`` did the same work
-with twice the cost per token on the rotation path (68 vs 33 us for ES256). Every verifier
-still checks the result with standard libraries (PyJWT, joserfc, jose in Node: tests).
+``json.dumps``, the signature from ``cryptography``): PyJWT's ``encode`` cost 68 us per ES256
+token where the signature alone costs 33 us; ``sign`` went from 88 to 59 us. PyJWT and
+joserfc verify what this builds, for every algorithm (tests/unit/test_jwks.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.domain.errors import ConfigError
 from session_ledger import workers
 from session_ledger.workers import restart_delay, supervise, worker_env
 
@@ -60,5 +61,8 @@ def test_each_worker_gets_its_own_metrics_port_and_index() -> None:
         "A": "1", "LEDGER_WORKER": "2", "LEDGER_METRICS_LISTEN": "127.0.0.1:9466",
         "LEDGER_SUPERVISOR_PID": str(os.getpid()),
     }  # fmt: skip
-    assert "LEDGER_METRICS_LISTEN" not in worker_env({}, 1, "off")
-    assert "LEDGER_METRICS_LISTEN" not in worker_env({}, 1, None)
+    assert worker_env({}, 1, "[::1]:9464")["LEDGER_METRICS_LISTEN"] == "[::1]:9465"
+    for off in ("off", "none", "0", None):
+        assert "LEDGER_METRICS_LISTEN" not in worker_env({}, 1, off)
+    with pytest.raises(ConfigError, match="host:port"):
+        supervise(2, _py("pass"), lambda i: worker_env({}, i, "localhost"), say=lambda _: None)
