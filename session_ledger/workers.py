@@ -93,7 +93,8 @@ def supervise(
                     code = rc or 1
                     received.append(0)
                     break
-                time.sleep(restart_delay(failures))
+                if _waited_out(restart_delay(failures), received):
+                    break  # a signal during the back-off: stop, do not restart
                 workers[i] = Worker(i, subprocess.Popen(command, env=envs[i]), quick_failures=failures)
                 say(f"service: worker {i} restarted (pid {workers[i].process.pid})")
     finally:
@@ -103,6 +104,14 @@ def supervise(
     if signal.SIGINT in received:
         return 130
     return code
+
+
+def _waited_out(seconds: float, received: list[int]) -> bool:
+    """Sleep ``seconds`` in short steps; True as soon as a signal has been received."""
+    deadline = time.monotonic() + seconds
+    while not received and time.monotonic() < deadline:
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    return bool(received)
 
 
 def stop_all(workers: list[Worker], grace: float) -> None:

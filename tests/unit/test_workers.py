@@ -66,3 +66,20 @@ def test_each_worker_gets_its_own_metrics_port_and_index() -> None:
         assert "LEDGER_METRICS_LISTEN" not in worker_env({}, 1, off)
     with pytest.raises(ConfigError, match="host:port"):
         supervise(2, _py("pass"), lambda i: worker_env({}, i, "localhost"), say=lambda _: None)
+
+
+def test_a_signal_during_the_restart_back_off_stops_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "restart_delay", lambda n: 60.0)  # a long back-off
+
+    def terminate_soon(_line: str) -> None:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if "exited" in line:
+            terminate_soon(line)
+
+    code = supervise(1, _py("import sys; sys.exit(1)"), lambda i: dict(os.environ), say=say)
+    assert code == 0 and not any("restarted" in x for x in said)  # a slept-out back-off restarts
