@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -86,7 +87,11 @@ async def finish(tasks: Sequence[asyncio.Task[None]], timeout: float = 15.0) -> 
 
 
 def announce(line: str) -> None:
-    print(line, flush=True)
+    """One line on stdout in one write: ``print`` writes the text and the newline separately
+    when Python runs unbuffered (PYTHONUNBUFFERED), and the workers of ``service --workers``
+    share one stdout, so two of them announcing at once interleaved ("ready: ...ready: ...")."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 async def run_components(

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -27,18 +28,31 @@ from ledger.streaming.embedded import NatsServer, free_port
 ROTATIONS = 192  # 16 chains of 12
 
 
-def _lines_until(proc: subprocess.Popen[str], done: str, count: int, limit: float = 90) -> list[str]:
-    """Read the supervisor's (and its workers') output until ``count`` lines start with ``done``."""
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and sum(x.startswith(done) for x in lines) < count:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-    assert sum(x.startswith(done) for x in lines) >= count, "".join(lines)
-    return lines
+class Output:
+    """Everything the supervisor and its workers print, read by a thread (so the pipe never
+    fills and a wait has a real deadline, whatever the processes do)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.lines: list[str] = []
+        self._stream = proc.stdout
+        self._read = threading.Thread(target=self._pump, daemon=True)
+        self._read.start()
+
+    def _pump(self) -> None:
+        for line in self._stream:
+            self.lines.append(line)
+
+    def until(self, done: str, count: int, limit: float = 120) -> list[str]:
+        """The lines so far once ``count`` of them (from the start) begin with ``done``."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and sum(x.startswith(done) for x in self.lines) < count:
+            if not self._read.is_alive():
+                break
+            time.sleep(0.05)
+        lines = list(self.lines)
+        assert sum(x.startswith(done) for x in lines) >= count, "".join(lines)
+        return lines
 
 
 def _rotations_served(port: int) -> float:
@@ -108,17 +122,16 @@ def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer
     while not _free(metrics + 1):
         metrics = free_port()
     proc = _supervisor(nats_server.url, tmp_path / "d", metrics)
-    pids: list[int] = []
+    out, pids = Output(proc), list[int]()
     try:
-        pids = _worker_pids(_lines_until(proc, "ready:", 2))
+        pids = _worker_pids(out.until("ready:", 2))
         assert len(pids) == 2 and proc.pid not in pids
         assert asyncio.run(_rotate_many(nats_server.url)) == ROTATIONS
         served = [_rotations_served(metrics), _rotations_served(metrics + 1)]
         assert sum(served) == ROTATIONS and all(n > 0 for n in served), served  # both answered
 
         os.kill(pids[1], signal.SIGKILL)  # a worker this test's supervisor started
-        lines = _lines_until(proc, "ready:", 1)
-        restarted = next(x for x in lines if "restarted" in x)
+        restarted = next(x for x in out.until("ready:", 3) if "restarted" in x)
         new_pid = int(re.findall(r"pid (\d+)", restarted)[0])
         assert new_pid not in pids
         pids.append(new_pid)
@@ -126,8 +139,7 @@ def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer
         assert _rotations_served(metrics + 1) > 0  # the new worker serves on its port again
 
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, rest
+        assert proc.wait(timeout=60) == 0, "".join(out.lines)
         assert _gone(pids, limit=1)  # reaped by the supervisor before it exited
     finally:
         _stop(proc, pids)
@@ -137,9 +149,9 @@ def test_two_workers_share_the_commands_restart_and_stop(nats_server: NatsServer
 def test_workers_end_with_a_killed_supervisor(nats_server: NatsServer, tmp_path: Path) -> None:
     """SIGKILL leaves the supervisor no chance to stop its workers: they notice and stop."""
     proc = _supervisor(nats_server.url, tmp_path / "d")
-    pids: list[int] = []
+    out, pids = Output(proc), list[int]()
     try:
-        pids = _worker_pids(_lines_until(proc, "ready:", 2))
+        pids = _worker_pids(out.until("ready:", 2))
         proc.kill()
         proc.wait()
         assert _gone(pids), "orphaned workers still running"
