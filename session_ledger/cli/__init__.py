@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ledger.domain.errors import LedgerError
+from ledger.domain.ids import is_sid
 from session_ledger.cli import analytics, edge, gateway, keys, projections, session, sessions, up
 from session_ledger.cli.common import (
     EXIT_INTERRUPTED,
@@ -62,8 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(parser: argparse.ArgumentParser) -> dict[str, bool]:
+    """Every option string in the whole command tree, and whether it takes a value."""
+    found: dict[str, bool] = {}
+    for action in parser._actions:
+        found.update((option, action.nargs != 0) for option in action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.update(_options(child))
+    return found
+
+
+def protect_dashed_sids(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Let a session id that begins with ``-`` (one in 64 of them: sids are base64url) parse.
+
+    argparse takes such a value for an unknown option. An option's value is joined to its
+    option (``--current=-Ab…``); a positional one moves behind ``--``. Only sid-shaped words
+    (22 characters of base64url) that are no option's name are touched, and nothing when
+    the user wrote a ``--`` already.
+    """
+    if "--" in argv:
+        return argv
+    options = _options(parser)
+    out: list[str] = []
+    tail: list[str] = []
+    for word in argv:
+        if word.startswith("-") and word not in options and is_sid(word):
+            if out and options.get(out[-1]):
+                out[-1] = f"{out[-1]}={word}"
+            else:
+                tail.append(word)
+            continue
+        out.append(word)
+    return [*out, "--", *tail] if tail else out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(protect_dashed_sids(parser, sys.argv[1:] if argv is None else argv))
     try:
         configure_logging(args)
         args.func(args)

@@ -59,6 +59,24 @@ async def test_session_lifecycle_through_the_cli(service: ServiceRunner, setting
     assert all(pair["refresh_token"] not in line for line in out.splitlines())
 
 
+async def test_a_session_whose_id_begins_with_a_dash_is_revoked_through_the_cli(
+    client: LedgerClient, settings: Settings
+) -> None:
+    """One sid in 64 begins with ``-``; argparse would take it for an option (a failed CI run)."""
+    url = ["--nats-url", settings.nats_url]
+    for _ in range(2000):  # 64 expected; 2000 misses all with probability e^-31
+        pair = await client.start_session("dash")
+        if pair.sid.startswith("-"):
+            break
+    assert pair.sid.startswith("-")
+    keep = await client.start_session("dash")
+    own = ("session", "revoke-own", pair.sid, "--sub", "dash", "--current", keep.sid)
+    code, out, err = await cli(*own, *url)
+    assert code == 0 and pair.sid in out, err
+    code, _, err = await cli("session", "rotate", pair.refresh_token, "--json", *url)
+    assert code == 1 and json.loads(err)["error"]["code"] == "session_revoked"
+
+
 async def test_exit_codes(service: ServiceRunner, settings: Settings) -> None:
     url = ["--nats-url", settings.nats_url]
     code, _, err = await cli("session", "rotate", "rt1.garbage", *url)

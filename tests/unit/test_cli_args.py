@@ -1,0 +1,72 @@
+"""Session ids are base64url, so one in 64 begins with ``-``: every command must still take it."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.domain.ids import SID_RE
+from session_ledger.cli import _options, build_parser, protect_dashed_sids
+
+
+def _sid(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+dashed_sids = st.builds(
+    lambda raw, lead: lead + _sid(raw)[len(lead) :],
+    st.binary(min_size=16, max_size=16),
+    st.sampled_from(["-", "--", "-_"]),
+)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    return parser.parse_args(protect_dashed_sids(parser, argv))
+
+
+@given(sid=dashed_sids, other=dashed_sids)
+def test_every_command_taking_a_sid_parses_one_that_begins_with_a_dash(sid: str, other: str) -> None:
+    assert SID_RE.fullmatch(sid) and SID_RE.fullmatch(other)
+    url = ["--nats-url", "nats://127.0.0.1:4222"]
+    assert _parse(["sessions", "show", sid, "--json", *url]).sid == sid
+    assert _parse(["sessions", "show", "--json", sid]).sid == sid
+    args = _parse(["session", "revoke", sid, "--reason", "logout"])
+    assert (args.sid, args.reason) == (sid, "logout")
+    args = _parse(["session", "revoke-own", sid, "--sub", "bob", "--current", other, *url])
+    assert (args.sid, args.current, args.sub) == (sid, other, "bob")
+    args = _parse(["session", "sign-out-others", "--sub", "bob", "--current", other])
+    assert args.current == other
+    args = _parse(["session", "step-up", sid, "--sub", "bob", "--acr", "aal2", "--amr", "otp"])
+    assert args.sid == sid
+
+
+def test_a_users_own_double_dash_is_left_alone() -> None:
+    argv = ["sessions", "show", "--json", "--", "-abcdefghijklmnopqrstu"]
+    assert protect_dashed_sids(build_parser(), argv) == argv
+    assert _parse(argv).sid == "-abcdefghijklmnopqrstu"
+
+
+def test_an_option_shaped_like_a_sid_stays_an_option() -> None:
+    """``--self-service-max-age`` is 22 characters of base64url: the option wins."""
+    parser = build_parser()
+    options = _options(parser)
+    assert options["--current"] and options["--sub"] and not options["--json"]
+    shaped = [o for o in options if SID_RE.fullmatch(o)]
+    assert "--self-service-max-age" in shaped
+    for option in shaped:
+        assert protect_dashed_sids(parser, ["gateway", option, "10m"]) == ["gateway", option, "10m"]
+
+
+def test_words_that_are_not_sids_still_reach_argparse_as_options() -> None:
+    """An unknown option is still an error, not silently a positional value."""
+    parser = build_parser()
+    assert protect_dashed_sids(parser, ["sessions", "show", "--jsno", "abc"]) == [
+        "sessions",
+        "show",
+        "--jsno",
+        "abc",
+    ]
