@@ -13,10 +13,12 @@ import unicodedata
 
 SID_PATTERN = r"^[A-Za-z0-9_-]{22}$"  # 128 random bits, base64url
 KID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+GENERATED_KID_PATTERN = r"^[A-Za-z0-9_-]{16}$"  # what the service names its keys: 96 bits, base64url
 EVENT_ID_PATTERN = r"^[0-9a-f]{32}$"
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # verifier ids, NATS user names
 
 SID_RE = re.compile(SID_PATTERN)
+GENERATED_KID_RE = re.compile(GENERATED_KID_PATTERN)
 KID_RE = re.compile(KID_PATTERN)
 NAME_RE = re.compile(NAME_PATTERN)
 SUB_MAX = 255
@@ -33,6 +35,11 @@ def new_event_id() -> str:
 
 def is_sid(value: str) -> bool:
     return bool(SID_RE.fullmatch(value))
+
+
+def is_generated_id(value: str) -> bool:
+    """A session id or a key id the service made: random base64url, so it may begin with ``-``."""
+    return bool(SID_RE.fullmatch(value) or GENERATED_KID_RE.fullmatch(value))
 
 
 # Unicode categories a user id may not contain: controls (C0, DEL, C1), format characters

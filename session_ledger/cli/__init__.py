@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ledger.domain.errors import LedgerError
-from ledger.domain.ids import is_sid
+from ledger.domain.ids import is_generated_id
 from session_ledger.cli import analytics, edge, gateway, keys, projections, session, sessions, up
 from session_ledger.cli.common import (
     EXIT_INTERRUPTED,
@@ -74,13 +74,13 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, bool]:
     return found
 
 
-def protect_dashed_sids(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """Let a session id that begins with ``-`` (one in 64 of them: sids are base64url) parse.
+def protect_dashed_ids(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Let a session or key id that begins with ``-`` (one in 64: they are base64url) parse.
 
     argparse takes such a value for an unknown option. An option's value is joined to its
-    option (``--current=-Ab…``); a positional one moves behind ``--``. Only sid-shaped words
-    (22 characters of base64url) that are no option's name are touched, and nothing when
-    the user wrote a ``--`` already.
+    option (``--current=-Ab…``); a positional one moves behind ``--``. Only words shaped like
+    the ids the service makes (22 or 16 characters of base64url) that are no option's name
+    are touched, and nothing when the user wrote a ``--`` already.
     """
     if "--" in argv:
         return argv
@@ -88,7 +88,7 @@ def protect_dashed_sids(parser: argparse.ArgumentParser, argv: list[str]) -> lis
     out: list[str] = []
     tail: list[str] = []
     for word in argv:
-        if word.startswith("-") and word not in options and is_sid(word):
+        if word.startswith("-") and word not in options and is_generated_id(word):
             if out and options.get(out[-1]):
                 out[-1] = f"{out[-1]}={word}"
             else:
@@ -100,7 +100,7 @@ def protect_dashed_sids(parser: argparse.ArgumentParser, argv: list[str]) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(protect_dashed_sids(parser, sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(protect_dashed_ids(parser, sys.argv[1:] if argv is None else argv))
     try:
         configure_logging(args)
         args.func(args)

@@ -1,4 +1,4 @@
-"""Session ids are base64url, so one in 64 begins with ``-``: every command must still take it."""
+"""Session and key ids are base64url, so one in 64 begins with ``-``: every command must take it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import base64
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.domain.ids import SID_RE
-from session_ledger.cli import _options, build_parser, protect_dashed_sids
+from ledger.domain.ids import GENERATED_KID_RE, SID_RE
+from ledger.service.keys import generate, key_id
+from session_ledger.cli import _options, build_parser, protect_dashed_ids
 
 
 def _sid(raw: bytes) -> str:
@@ -25,7 +26,7 @@ dashed_sids = st.builds(
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
-    return parser.parse_args(protect_dashed_sids(parser, argv))
+    return parser.parse_args(protect_dashed_ids(parser, argv))
 
 
 @given(sid=dashed_sids, other=dashed_sids)
@@ -44,9 +45,23 @@ def test_every_command_taking_a_sid_parses_one_that_begins_with_a_dash(sid: str,
     assert args.sid == sid
 
 
+@given(raw=st.binary(min_size=12, max_size=12))
+def test_keys_retire_parses_a_key_id_that_begins_with_a_dash(raw: bytes) -> None:
+    """Key ids are 96 bits of base64url (``key_id``): one in 64 begins with ``-`` too."""
+    kid = "-" + _sid(raw)[1:]
+    assert GENERATED_KID_RE.fullmatch(kid)
+    args = _parse(["keys", "retire", kid, "--now", "--nats-url", "nats://127.0.0.1:4222"])
+    assert (args.kid, args.now) == (kid, True)
+
+
+def test_the_service_names_its_keys_in_the_generated_kid_shape() -> None:
+    for alg in ("ES256", "EdDSA", "RS256"):
+        assert GENERATED_KID_RE.fullmatch(key_id(generate(alg).public_key()))
+
+
 def test_a_users_own_double_dash_is_left_alone() -> None:
     argv = ["sessions", "show", "--json", "--", "-abcdefghijklmnopqrstu"]
-    assert protect_dashed_sids(build_parser(), argv) == argv
+    assert protect_dashed_ids(build_parser(), argv) == argv
     assert _parse(argv).sid == "-abcdefghijklmnopqrstu"
 
 
@@ -58,13 +73,13 @@ def test_an_option_shaped_like_a_sid_stays_an_option() -> None:
     shaped = [o for o in options if SID_RE.fullmatch(o)]
     assert "--self-service-max-age" in shaped
     for option in shaped:
-        assert protect_dashed_sids(parser, ["gateway", option, "10m"]) == ["gateway", option, "10m"]
+        assert protect_dashed_ids(parser, ["gateway", option, "10m"]) == ["gateway", option, "10m"]
 
 
 def test_words_that_are_not_sids_still_reach_argparse_as_options() -> None:
     """An unknown option is still an error, not silently a positional value."""
     parser = build_parser()
-    assert protect_dashed_sids(parser, ["sessions", "show", "--jsno", "abc"]) == [
+    assert protect_dashed_ids(parser, ["sessions", "show", "--jsno", "abc"]) == [
         "sessions",
         "show",
         "--jsno",
