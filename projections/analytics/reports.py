@@ -267,7 +267,7 @@ def _seconds(value: timedelta | None) -> Any:
 
 _RECORDED_POLICY = """
 SELECT coalesce((SELECT max(TRY_CAST(value AS DOUBLE)) FROM analytics_meta WHERE key = 'grace_window_s'), 30),
-       coalesce((SELECT arg_max(policy, seq) FROM events WHERE type = 'ReuseDetected'), 'family')
+       coalesce((SELECT arg_max_null(policy, seq) FROM events WHERE type = 'ReuseDetected'), 'family')
 """
 
 # The window's sessions (started in it) with their family events, and the window's revoke-alls.

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = "4"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out;
-# 4: user_cuts.keep_sid ("sign out the other devices" keeps one session alive)
-REFOLD_FACTS_FROM = ("1", "2", "3")  # session_facts of these versions are folded again on open
+SCHEMA_VERSION = "5"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out;
+# 4: user_cuts.keep_sid ("sign out the other devices" keeps one session alive); 5: a fact taken
+# from "the row with the smallest seq" is that row's even when NULL (arg_min skipped NULLs, so a
+# full fold and a batched one could disagree on an event that lacks occurred_at)
+REFOLD_FACTS_FROM = ("1", "2", "3", "4")  # session_facts of these versions are folded again on open
 REFOLD_CUTS_FROM = ("1", "2", "3")  # user_cuts of these versions lack keep_sid: folded again
 
 TABLES = """
@@ -160,7 +162,7 @@ WITH b AS (FROM fold_b),
 starts AS (SELECT sid, start_seq, sub FROM fold_old
            WHERE start_seq IS NOT NULL AND sid IN (SELECT sid FROM b WHERE type = 'TokenRotated')
            UNION ALL SELECT sid, seq, sub FROM b WHERE type = 'SessionStarted'),
-first_start AS (SELECT sid, min(start_seq) AS start_seq, arg_min(sub, start_seq) AS sub
+first_start AS (SELECT sid, min(start_seq) AS start_seq, arg_min_null(sub, start_seq) AS sub
                 FROM starts GROUP BY sid),
 refused AS (SELECT r.seq FROM b r JOIN first_start f USING (sid)
             WHERE r.type = 'TokenRotated'
@@ -171,19 +173,19 @@ e AS (SELECT b.*, b.type = 'TokenRotated' AND x.seq IS NULL AS rotated
       FROM b LEFT JOIN refused x USING (seq))
 SELECT sid, min(seq) AS first_seq, count(*) FILTER (WHERE type = 'SessionStarted') AS starts,
        min(seq) FILTER (WHERE type = 'SessionStarted') AS start_seq,
-       arg_min(sub, seq) FILTER (WHERE type = 'SessionStarted') AS sub,
-       arg_min(client_id, seq) FILTER (WHERE type = 'SessionStarted') AS client_id,
-       arg_min(scopes, seq) FILTER (WHERE type = 'SessionStarted') AS scopes,
-       arg_min(occurred_at, seq) FILTER (WHERE type = 'SessionStarted') AS started_at,
-       arg_min(idle_ttl_s, seq) FILTER (WHERE type = 'SessionStarted') AS idle_ttl_s,
-       arg_min(absolute_ttl_s, seq) FILTER (WHERE type = 'SessionStarted') AS absolute_ttl_s,
+       arg_min_null(sub, seq) FILTER (WHERE type = 'SessionStarted') AS sub,
+       arg_min_null(client_id, seq) FILTER (WHERE type = 'SessionStarted') AS client_id,
+       arg_min_null(scopes, seq) FILTER (WHERE type = 'SessionStarted') AS scopes,
+       arg_min_null(occurred_at, seq) FILTER (WHERE type = 'SessionStarted') AS started_at,
+       arg_min_null(idle_ttl_s, seq) FILTER (WHERE type = 'SessionStarted') AS idle_ttl_s,
+       arg_min_null(absolute_ttl_s, seq) FILTER (WHERE type = 'SessionStarted') AS absolute_ttl_s,
        count(*) FILTER (WHERE rotated) AS rotations,
        max(generation) FILTER (WHERE rotated) AS last_generation,
        max(occurred_at) FILTER (WHERE rotated) AS last_rotation_at,
        min(seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')) AS end_seq,
-       arg_min(occurred_at, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')) AS end_at,
-       arg_min(type, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')) AS end_type,
-       arg_min(coalesce(reason, 'reuse'), seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected'))
+       arg_min_null(occurred_at, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')) AS end_at,
+       arg_min_null(type, seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected')) AS end_type,
+       arg_min_null(coalesce(reason, 'reuse'), seq) FILTER (WHERE type IN ('SessionRevoked', 'ReuseDetected'))
            AS end_reason,
        max(coalesce(occurred_at, 'infinity'::TIMESTAMP)) AS last_event_at
 FROM e GROUP BY sid
@@ -262,8 +264,8 @@ rot AS (  -- the rotations the ledger accepted: none after a cut its session pre
                         AND u.keep_sid IS DISTINCT FROM e.sid)
     GROUP BY e.sid),
 fend AS (
-    SELECT sid, arg_min(occurred_at, seq) AS f_at, arg_min(type, seq) AS f_type,
-           arg_min(coalesce(reason, 'reuse'), seq) AS f_reason
+    SELECT sid, arg_min_null(occurred_at, seq) AS f_at, arg_min_null(type, seq) AS f_type,
+           arg_min_null(coalesce(reason, 'reuse'), seq) AS f_reason
     FROM ev WHERE type IN ('SessionRevoked', 'ReuseDetected') GROUP BY sid),
 uev AS (SELECT * FROM user_cuts WHERE occurred_at <= t),
 cuts AS (  -- sessions of sub with start_seq in [after_seq, seq) meet this cut first
@@ -272,7 +274,7 @@ cuts AS (  -- sessions of sub with start_seq in [after_seq, seq) meet this cut f
                AS u_reason
     FROM uev WINDOW w AS (PARTITION BY sub ORDER BY seq)),
 uend AS (
-    SELECT s.sid, arg_min(u.occurred_at, u.seq) AS u_at, arg_min(u.reason, u.seq) AS u_reason
+    SELECT s.sid, arg_min_null(u.occurred_at, u.seq) AS u_at, arg_min_null(u.reason, u.seq) AS u_reason
     FROM started s JOIN uev u ON u.sub = s.sub AND u.seq > s.start_seq AND u.keep_sid IS DISTINCT FROM s.sid
     GROUP BY s.sid),
 folded AS (
@@ -338,13 +340,13 @@ REPLAY = """
 CREATE OR REPLACE VIEW replay_incidents AS
 WITH r AS (SELECT * FROM events WHERE type = 'ReuseDetected'),
 s AS (SELECT sid, client_id, occurred_at AS session_started_at FROM events WHERE type = 'SessionStarted'),
-fr AS (SELECT r.seq AS rseq, arg_min(f.seq, f.seq) AS rev_seq, arg_min(f.reason, f.seq) AS rev_reason,
-              arg_min(f.occurred_at, f.seq) AS rev_at
+fr AS (SELECT r.seq AS rseq, min(f.seq) AS rev_seq, arg_min_null(f.reason, f.seq) AS rev_reason,
+              arg_min_null(f.occurred_at, f.seq) AS rev_at
        FROM r JOIN events f ON f.type = 'SessionRevoked' AND f.sid = r.sid AND f.seq > r.seq GROUP BY r.seq),
 -- Under the `user` policy the service appends the user-wide revocation *before* ReuseDetected
 -- (the widest revocation first), in the same decision: same sub, same occurred_at, lower seq.
-ur AS (SELECT r.seq AS rseq, arg_max(u.seq, u.seq) AS rev_seq, arg_max(u.reason, u.seq) AS rev_reason,
-              arg_max(u.occurred_at, u.seq) AS rev_at
+ur AS (SELECT r.seq AS rseq, max(u.seq) AS rev_seq, arg_max_null(u.reason, u.seq) AS rev_reason,
+              arg_max_null(u.occurred_at, u.seq) AS rev_at
        FROM r JOIN events u ON u.type = 'UserSessionsRevoked' AND u.sub = r.sub AND u.seq < r.seq
                            AND u.reason = 'reuse' AND u.occurred_at = r.occurred_at
        WHERE r.policy = 'user'
