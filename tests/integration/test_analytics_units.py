@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.config import Settings
+from ledger.domain.events import UPCASTERS, upcast
 from ledger.streaming.connection import connect
 from ledger.streaming.store import EventStore
 from projections.analytics.html import bar_chart
@@ -37,6 +38,19 @@ def test_stage_line_keeps_payload_bytes_and_escapes_subjects() -> None:
     assert odd["subject"] == 'we"ird\\' and odd["e"] is None
     assert json.loads(stage_line(b'{"a":1,}', 1, "s", 0, strict=True))["e"] is None
     assert json.loads(stage_line(b'{"a":\n1}', 1, "s", 0))["e"] == {"a": 1, "schema_version": 1}
+
+
+@given(
+    kind=st.sampled_from(sorted({kind for kind, _ in UPCASTERS})),
+    other=st.sampled_from(["SessionStarted", "TokenRotated", "X"]),
+)
+def test_stage_line_upcasts_exactly_the_types_with_an_upcaster(kind: str, other: str) -> None:
+    """The prefix test in front of the markers (a speed-up) must not skip an upcast."""
+    old = json.dumps({"type": kind, "schema_version": 1, "kid": "k1"}, separators=(",", ":")).encode()
+    staged = json.loads(stage_line(old, 1, "s", 0))["e"]
+    assert staged == upcast({"type": kind, "schema_version": 1, "kid": "k1"}) and staged["schema_version"] > 1
+    kept = json.dumps({"type": other, "schema_version": 1}, separators=(",", ":")).encode()
+    assert stage_line(kept, 1, "s", 0).endswith(b'"e":' + kept + b"}")  # byte for byte, no parse
 
 
 def test_ack_position_reads_v1_and_v2_ack_subjects() -> None:
