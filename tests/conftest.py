@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 import ledger.client
 from ledger.client import LedgerClient
@@ -16,6 +18,11 @@ from ledger.streaming.connection import connect
 from ledger.streaming.embedded import NatsServer, free_port
 from ledger.streaming.store import EventStore
 from tests.support.services import ServiceRunner
+
+# HYPOTHESIS_PROFILE=shake: 20x the examples for every property test that does not fix its own
+# count, to find a case before a CI run does (two were found at random in one day).
+hypothesis_settings.register_profile("shake", max_examples=2000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 PATIENCE = 30.0
 """Seconds a test's request waits for an answer. CI runs on busy shared machines where a
