@@ -124,7 +124,7 @@ def breakdown(alg: str) -> None:
         "1 size, ASCII, base64url -> base64 translate, charset, split": None,
         "2 + header memo, kid -> key, alg == key's alg, typ/crit": None,
         "3 + signature base64, signing-input slice, check call": None,
-        "4 + payload base64, depth bound, JSON (C scanner)": None,
+        "4 + payload base64, depth bound, JSON (orjson)": None,
         "5 + claims: required, iss/aud, types/ranges, times, AccessClaims": None,
     }
     runs: dict[str, Callable[[], None]] = dict(zip(named, _stages(verifier, stub, tokens), strict=True))

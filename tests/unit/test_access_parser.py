@@ -171,6 +171,11 @@ def forms(key: SigningKey) -> dict[str, tuple[str, RejectReason | None]]:
         "exp true": (claims(exp=True), U),
         "ssq negative": (claims(ssq=-1), U),
         "ssq 2**53": (claims(ssq=2**53), U),
+        # orjson reads an integer past 64 bits as a float, json.loads as an int: same verdicts
+        "exp 2**64": (claims(exp=2**64), U),
+        "auth_time 2**70": (claims(auth_time=2**70), U),
+        "unknown claim 2**80": (claims(x=2**80), None),
+        "duplicate exp, the last expired": (payload(claims_json[:-1] + b', "exp": 1}'), RejectReason.EXPIRED),
         "sub empty": (claims(sub=""), U),
         "jti a number": (claims(jti=7), U),
         "scope a list": (claims(scope=["read"]), U),
