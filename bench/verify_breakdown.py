@@ -28,11 +28,12 @@ from ledger.service.keys import SigningKey, generate, key_id
 from ledger.service.signer import AccessGrant, AccessTokenSigner
 
 REPS = 25
+_DATA = tempfile.TemporaryDirectory(prefix="ledger-bench-")  # removed at exit (mkdtemp leaked one per run)
 
 
 def _setup(alg: str) -> tuple[SigningKey, EdgeVerifier, list[str]]:
     key = SigningKey(key_id((private := generate(alg)).public_key()), alg, private)
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="ledger-bench-")))
+    settings = Settings(data_dir=Path(_DATA.name))
     verifier = EdgeVerifier(settings)
     verifier.keys.add(key.kid, alg, key.public_jwk())
     verifier._fresh_at = verifier._broadcaster_at = time.monotonic() + 86_400  # fresh, no NATS
