@@ -9,7 +9,12 @@ events after it are ignored and sessions still alive then are censored, not drop
 
 from __future__ import annotations
 
+import logging
+import time
+
 import duckdb
+
+log = logging.getLogger("projections.analytics.schema")
 
 SCHEMA_VERSION = "5"  # 2: session_facts and user_cuts, folded by ingest; 3: refused rotations left out;
 # 4: user_cuts.keep_sid ("sign out the other devices" keeps one session alive); 5: a fact taken
@@ -594,10 +599,15 @@ def create_schema(conn: duckdb.DuckDBPyConnection, *, grace_window_s: float = 30
         conn.execute("DELETE FROM user_cuts")
         conn.execute(FOLD_USER_CUTS, [0])
     if "session_facts" not in had or stored in REFOLD_FACTS_FROM:
+        began = time.monotonic()
+        if stored is not None:  # an upgrade: say why opening takes a while (~5 s per million events)
+            log.info("analytics: file of schema %s; folding session_facts again from every event", stored)
         conn.execute("BEGIN TRANSACTION")
         conn.execute("DELETE FROM session_facts")
         fold_sessions(conn, 0, cuts=False)
         conn.execute("COMMIT")
+        if stored is not None:
+            log.info("analytics: session_facts folded again in %.1f s", time.monotonic() - began)
     for ddl in VIEWS:
         conn.execute(ddl)
     conn.execute(

@@ -207,7 +207,9 @@ def test_a_version_2_file_gets_session_facts_folded_again_without_refused_rotati
     )
 
 
-def test_a_version_4_file_gets_end_facts_of_the_first_end_even_when_null() -> None:
+def test_a_version_4_file_gets_end_facts_of_the_first_end_even_when_null(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Version 4 took an end's time from a later end when the first lacked occurred_at."""
     conn = duckdb.connect()
     create_schema(conn)
@@ -219,8 +221,10 @@ def test_a_version_4_file_gets_end_facts_of_the_first_end_even_when_null() -> No
     assert (end_seq, end_at) == (2, None)  # the first end's own (missing) time
     conn.execute("UPDATE session_facts SET end_at = TIMESTAMP '2026-01-01 00:00:30'")  # what v4 folded
     conn.execute("UPDATE analytics_meta SET value = '4' WHERE key = 'schema_version'")
-    create_schema(conn)
+    with caplog.at_level("INFO", logger="projections.analytics.schema"):
+        create_schema(conn)
     assert _folded(conn) == right
+    assert "file of schema 4; folding session_facts again" in caplog.text  # opening says why it is slow
 
 
 # Events with a keep_sid ("sign out the other devices") and two users, for the table comparison.
