@@ -1,9 +1,11 @@
 """Access tokens: short-lived JWTs signed with the active asymmetric key (``kid`` in the header).
 
 A token is a JWS compact serialisation built here (header encoded once per key, claims with
-``json.dumps``, the signature from ``cryptography``): PyJWT's ``encode`` cost 68 us per ES256
-token where the signature alone costs 33 us; ``sign`` went from 88 to 59 us. PyJWT and
-joserfc verify what this builds, for every algorithm (tests/unit/test_jwks.py).
+``orjson``, the signature from ``cryptography``): PyJWT's ``encode`` cost 68 us per ES256
+token where the signature alone costs 33 us; ``sign`` went from 88 to 59 us, and orjson took
+the claims' 5.1 us of ``json.dumps`` to 0.3. The claims are UTF-8 JSON (RFC 8259), a non-ASCII
+``sub`` unescaped. PyJWT and joserfc verify what this builds, for every algorithm
+(tests/unit/test_jwks.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -69,7 +72,7 @@ class AccessTokenSigner:
             claims["client_id"] = grant.client_id
         if grant.auth is not None:
             claims.update(auth_claims(grant.auth))
-        signing_input = self._header + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = self._header + _b64(orjson.dumps(claims))
         token = signing_input + b"." + _b64(self._sign(signing_input))
         return token.decode("ascii"), exp.replace(microsecond=0)
 

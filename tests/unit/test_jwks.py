@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from ledger.domain.access import Expectations, KeyRing, check_signature
 from ledger.service.keys import JWK_MEMBERS, load_or_create_signing_key
 from ledger.service.signer import AccessGrant, AccessTokenSigner, jws_signer
 
@@ -64,3 +65,23 @@ def test_a_key_signs_only_its_own_algorithm() -> None:
         jws_signer("RS256", ed25519.Ed25519PrivateKey.generate())
     with pytest.raises(ValueError, match="cannot sign"):
         jws_signer("HS256", ec.generate_private_key(ec.SECP256R1()))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "RS256"])
+def test_a_non_ascii_sub_reads_the_same_in_pyjwt_joserfc_and_the_edge(alg: str, tmp_path: Path) -> None:
+    """The claims are UTF-8 JSON (orjson leaves ``ë`` unescaped where ``json.dumps`` wrote
+    ``\\u00eb``): every reader must still see the same ``sub`` and scopes."""
+    key = load_or_create_signing_key(tmp_path, alg, None)
+    signer = AccessTokenSigner(key, issuer="i", audience="a", ttl=timedelta(minutes=5))
+    now = datetime.now(UTC)
+    sub, scopes = "zoë@exämple.org ✓", ("read", "wrïte")
+    grant = AccessGrant(sub=sub, sid="C" * 22, scopes=scopes, session_started_at=now, session_start_seq=3)
+    token, _ = signer.sign(grant, now=now, cap=now + timedelta(hours=1))
+    by_pyjwt = jwt.decode(token, key.public, algorithms=[alg], audience="a", issuer="i")
+    by_jose = jose_jwt.decode(token, KeySet.import_key_set({"keys": [key.public_jwk()]}), algorithms=[alg])
+    ring = KeyRing()
+    ring.add(key.kid, key.alg, key.public_jwk())
+    by_edge = check_signature(token, ring, Expectations("i", "a", 10.0), now=time.time())
+    assert by_pyjwt["sub"] == by_jose.claims["sub"] == by_edge.sub == sub
+    assert by_pyjwt["scope"] == by_jose.claims["scope"] == "read wrïte"
+    assert by_edge.scopes == scopes and by_edge.sid == "C" * 22
