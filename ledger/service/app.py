@@ -42,7 +42,7 @@ from ledger.service.keycare import KeyCare
 from ledger.service.keys import load_or_create_master, load_or_create_signing_key
 from ledger.service.keyset import ServiceKeys
 from ledger.service.signer import AccessTokenSigner
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.keys import KeyFollower
 from ledger.streaming.store import EventStore
 from ledger.streaming.streams import ensure_streams
@@ -127,7 +127,7 @@ class CommandServer:
         for name, model, call in self.routes:
             cb = self._receiver(name, model, call)
             self._subs.append(await self.nc.subscribe(self.subjects.command(name), queue=QUEUE_GROUP, cb=cb))
-        await self.nc.flush()
+        await flush_to_server(self.nc)  # the server has them before anyone is told we are up
         return self
 
     def _receiver(

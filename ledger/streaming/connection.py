@@ -124,3 +124,19 @@ async def connect(url: str, name: str, *, deadline: float = 10.0, **options: Any
             f"cannot connect to NATS at {where}: not running, or it refused the credentials"
             " (an embedded `session-ledger up` keeps them in its --data-dir)"
         ) from None
+
+
+async def flush_to_server(nc: NATS, timeout: int = 10) -> None:
+    """Return once the server has read everything sent on ``nc`` so far, subscriptions
+    included (a process says it is ready only after this).
+
+    ``nc.flush()`` alone does not prove that: nats-py (2.16) writes its PING straight to the
+    socket while SUB commands wait for the client's flusher task, so the PING goes out first
+    and its PONG can come back before the server has the SUBs. Seen as a query meeting "no
+    responders" right after the sessions projection said it was ready (3 runs in 15 beside 3
+    CPU hogs; the server's trace read PING, PONG, then SUB). The first flush also wakes the
+    flusher, which runs before that PONG can be read; the second PING follows the SUBs on the
+    wire, so its PONG answers for them (tests/integration/test_connection.py).
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)

@@ -36,6 +36,7 @@ from ledger.domain.access import Expectations, KeyRing, TokenRejected, check_sig
 from ledger.domain.errors import LedgerError, SessionNotFound, TokenInvalid
 from ledger.domain.ids import is_sid
 from ledger.domain.refresh import TokenKeys
+from ledger.streaming.connection import flush_to_server
 from projections.sessions.answers import (
     access_answer,
     refresh_answer,
@@ -151,7 +152,7 @@ class QueryServer:
                     cb=_handler(model, call, prefixes),
                 )
             )
-        await self.nc.flush()  # the server has our subscriptions before anyone is told we are ready
+        await flush_to_server(self.nc)  # the server has them before anyone is told we are ready
 
     async def stop(self) -> None:
         for sub in self.subs:

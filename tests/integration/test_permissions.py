@@ -18,7 +18,7 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import SigningKeyAdded, decode_event
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.consumer import ordered_config
 from ledger.streaming.embedded import free_port
 from ledger.streaming.store import EventStore
@@ -63,7 +63,7 @@ async def test_edge_reads_keys_and_notices_but_cannot_append_or_command(
         assert isinstance(decode_event(msg.data), SigningKeyAdded)
         await nc.subscribe("ledger.revoked.>")
         await nc.publish("ledger.receipt.edge-1", b"{}")
-        await nc.flush()
+        await flush_to_server(nc)
         assert not secured.errors["edge"], secured.errors["edge"]
     finally:
         await nc.close()
@@ -148,7 +148,7 @@ async def test_service_user_hears_revoke_alls_only(secured: Secured, ledger_up: 
 
     try:
         await nc.subscribe("ledger.ev.u.*.revoked", cb=hear)
-        await nc.flush()
+        await flush_to_server(nc)
         await app.revoke_user("zoe")
         subject = await asyncio.wait_for(heard.get(), 30)
         assert subject.startswith("ledger.ev.u.") and subject.endswith(".revoked")
@@ -214,7 +214,7 @@ async def test_projector_keeps_its_buckets_and_answers_queries(secured: Secured,
         assert (await kv.get("sid")).value == b"state"
         await nc.jetstream().purge_stream("KV_LEDGER_SESSIONS_1")  # emptied for a rebuild
         await nc.subscribe("ledger.q.sessions", queue="ledger-queries")
-        await nc.flush()
+        await flush_to_server(nc)
         assert not secured.errors["projector"], secured.errors["projector"]
         await refused_subscribe(secured, nc, "projector", "ledger.q.*")  # only in its queue group
         await refused_subscribe(secured, nc, "projector", "ledger.cmd.*", queue="ledger-service")

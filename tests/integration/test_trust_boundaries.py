@@ -27,7 +27,7 @@ from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.contracts.subjects import encode_token
 from ledger.domain.errors import BadRequest, LedgerError
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.embedded import free_port
 from ledger.streaming.store import EventStore
 from projections.sessions.runner import run_sessions
@@ -57,7 +57,7 @@ async def reader(secured: Secured, ledger_up: Settings) -> AsyncIterator[EventSt
 
 async def quiet(nc: NATS) -> None:
     """Whatever a responder would do with what was just sent has had time to happen."""
-    await nc.flush()
+    await flush_to_server(nc)
     await asyncio.sleep(0.5)
 
 
@@ -174,7 +174,7 @@ async def test_review_no_role_can_redefine_a_consumer_by_naming_it_in_the_reques
                     await nc.request(
                         "$JS.API.CONSUMER.CREATE.LEDGER.mine.ledger.ev.s.nobody.revoked", body, timeout=2
                     )
-                await nc.flush()
+                await flush_to_server(nc)
             finally:
                 await nc.close()
         after = await admin.jetstream().consumer_info("LEDGER", DURABLE)
@@ -326,7 +326,7 @@ async def test_finding7_an_answer_that_is_not_a_ledger_reply_is_a_ledger_error(s
             await msg.respond(b'{"ok": true, "result": {"what": "ever"}}' if b"ok" in msg.data else b"<html>")
 
         await nc.subscribe("fake.cmd.*", cb=answer_junk)
-        await nc.flush()
+        await flush_to_server(nc)
         async with await LedgerClient.connect(settings.nats_url, prefix="fake") as impostor:
             with pytest.raises(LedgerError):
                 await impostor.start_session("x")

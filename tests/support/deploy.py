@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.aio.client import Client as NATS
 
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.embedded import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,13 +131,13 @@ async def violation(sec: Secured, user: str, action: str, subject: str, queue: s
 
 async def refused_publish(sec: Secured, nc: NATS, user: str, subject: str) -> None:
     await nc.publish(subject, b"{}")
-    await nc.flush()
+    await flush_to_server(nc)
     await violation(sec, user, "publish", subject)
 
 
 async def refused_subscribe(sec: Secured, nc: NATS, user: str, subject: str, queue: str = "") -> None:
     await nc.subscribe(subject, queue=queue)
-    await nc.flush()
+    await flush_to_server(nc)
     await violation(sec, user, "subscription", subject, queue)
 
 

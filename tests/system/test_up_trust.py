@@ -25,7 +25,7 @@ from ledger.client import LedgerClient
 from ledger.domain.errors import Unavailable
 from ledger.domain.events import SigningKeyAdded
 from ledger.service.keys import key_id, public_jwk
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.credentials import FILE, role_url
 from ledger.streaming.embedded import free_port, port_answers
 from tests.support.processes import wait_ready
@@ -95,7 +95,7 @@ async def test_finding4_a_forged_key_cannot_enter_and_its_tokens_are_refused(up:
         nc = await connect(role_url(up.url, up.data, user), f"forger-{user}", error_cb=seen)
         try:
             await nc.publish(f"ledger.ev.k.{kid}.added", event.model_dump_json().encode())
-            await nc.flush()
+            await flush_to_server(nc)
             await asyncio.sleep(0.2)
         finally:
             await nc.close()
