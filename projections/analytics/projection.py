@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 from ledger.config import Settings
 from ledger.contracts.subjects import RECEIPTS_STREAM, Subjects, is_safe_reply
 from ledger.retry import Stopped, pause, raise_if_cancelling, retry
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.consumer import TRANSIENT, CheckpointedConsumer, ConsumerSpec, Delivery, ack_position
 from projections.analytics.db import (
     AnalyticsDB,
@@ -130,6 +130,7 @@ class AnalyticsProjection:
             await self._wait_for_stream(js, stop)
             await self._bind(self.events)
             await nc.subscribe(rebuild_subject(self.settings), cb=self._rebuild_requests_append)
+            await flush_to_server(nc)  # a rebuild request right after "ready" finds this subscription
             if ready is not None:
                 ready.set()
             while not stop.is_set():

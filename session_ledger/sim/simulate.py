@@ -31,7 +31,7 @@ from ledger.config import Settings
 from ledger.contracts.subjects import Subjects, is_safe_reply
 from ledger.domain.errors import LedgerError, SessionExpired, SessionRevokedError, TokenReused
 from ledger.service.app import build_service, command_routes, handle
-from ledger.streaming.connection import connect
+from ledger.streaming.connection import connect, flush_to_server
 from ledger.streaming.store import EventStore
 from session_ledger.sim.synthetic import CLIENTS, synthetic_events
 from session_ledger.sim.truth import US, Device, SimConfig, SimSession, Step, Truth, km_quantiles, us_of
@@ -60,6 +60,7 @@ async def simulated_ledger(settings: Settings, clock: Callable[[], datetime]) ->
         subjects = Subjects(prefix)
         for name, model, call in command_routes(service):  # the service's own command table
             await nc.subscribe(subjects.command(name), cb=_responder(model, call))
+        await flush_to_server(nc)  # the client below is another connection: its first command needs them
         client = await LedgerClient.connect(settings.nats_url, prefix=prefix, timeout=10.0)
         try:
             yield client
